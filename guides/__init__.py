@@ -1,0 +1,6 @@
+"""The inference side: encoder bodies and the amortized guides built on them."""
+
+from pyro_vae.guides.amortized import GUIDES, AmortizedGuide, DiagonalNormalHead
+from pyro_vae.guides.encoders import ENCODERS, MLPEncoder
+
+__all__ = ["ENCODERS", "GUIDES", "AmortizedGuide", "DiagonalNormalHead", "MLPEncoder"]

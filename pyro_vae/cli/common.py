@@ -1,0 +1,104 @@
+"""Pieces shared by the subcommands: the command registry, argument types, error mapping."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from pyro_vae.checkpoint import CheckpointError
+from pyro_vae.registry import Registry, UnknownNameError
+from pyro_vae.validation import DataError
+
+COMMANDS: Registry = Registry("command")
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its one-line help, how it adds its flags, and what it runs."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+class UserError(Exception):
+    """A mistake of the user's, reported as one line with exit status ``code``."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's errors about input into :class:`UserError`."""
+    try:
+        yield
+    except (DataError, UnknownNameError, CheckpointError, FileNotFoundError,
+            FileExistsError, ValueError) as err:
+        raise UserError(str(err)) from None
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or a positive number, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {value}")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"256,128"`` → ``(256, 128)``, each positive."""
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return sizes
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def choice_of(registry: Registry) -> Callable[[str], str]:
+    """An argparse type accepting the registry's names, refusing others with the list."""
+
+    def check(text: str) -> str:
+        try:
+            registry.lookup(text)
+        except UnknownNameError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+
+    check.__name__ = registry.kind
+    return check

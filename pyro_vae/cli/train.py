@@ -1,0 +1,157 @@
+"""``pyro-vae train``: fit a VAE and fill a run folder; ``--resume RUN`` continues one."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from pyro_vae.cli.common import (COMMANDS, EXIT_DIVERGED, EXIT_INTERRUPTED, Command, UserError,
+                                 choice_of, int_list, non_negative_float, non_negative_int,
+                                 positive_float, positive_int)
+from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_vae.data import BINARIZE_MODES
+from pyro_vae.fit import DivergenceError
+from pyro_vae.guides import GUIDES
+from pyro_vae.models import ACTIVATIONS, LIKELIHOODS, PRIORS
+from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.runs import TrainResult, resume_run, train_run
+
+M, D, T = ModelConfig(), DataConfig(), TrainConfig()
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=D.name, help="dataset name (digits, mnist, fashion-mnist, "
+                   "kmnist) or the path of an .npz/.npy file of images")
+    g.add_argument("--data-root", default=None, help="folder holding torchvision datasets "
+                   "(default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae/data)")
+    g.add_argument("--download", action="store_true", help="let torchvision download missing files")
+    g.add_argument("--binarize", default=D.binarize, choices=BINARIZE_MODES,
+                   help="binarization for Bernoulli likelihoods (auto: dynamic for bernoulli)")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and guide")
+    g.add_argument("--latent-dim", type=positive_int, default=M.latent_dim, help="dimension of z")
+    g.add_argument("--hidden", type=int_list, default=M.hidden_sizes,
+                   help="encoder hidden sizes, comma-separated; the decoder mirrors them")
+    g.add_argument("--activation", type=choice_of(ACTIVATIONS), default=M.activation,
+                   help=f"hidden nonlinearity: {', '.join(ACTIVATIONS)}")
+    g.add_argument("--likelihood", type=choice_of(LIKELIHOODS), default=M.likelihood,
+                   help=f"p(x | z): {', '.join(LIKELIHOODS)}")
+    g.add_argument("--sigma", type=positive_float, default=M.sigma,
+                   help="Gaussian likelihoods: fixed σ, or starting σ when learned")
+    g.add_argument("--prior", type=choice_of(PRIORS), default=M.prior, help=f"p(z): {', '.join(PRIORS)}")
+    g.add_argument("--guide", type=choice_of(GUIDES), default=M.guide,
+                   help=f"q(z | x): {', '.join(GUIDES)}")
+    g.add_argument("--components", type=positive_int, default=M.components,
+                   help="mixture-type priors: number of components or pseudo-inputs")
+    g.add_argument("--flow-layers", type=positive_int, default=M.flow_layers,
+                   help="flow priors and guides: number of transforms")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fitting")
+    g.add_argument("--objective", type=choice_of(OBJECTIVES), default=T.objective,
+                   help=f"training loss: {', '.join(OBJECTIVES)}")
+    g.add_argument("--particles", type=positive_int, default=T.particles,
+                   help="samples of z per image in the objective")
+    g.add_argument("--beta", type=non_negative_float, default=T.beta, help="weight of the latent (KL) term")
+    g.add_argument("--kl-warmup", type=non_negative_int, default=T.kl_warmup,
+                   help="epochs over which β rises linearly from 0")
+    g.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"passes over the training images (default {T.epochs}; with --resume, "
+                        f"the new total)")
+    g.add_argument("--batch-size", type=positive_int, default=T.batch_size, help="images per step")
+    g.add_argument("--lr", type=positive_float, default=T.lr, help="Adam learning rate")
+    g.add_argument("--clip-norm", type=positive_float, default=None, help="clip the gradient norm")
+    g.add_argument("--early-stopping", type=positive_int, default=None,
+                   help="stop after this many epochs without a better validation ELBO")
+    g.add_argument("--seed", type=int, default=T.seed, help="random seed")
+    g.add_argument("--device", default=T.device, help="cpu, cuda or auto")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_arguments(p)
+    add_model_arguments(p)
+    add_train_arguments(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=Path("runs"), help="folder that holds run folders")
+    g.add_argument("--name", default=None, help="run folder name (default: time, data and parts)")
+    g.add_argument("--resume", type=Path, default=None, metavar="RUN",
+                   help="continue the run in this folder from its checkpoint")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    model = ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden),
+                        activation=args.activation, prior=args.prior, likelihood=args.likelihood,
+                        guide=args.guide, sigma=args.sigma, components=args.components,
+                        flow_layers=args.flow_layers)
+    data = DataConfig(name=args.data, root=args.data_root, download=args.download,
+                      binarize=args.binarize)
+    train = TrainConfig(epochs=args.epochs or T.epochs, batch_size=args.batch_size, lr=args.lr,
+                        clip_norm=args.clip_norm, seed=args.seed, device=args.device,
+                        objective=args.objective, particles=args.particles, beta=args.beta,
+                        kl_warmup=args.kl_warmup, early_stopping=args.early_stopping)
+    return RunConfig(model=model, data=data, train=train)
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the fit polls it at every step boundary."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def handle(self, signum: int, frame) -> None:
+        self.signal = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    previous = {s: signal.signal(s, flag.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def report(result: TrainResult) -> int:
+    fit = result.fit
+    if fit.interrupted:
+        state = fit.state
+        print(f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint written. "
+              f"Continue with: pyro-vae train --resume {result.path}", file=sys.stderr)
+        print(result.path)
+        return EXIT_INTERRUPTED
+    last = fit.history[-1]
+    print(f"{len(fit.history)} epochs in {fit.seconds:.1f} s; validation ELBO "
+          f"{last.val_elbo:.3f} nats per image", file=sys.stderr)
+    print(result.path)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    with stop_on_signals() as stop:
+        try:
+            if args.resume is not None:
+                result = resume_run(args.resume, args.epochs, progress=not args.no_progress, stop=stop)
+            else:
+                result = train_run(config_from_args(args), args.out, args.name,
+                                   progress=not args.no_progress, stop=stop)
+        except DivergenceError as err:
+            raise UserError(f"{err} The last good checkpoint is kept.", EXIT_DIVERGED) from None
+    return report(result)
+
+
+COMMANDS.register("train")(Command("fit a VAE and write a run folder (config, metrics, "
+                                   "checkpoint, figures)", add_arguments, run))

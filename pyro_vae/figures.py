@@ -1,0 +1,129 @@
+"""PNG figures of a fit. Built on ``matplotlib.figure.Figure`` (no pyplot global state)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+
+def as_images(x: Tensor, image_shape: Sequence[int]) -> np.ndarray:
+    """``[N, D]`` pixels to ``[N, H, W]`` (grey) or ``[N, H, W, 3]`` (colour) for display."""
+    x = x.detach().float().cpu().clamp(0, 1)
+    shape = tuple(image_shape)
+    if len(shape) == 1:
+        side = math.isqrt(shape[0])
+        shape = (side, side) if side * side == shape[0] else (1, shape[0])
+    if len(shape) == 3:
+        x = x.reshape(len(x), *shape)
+        return (x[:, 0] if shape[0] == 1 else x.permute(0, 2, 3, 1)).numpy()
+    return x.reshape(len(x), *shape).numpy()
+
+
+def image_grid(images: np.ndarray, ncol: int) -> np.ndarray:
+    """Tile ``[N, H, W(, 3)]`` into one image, ``ncol`` across, with 1-pixel gutters."""
+    n, h, w = images.shape[:3]
+    nrow = math.ceil(n / ncol)
+    grid = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1) + images.shape[3:], dtype=np.float32)
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncol)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = img
+    return grid
+
+
+def save_grid(x: Tensor, image_shape: Sequence[int], path: Path, ncol: int, title: str) -> Path:
+    """Save images ``x`` ``[N, D]`` as one tiled grey (or colour) picture."""
+    grid = image_grid(as_images(x, image_shape), ncol)
+    fig = Figure(figsize=(max(4.0, ncol * 0.6), max(4.0, grid.shape[0] / grid.shape[1] * ncol * 0.6)))
+    ax = fig.add_subplot()
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def elbo_curves(history: Sequence, path: Path) -> Path:
+    """Train and validation ELBO (nats per image) against epoch."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.plot([r.epoch for r in history], [r.train_elbo for r in history], label="train ELBO")
+    val = [(r.epoch, r.val_elbo) for r in history if r.val_elbo is not None]
+    if val:
+        ax.plot(*zip(*val), label="validation ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO (nats per image)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+@torch.no_grad()
+def reconstructions(model: nn.Module, guide: nn.Module, x: Tensor, image_shape: Sequence[int],
+                    path: Path, n: int = 16) -> Path:
+    """Each input (odd columns) beside the mean of p(x | z = E_q[z | x]) (even columns)."""
+    x = x[:n]
+    z = guide.z_dist(x).mean
+    recon = model.x_dist(z).mean
+    pairs = torch.stack([x, recon], dim=1).reshape(2 * len(x), -1)
+    return save_grid(pairs, image_shape, path, ncol=8, title="input | reconstruction (mean)")
+
+
+@torch.no_grad()
+def prior_samples(model: nn.Module, image_shape: Sequence[int], path: Path, n: int = 64) -> Path:
+    """Decoder means f(z) for z ~ p(z)."""
+    z = model.z_dist().sample((n,))
+    return save_grid(model.x_dist(z).mean, image_shape, path, ncol=8,
+                     title="decoder means for z ~ p(z)")
+
+
+def project_2d(z: np.ndarray) -> tuple[np.ndarray, str]:
+    """z ``[N, d]`` to ``[N, 2]``: itself when d ≤ 2, else its first two principal components."""
+    if z.shape[1] == 1:
+        return np.concatenate([z, np.zeros_like(z)], axis=1), "z"
+    if z.shape[1] == 2:
+        return z, "z"
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2, random_state=0).fit_transform(z), "PCA of E_q[z | x]"
+
+
+@torch.no_grad()
+def latent_map(guide: nn.Module, x: Tensor, labels: Tensor | None, path: Path) -> Path:
+    """Posterior means E_q[z | x] of ``x`` ``[N, D]``, coloured by label."""
+    z = guide.z_dist(x).mean.cpu().numpy()
+    points, how = project_2d(z)
+    fig = Figure(figsize=(6, 5.5))
+    ax = fig.add_subplot()
+    colours = None if labels is None else labels.cpu().numpy()
+    sc = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=6, alpha=0.8)
+    if colours is not None:
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel(f"{how} [0]")
+    ax.set_ylabel(f"{how} [1]")
+    ax.set_title(f"latent map of {len(z)} test images (d = {z.shape[1]})")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def latent_grid(n: int, span: float = 0.95) -> Tensor:
+    """An ``[n*n, 2]`` grid of z at normal quantiles (1 - span)/2 … (1 + span)/2 per axis."""
+    q = torch.linspace((1 - span) / 2, (1 + span) / 2, n)
+    axis = torch.distributions.Normal(0.0, 1.0).icdf(q)
+    zy, zx = torch.meshgrid(axis.flip(0), axis, indexing="ij")
+    return torch.stack([zx, zy], dim=-1).reshape(-1, 2)
+
+
+@torch.no_grad()
+def manifold(model: nn.Module, image_shape: Sequence[int], path: Path, n: int = 15) -> Path:
+    """For a 2-D latent: decoder means over a grid of z (rows: z[1] high to low)."""
+    device = next(model.parameters()).device
+    z = latent_grid(n).to(device)
+    return save_grid(model.x_dist(z).mean, image_shape, path, ncol=n,
+                     title="decoder means over a grid of z (normal quantiles)")

@@ -1,0 +1,345 @@
+"""Stochastic variational inference for a model/guide pair on images held as tensors.
+
+The loss is Pyro's own ELBO estimator (``differentiable_loss``); parameters
+live in the model and guide modules, not in Pyro's global parameter store, and
+one ``torch.optim.Adam`` steps them all. Every fit runs inside its own
+parameter-store scope, so fits never share state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import pyro
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.data import Data
+from pyro_vae.objectives import build_objective
+from pyro_vae.validation import check_binary
+
+
+class DivergenceError(RuntimeError):
+    """The loss or gradient became non-finite; parameters were restored to the last good state."""
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One finished epoch. ELBOs are in nats per image (higher is better)."""
+
+    epoch: int
+    train_elbo: float
+    val_elbo: float | None
+    seconds: float
+    images_per_second: float
+    beta: float
+
+
+@dataclass
+class TrainState:
+    """Where a fit stands. Checkpointed whole, so a resumed fit continues exactly.
+
+    ``perm``, ``step``, ``loss_sum`` and ``count`` describe the epoch in
+    progress; the RNG states are captured when the state is checkpointed.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    perm: Tensor | None = None
+    loss_sum: float = 0.0
+    count: int = 0
+    epoch_seconds: float = 0.0
+    best_val: float = -math.inf
+    bad_epochs: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+    perm_rng: Tensor | None = None
+    torch_rng: Tensor | None = None
+    cuda_rng: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What :func:`fit` returns; ``model`` and ``guide`` hold the fitted parameters."""
+
+    model: nn.Module
+    guide: nn.Module
+    history: list[EpochRecord]
+    best_val_elbo: float
+    stopped_early: bool
+    interrupted: bool
+    seconds: float
+    state: TrainState
+    optimizer: torch.optim.Optimizer
+
+
+EpochCallback = Callable[["FitSession", TrainState, EpochRecord], None]
+
+
+@dataclass
+class FitSession:
+    """The live objects of one fit, handed to callbacks (e.g. to write a checkpoint)."""
+
+    model: nn.Module
+    guide: nn.Module
+    data: Data
+    config: TrainConfig
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    perm_rng: torch.Generator
+
+    def modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"model": self.model, "guide": self.guide})
+
+    def capture_rng(self, state: TrainState) -> None:
+        """Copy every random state the fit draws from into ``state``."""
+        state.perm_rng = self.perm_rng.get_state()
+        state.torch_rng = torch.get_rng_state()
+        if self.device.type == "cuda":
+            state.cuda_rng = torch.cuda.get_rng_state(self.device)
+
+    def restore_rng(self, state: TrainState) -> None:
+        if state.perm_rng is not None:
+            self.perm_rng.set_state(state.perm_rng)
+        if state.torch_rng is not None:
+            torch.set_rng_state(state.torch_rng)
+        if state.cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state.cuda_rng, self.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda[:i]`` or ``auto`` (cuda when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA device")
+    return device
+
+
+def unique_parameters(*modules: nn.Module) -> list[nn.Parameter]:
+    """Parameters of all ``modules``, each once (a VampPrior shares the guide's)."""
+    seen: dict[int, nn.Parameter] = {}
+    for module in modules:
+        for p in module.parameters():
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def make_optimizer(model: nn.Module, guide: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(unique_parameters(model, guide), lr=cfg.lr)
+
+
+def kl_weight(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """β, ramped linearly from 0 over ``kl_warmup`` epochs (per step, for smoothness)."""
+    if cfg.kl_warmup <= 0:
+        return cfg.beta
+    progress = (epoch + step / max(steps_per_epoch, 1)) / cfg.kl_warmup
+    return cfg.beta * min(1.0, progress)
+
+
+@torch.no_grad()
+def mean_elbo(model: nn.Module, guide: nn.Module, x: Tensor, batch_size: int = 2048) -> float:
+    """Single-sample ELBO per image, averaged over ``x`` ``[N, D]`` (nats)."""
+    elbo = pyro.infer.Trace_ELBO(max_plate_nesting=1)
+    total = 0.0
+    for chunk in x.split(batch_size):
+        total += float(elbo.differentiable_loss(model, guide, chunk))
+    return -total / len(x)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse settings that cannot train, naming the argument."""
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                "particles": cfg.particles, "val_every": cfg.val_every}
+    for name, value in positive.items():
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"{name} must be positive, got {value}")
+    if not cfg.beta >= 0:
+        raise ValueError(f"beta must be non-negative, got {cfg.beta}")
+    if cfg.kl_warmup < 0:
+        raise ValueError(f"kl_warmup must be zero or positive, got {cfg.kl_warmup}")
+    if cfg.clip_norm is not None and not cfg.clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive, got {cfg.clip_norm}")
+    if cfg.early_stopping is not None and cfg.early_stopping < 1:
+        raise ValueError(f"early_stopping must be at least 1 epoch, got {cfg.early_stopping}")
+
+
+def _check_data(model: nn.Module, data: Data) -> None:
+    likelihood = getattr(model, "likelihood", None)
+    if getattr(likelihood, "binary", False) and data.binarize == "none":
+        for name in ("train", "val", "test"):
+            check_binary(getattr(data, name).x, f"{data.source} {name} images")
+
+
+def _snapshot(session: FitSession) -> dict:
+    """A detached copy of parameters and optimizer state, to roll back to."""
+    clone = lambda sd: {k: v.detach().clone() for k, v in sd.items()}  # noqa: E731
+    opt = session.optimizer.state_dict()
+    opt_state = {i: clone(s) for i, s in opt["state"].items()}
+    return {"modules": clone(session.modules().state_dict()),
+            "optimizer": {"state": opt_state, "param_groups": opt["param_groups"]}}
+
+
+def _restore(session: FitSession, snap: dict) -> None:
+    session.modules().load_state_dict(snap["modules"])
+    session.optimizer.load_state_dict(snap["optimizer"])
+
+
+def _step(session: FitSession, objective, x: Tensor, beta: float, where: str) -> Tensor:
+    """One SVI step on batch ``x`` ``[B, D]``; returns the batch loss (sum over images)."""
+    loss = objective.differentiable_loss(session.model, session.guide, x, beta)
+    if not torch.isfinite(loss):
+        raise DivergenceError(f"the loss became {float(loss)} at {where}")
+    session.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = session.config.clip_norm
+    if clip is not None:
+        params = [p for g in session.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if not torch.isfinite(norm):
+            raise DivergenceError(f"the gradient norm became {float(norm)} at {where}")
+    session.optimizer.step()
+    return loss.detach()
+
+
+def _run_epoch(session: FitSession, state: TrainState, objective, bar,
+               stop: Callable[[], bool] | None) -> bool:
+    """Steps through the epoch in progress; False when ``stop()`` asked to halt early."""
+    cfg, n = session.config, len(session.data.train)
+    steps = math.ceil(n / cfg.batch_size)
+    if state.perm is None:
+        state.perm = torch.randperm(n, generator=session.perm_rng).to(session.device)
+    start = time.perf_counter()
+    try:
+        while state.step < steps:
+            if stop is not None and stop():
+                return False
+            index = state.perm[state.step * cfg.batch_size:(state.step + 1) * cfg.batch_size]
+            beta = kl_weight(cfg, state.epoch, state.step, steps)
+            where = f"epoch {state.epoch + 1}, step {state.step + 1} of {steps}"
+            loss = _step(session, objective, session.data.train_batch(index), beta, where)
+            state.loss_sum += float(loss)
+            state.count += len(index)
+            state.step += 1
+            bar.update(1)
+        return True
+    finally:
+        state.epoch_seconds += time.perf_counter() - start
+
+
+def _finish_epoch(session: FitSession, state: TrainState, val_x: Tensor) -> EpochRecord:
+    cfg = session.config
+    last = state.epoch + 1 == cfg.epochs
+    val = None
+    if (state.epoch + 1) % cfg.val_every == 0 or last:
+        val = mean_elbo(session.model, session.guide, val_x)
+    steps = math.ceil(len(session.data.train) / cfg.batch_size)
+    record = EpochRecord(state.epoch + 1, -state.loss_sum / state.count, val, state.epoch_seconds,
+                         state.count / max(state.epoch_seconds, 1e-9),
+                         kl_weight(cfg, state.epoch, steps, steps))
+    state.history.append(record)
+    state.epoch, state.step, state.perm = state.epoch + 1, 0, None
+    state.loss_sum, state.count, state.epoch_seconds = 0.0, 0, 0.0
+    return record
+
+
+def _track_best(state: TrainState, record: EpochRecord) -> bool:
+    """Update the early-stopping counters; True when this epoch is the best so far."""
+    if record.val_elbo is None:
+        return False
+    if record.val_elbo > state.best_val:
+        state.best_val, state.bad_epochs = record.val_elbo, 0
+        return True
+    state.bad_epochs += 1
+    return False
+
+
+def start_session(model: nn.Module, guide: nn.Module, data: Data, config: TrainConfig,
+                  state: TrainState | None, optimizer_state: dict | None) -> tuple[FitSession, TrainState]:
+    """Move everything to the device, build the optimizer and seed (or restore) the RNGs."""
+    check_train_config(config)
+    _check_data(model, data)
+    device = resolve_device(config.device)
+    model.to(device)
+    guide.to(device)
+    session = FitSession(model, guide, data.to(device), config, make_optimizer(model, guide, config),
+                         device, torch.Generator())
+    if optimizer_state is not None:
+        session.optimizer.load_state_dict(optimizer_state)
+    if state is None:
+        state = TrainState()
+        pyro.set_rng_seed(config.seed)
+        session.perm_rng.manual_seed(config.seed)
+    else:
+        session.restore_rng(state)
+    return session, state
+
+
+def fit(model: nn.Module, guide: nn.Module, data: Data, config: TrainConfig = TrainConfig(), *,
+        state: TrainState | None = None, optimizer_state: dict | None = None,
+        callbacks: Iterable[EpochCallback] = (), stop: Callable[[], bool] | None = None,
+        progress: bool = True) -> FitResult:
+    """Fit ``model(x, beta)`` and ``guide(x, beta)`` to ``data`` by stochastic VI.
+
+    Args:
+        model, guide: Pyro programs that are ``nn.Module`` s; they score a batch
+            ``x`` of shape ``[B, D]`` inside a data plate.
+        data: the images; batches come from ``data.train``, the validation
+            ELBO from ``data.val``.
+        config: epochs, batch size, learning rate, objective, seed, device...
+        state, optimizer_state: where a checkpointed fit stood, to resume it.
+        callbacks: called after every epoch with ``(session, state, record)``.
+        stop: polled before every step; when it returns True the fit returns
+            at that step boundary with ``interrupted=True``.
+        progress: show a progress bar with the ELBO and images per second.
+
+    Raises:
+        DivergenceError: the loss or gradient became non-finite. The
+            parameters are first restored to the end of the last good epoch.
+    """
+    session, state = start_session(model, guide, data, config, state, optimizer_state)
+    objective = build_objective(config)
+    val_x = session.data.eval_split("val", seed=config.seed)
+    steps = math.ceil(len(data.train) / config.batch_size)
+    started, stopped_early, interrupted = time.perf_counter(), False, False
+    good = best = _snapshot(session)
+    bar = tqdm(total=config.epochs * steps, initial=state.epoch * steps + state.step,
+               disable=not progress or None, unit="step", dynamic_ncols=True)
+    with pyro.get_param_store().scope(), pyro.validation_enabled(False), bar:
+        while state.epoch < config.epochs:
+            try:
+                finished = _run_epoch(session, state, objective, bar, stop)
+            except DivergenceError as err:
+                _restore(session, good)
+                raise DivergenceError(
+                    f"training diverged: {err}. Parameters were restored to the end of epoch "
+                    f"{state.epoch}. Try a lower learning rate (--lr, now {config.lr:g}) or "
+                    f"gradient clipping (--clip-norm).") from None
+            if not finished:
+                interrupted = True
+                break
+            record = _finish_epoch(session, state, val_x)
+            improved = _track_best(state, record)
+            good = _snapshot(session)
+            if improved and config.early_stopping:
+                best = good
+            bar.set_postfix(elbo=f"{record.train_elbo:.2f}", val=_fmt(record.val_elbo),
+                            img_s=f"{record.images_per_second:.0f}")
+            for callback in callbacks:
+                callback(session, state, record)
+            if config.early_stopping and state.bad_epochs >= config.early_stopping:
+                stopped_early = True
+                _restore(session, best)
+                break
+    session.capture_rng(state)
+    return FitResult(model, guide, state.history, state.best_val, stopped_early, interrupted,
+                     time.perf_counter() - started, state, session.optimizer)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -1,0 +1,61 @@
+"""Checks that reject bad input before any work starts, naming what is wrong and where."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Images or labels that cannot be fitted; the message says which and why."""
+
+
+def _first_bad_index(mask: np.ndarray) -> int:
+    """Index along axis 0 of the first sample where ``mask`` is true anywhere."""
+    per_sample = mask.reshape(len(mask), -1).any(axis=1)
+    return int(np.argmax(per_sample))
+
+
+def check_images(x: np.ndarray, name: str) -> None:
+    """Images must be a non-empty numeric array ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, D]``,
+    finite, with values in [0, 1] or [0, 255]."""
+    x = np.asarray(x)
+    if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise DataError(f"{name}: expected a numeric array, got dtype {x.dtype}")
+    if x.ndim < 2 or x.ndim > 4:
+        raise DataError(f"{name}: expected shape [N, D], [N, H, W] or [N, C, H, W], got {list(x.shape)}")
+    if len(x) == 0 or x[0].size == 0:
+        raise DataError(f"{name}: the dataset is empty (shape {list(x.shape)})")
+    if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            i = _first_bad_index(bad)
+            raise DataError(f"{name}: sample {i} has non-finite pixel values (NaN or inf); "
+                            f"expected finite values in [0, 1] or [0, 255]")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 255:
+        i = _first_bad_index((x < 0) | (x > 255))
+        raise DataError(f"{name}: sample {i} has values outside [0, 255] "
+                        f"(data range {lo:g} to {hi:g}); expected pixels in [0, 1] or [0, 255]")
+
+
+def check_labels(y: np.ndarray, n: int, name: str) -> None:
+    """Labels must be one integer per image."""
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{name}: expected {n} labels (one per image, shape [{n}]), "
+                        f"got shape {list(y.shape)}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
+            raise DataError(f"{name}: expected integer class labels, got dtype {y.dtype}")
+
+
+def check_binary(x, name: str) -> None:
+    """A Bernoulli likelihood needs x in {0, 1}: grey levels need a binarization."""
+    import torch
+
+    bad = (x != 0) & (x != 1)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad.reshape(len(x), -1).any(dim=1))[0])
+        raise DataError(
+            f"{name}: sample {i} has values other than 0 and 1, which a Bernoulli likelihood "
+            f"cannot score; choose --binarize dynamic or threshold, or a Gaussian likelihood")
