@@ -72,7 +72,7 @@ class DataConfig:
 class TrainConfig:
     """How the fit runs."""
 
-    epochs: int = 200
+    epochs: int = 1000
     """Passes over the training images."""
     batch_size: int = 128
     """Images per SVI step."""
