@@ -115,7 +115,10 @@ def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda[:i]`` or ``auto`` (cuda when available)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; expected cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for, but torch sees no CUDA device")
     return device
@@ -232,6 +235,16 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
         state.epoch_seconds += time.perf_counter() - start
 
 
+def _check_parameters(session: FitSession, state: TrainState) -> None:
+    """Once per epoch (one sync): a non-finite gradient in the epoch's last step leaves
+    non-finite parameters that no loss has seen yet; they must not become the good state."""
+    params = [p for g in session.optimizer.param_groups for p in g["params"]]
+    if not bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
+        steps = math.ceil(len(session.data.train) / session.config.batch_size)
+        raise DivergenceError(f"the gradient became non-finite at epoch {state.epoch + 1}, "
+                              f"step {steps} of {steps} (the parameters are NaN or inf)")
+
+
 def _finish_epoch(session: FitSession, state: TrainState, val_x: Tensor) -> EpochRecord:
     cfg = session.config
     last = state.epoch + 1 == cfg.epochs
@@ -314,6 +327,8 @@ def fit(model: nn.Module, guide: nn.Module, data: Data, config: TrainConfig = Tr
         while state.epoch < config.epochs:
             try:
                 finished = _run_epoch(session, state, objective, bar, stop)
+                if finished:
+                    _check_parameters(session, state)
             except DivergenceError as err:
                 _restore(session, good)
                 raise DivergenceError(
