@@ -113,9 +113,11 @@ def _read_metadata(raw: bytes, path: Path) -> dict[str, str]:
     try:
         header = json.loads(raw[8:8 + size])
         meta = header["__metadata__"]
-        json.loads(meta["pyro_vae"])["format"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        found = json.loads(meta["pyro_vae"])["format"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         raise not_ours from None
+    if found != FORMAT:
+        raise CheckpointError(f"{path} has format {found!r}; this pyro-vae reads {FORMAT!r}")
     return meta
 
 
@@ -149,10 +151,15 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if _digest(tensors, meta["pyro_vae"]) != meta.get("sha256"):
         raise CheckpointError(f"{path} is corrupt: its SHA-256 checksum does not match its contents")
     header = json.loads(meta["pyro_vae"])
-    modules, optimizer, fields = _unflatten(tensors, header)
-    fields["history"] = [EpochRecord(**r) for r in fields["history"]]
-    optimizer = optimizer if header["param_groups"] is not None else None
-    return Checkpoint(modules, optimizer, TrainState(**fields), header["meta"])
+    try:
+        modules, optimizer, fields = _unflatten(tensors, header)
+        fields["history"] = [EpochRecord(**r) for r in fields["history"]]
+        optimizer = optimizer if header["param_groups"] is not None else None
+        return Checkpoint(modules, optimizer, TrainState(**fields), header["meta"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        # A checksum guards against accidents, not against a crafted file: its header is
+        # still untrusted, and any surprise in it is reported, never half-used.
+        raise CheckpointError(f"{path} has a malformed header ({type(err).__name__}: {err})") from None
 
 
 def load_modules(target: nn.Module, saved: dict[str, Tensor], source: str) -> None:

@@ -109,19 +109,43 @@ class RunConfig:
     """Shape of one image (e.g. ``(8, 8)``); filled in once the data is loaded."""
 
 
-def _from_dict(cls: Type[C], raw: dict[str, Any]) -> C:
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+
+
+def _check_value(where: str, annotation: str, value: Any) -> Any:
+    """``value`` as the field annotated ``annotation`` (e.g. ``"float | None"``) wants it,
+    or a ValueError naming ``where``; tuples arrive from JSON as lists."""
+    if annotation.startswith("tuple["):
+        if isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        raise ValueError(f"{where}: expected a list of integers, got {value!r}")
+    options = [t.strip() for t in annotation.split("|")]
+    if any(o not in _JSON_TYPES for o in options):  # a type this check does not know: trust it
+        return value
+    allowed = tuple(t for o in options for t in _JSON_TYPES[o])
+    if isinstance(value, bool) and "bool" not in options or not isinstance(value, allowed):
+        raise ValueError(f"{where}: expected {' or '.join(options)}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: Type[C], raw: dict[str, Any], where: str = "config") -> C:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a JSON object of {cls.__name__} fields, got {raw!r}")
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config keys {unknown}")
+        raise ValueError(f"{where}: unknown config keys {unknown}; "
+                         f"{cls.__name__} has {sorted(known)}")
     values: dict[str, Any] = {}
     defaults = cls()  # type: ignore[call-arg]
     for name, value in raw.items():
         current = getattr(defaults, name)
         if dataclasses.is_dataclass(current):
-            value = _from_dict(type(current), value)
-        elif isinstance(current, tuple) or name in ("hidden_sizes", "image_shape"):
-            value = tuple(value)
+            value = _from_dict(type(current), value, f"{where}.{name}")
+        else:
+            value = _check_value(f"{where}.{name}", str(known[name].type), value)
         values[name] = value
     return cls(**values)  # type: ignore[call-arg]
 
@@ -140,4 +164,9 @@ def load_run_config(path: Path) -> RunConfig:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"no config.json at {path}: is this a pyro-vae run folder?") from None
-    return run_config_from_dict(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    try:
+        return run_config_from_dict(raw)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

@@ -8,6 +8,7 @@ fresh permutation each epoch. No per-sample DataLoader is involved.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,8 @@ from torch import Tensor
 
 from pyro_vae.config import DataConfig
 from pyro_vae.registry import Registry
-from pyro_vae.validation import DataError, check_images, check_labels
+from pyro_vae.validation import (DataError, check_binary, check_image_shape, check_images,
+                                 check_labels)
 
 DATASETS: Registry = Registry("dataset")
 BINARIZE_MODES = ("auto", "dynamic", "threshold", "none")
@@ -138,10 +140,22 @@ def load_array_file(path: Path) -> RawImages:
     ``y``/``labels``; ``x_test``/``y_test`` give an explicit test split)."""
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
+    if path.suffix not in (".npy", ".npz"):
+        raise DataError(f"data file {path}: expected a .npy or .npz file")
+    try:
+        return _read_arrays(path)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        # np.load refuses object (pickled) arrays with a ValueError; never retry with pickles
+        raise DataError(f"data file {path} cannot be read as plain numeric arrays ({err}); "
+                        f"pickled object arrays are never loaded") from None
+
+
+def _read_arrays(path: Path) -> RawImages:
+    """The arrays of ``path`` as :class:`RawImages`, refusing pickled objects."""
     if path.suffix == ".npy":
         return RawImages(np.load(path, allow_pickle=False), None, source=str(path))
-    if path.suffix != ".npz":
-        raise DataError(f"data file {path}: expected a .npy or .npz file")
     with np.load(path, allow_pickle=False) as arrays:
         keys = set(arrays.files)
         xkey = next((k for k in ("x", "images", "x_train") if k in keys), None)
@@ -170,10 +184,11 @@ def resolve_binarize(mode: str, binary_likelihood: bool) -> str:
 
 
 def _to_unit(x: np.ndarray, name: str) -> Tensor:
-    """Flatten ``[N, *shape]`` to ``[N, D]`` float32 in [0, 1] (0–255 data is divided by 255)."""
+    """Flatten ``[N, *shape]`` to ``[N, D]`` float32 in [0, 1] (0–255 data is divided by 255;
+    integer data that is all 0 and 1 is taken as binary, not as nearly black)."""
     check_images(x, name)
     t = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(len(x), -1)
-    if np.issubdtype(x.dtype, np.integer) or float(t.max()) > 1.0:
+    if float(t.max()) > 1.0:
         t = t / 255.0
     return t
 
@@ -196,6 +211,8 @@ def split_images(raw: RawImages, cfg: DataConfig, binarize: str) -> Data:
     gen = torch.Generator().manual_seed(cfg.split_seed)
     perm = torch.randperm(len(x), generator=gen)
     if raw.test_x is not None:
+        check_image_shape(np.shape(raw.test_x)[1:], np.shape(raw.train_x)[1:],
+                          f"{raw.source} test images", "the training set")
         test = Split(_to_unit(raw.test_x, f"{raw.source} test images"),
                      _labels(raw.test_y, len(raw.test_x), f"{raw.source} test labels"))
         n_test = 0
@@ -213,10 +230,21 @@ def split_images(raw: RawImages, cfg: DataConfig, binarize: str) -> Data:
     return Data(train, val, test, tuple(raw.train_x.shape[1:]), binarize, raw.source)
 
 
+def _check_binary_raw(raw: RawImages, binary_likelihood: bool, binarize: str) -> None:
+    """Before splitting, so that the index named is the sample's index in the file."""
+    if binary_likelihood and binarize == "none":
+        check_binary(_to_unit(raw.train_x, f"{raw.source} images"), f"{raw.source} images")
+        if raw.test_x is not None:
+            check_binary(_to_unit(raw.test_x, f"{raw.source} test images"),
+                         f"{raw.source} test images")
+
+
 def load_data(cfg: DataConfig, binary_likelihood: bool = True) -> Data:
     """Load, check, scale and split the images that ``cfg`` names."""
     binarize = resolve_binarize(cfg.binarize, binary_likelihood)
-    return split_images(load_raw(cfg), cfg, binarize)
+    raw = load_raw(cfg)
+    _check_binary_raw(raw, binary_likelihood, binarize)
+    return split_images(raw, cfg, binarize)
 
 
 def from_tensor(x: Tensor | np.ndarray, labels: Tensor | np.ndarray | None = None,
@@ -224,4 +252,6 @@ def from_tensor(x: Tensor | np.ndarray, labels: Tensor | np.ndarray | None = Non
     """Python API: split images given as ``[N, *image_shape]`` (0–1 or 0–255)."""
     as_np = lambda a: a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)  # noqa: E731
     raw = RawImages(as_np(x), None if labels is None else as_np(labels), source="tensor")
-    return split_images(raw, cfg, resolve_binarize(cfg.binarize, binary_likelihood))
+    binarize = resolve_binarize(cfg.binarize, binary_likelihood)
+    _check_binary_raw(raw, binary_likelihood, binarize)
+    return split_images(raw, cfg, binarize)

@@ -25,8 +25,10 @@ from pyro_vae.build import build_vae
 from pyro_vae.checkpoint import load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.config import RunConfig, load_run_config, save_run_config
 from pyro_vae.data import Data, load_data
-from pyro_vae.fit import EpochRecord, FitResult, FitSession, TrainState, fit, resolve_device
+from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_train_config, fit,
+                          resolve_device)
 from pyro_vae.models import LIKELIHOODS
+from pyro_vae.validation import check_image_shape
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
 
@@ -65,10 +67,11 @@ def is_binary_likelihood(cfg: RunConfig) -> bool:
 
 
 def load_run_data(cfg: RunConfig) -> Data:
+    """The run's images, checked before any work (same image size as when the run started)."""
     data = load_data(cfg.data, is_binary_likelihood(cfg))
-    if cfg.image_shape and tuple(cfg.image_shape) != tuple(data.image_shape):
-        raise ValueError(f"images from {data.source} have shape {list(data.image_shape)}, "
-                         f"but this run was fitted to images of shape {list(cfg.image_shape)}")
+    if cfg.image_shape:
+        check_image_shape(data.image_shape, cfg.image_shape, data.source,
+                          "the run being resumed (config.json image_shape)")
     return data
 
 
@@ -152,10 +155,13 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     if (path / CHECKPOINT).exists():
         raise FileExistsError(f"{path} already holds a run; resume it with --resume {path}, "
                               f"or choose another --name")
+    # Every setting is checked before the folder exists, so a mistake leaves nothing behind.
+    check_train_config(cfg.train)
+    resolve_device(cfg.train.device)
+    model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
     path.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, path / CONFIG)
     (path / METRICS).write_text("")
-    model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
     return _run_fit(path, cfg, data, model, guide, progress=progress, stop=stop)
 
 
@@ -166,11 +172,14 @@ def resume_run(path: Path, epochs: int | None = None, *, progress: bool = True,
     cfg = load_run_config(path / CONFIG)
     if epochs is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
-        save_run_config(cfg, path / CONFIG)
+    check_train_config(cfg.train)
     data = load_run_data(cfg)
     model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
     ckpt = load_checkpoint(path / CHECKPOINT)
     load_modules(nn.ModuleDict({"model": model, "guide": guide}), ckpt.modules, str(path / CHECKPOINT))
+    # Only a checkpoint that loaded may change the folder's files.
+    if epochs is not None:
+        save_run_config(cfg, path / CONFIG)
     # The checkpoint is the truth: metrics.jsonl is rewritten to match it.
     (path / METRICS).write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n"
                                         for r in ckpt.state.history))

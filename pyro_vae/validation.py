@@ -38,15 +38,32 @@ def check_images(x: np.ndarray, name: str) -> None:
                         f"(data range {lo:g} to {hi:g}); expected pixels in [0, 1] or [0, 255]")
 
 
+def check_image_shape(shape: tuple[int, ...], expected: tuple[int, ...], name: str,
+                      expected_from: str) -> None:
+    """One image of ``name`` must have the shape ``expected`` that ``expected_from`` set."""
+    if tuple(shape) != tuple(expected):
+        raise DataError(f"{name}: images have shape {list(shape)}, but {expected_from} "
+                        f"has images of shape {list(expected)}; expected the same image size")
+
+
 def check_labels(y: np.ndarray, n: int, name: str) -> None:
-    """Labels must be one integer per image."""
+    """Labels must be one integer per image: shape ``[n]``, whole numbers."""
     y = np.asarray(y)
-    if y.ndim != 1 or len(y) != n:
-        raise DataError(f"{name}: expected {n} labels (one per image, shape [{n}]), "
+    if y.ndim != 1:
+        raise DataError(f"{name}: expected {n} labels of shape [{n}] (one per image), "
                         f"got shape {list(y.shape)}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.mod(y, 1) == 0):
-            raise DataError(f"{name}: expected integer class labels, got dtype {y.dtype}")
+    if len(y) != n:
+        first = min(len(y), n)  # the first image without a label, or the first label without an image
+        raise DataError(f"{name}: expected {n} labels (one per image), got {len(y)}; "
+                        f"index {first} is the first where images and labels disagree")
+    if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+        return
+    if not np.issubdtype(y.dtype, np.floating):
+        raise DataError(f"{name}: expected integer class labels, got dtype {y.dtype}")
+    bad = ~np.isfinite(y) | (np.mod(np.nan_to_num(y), 1) != 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{name}: label {i} is {y[i]!r}; expected integer class labels")
 
 
 def check_binary(x, name: str) -> None:
