@@ -141,7 +141,9 @@ def kl_weight(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> 
     """β, ramped linearly from 0 over ``kl_warmup`` epochs (per step, for smoothness)."""
     if cfg.kl_warmup <= 0:
         return cfg.beta
-    progress = (epoch + step / max(steps_per_epoch, 1)) / cfg.kl_warmup
+    steps = max(steps_per_epoch, 1)
+    # poutine.scale refuses a weight of 0, so the ramp starts at its first increment.
+    progress = max(epoch + step / steps, 1 / steps) / cfg.kl_warmup
     return cfg.beta * min(1.0, progress)
 
 
@@ -162,8 +164,9 @@ def check_train_config(cfg: TrainConfig) -> None:
     for name, value in positive.items():
         if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError(f"{name} must be positive, got {value}")
-    if not cfg.beta >= 0:
-        raise ValueError(f"beta must be non-negative, got {cfg.beta}")
+    if not cfg.beta > 0:
+        raise ValueError(f"beta must be positive, got {cfg.beta}: poutine.scale cannot weight the "
+                         f"latent site by 0 (for a near-plain autoencoder use a small beta, e.g. 1e-3)")
     if cfg.kl_warmup < 0:
         raise ValueError(f"kl_warmup must be zero or positive, got {cfg.kl_warmup}")
     if cfg.clip_norm is not None and not cfg.clip_norm > 0:
