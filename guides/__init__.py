@@ -1,6 +1,8 @@
 """The inference side: encoder bodies and the amortized guides built on them."""
 
-from pyro_vae.guides.amortized import GUIDES, AmortizedGuide, DiagonalNormalHead
+from pyro_vae.guides.amortized import (GUIDES, AmortizedGuide, DiagonalNormalHead,
+                                       FullRankNormalHead, IAFHead)
 from pyro_vae.guides.encoders import ENCODERS, MLPEncoder
 
-__all__ = ["ENCODERS", "GUIDES", "AmortizedGuide", "DiagonalNormalHead", "MLPEncoder"]
+__all__ = ["ENCODERS", "GUIDES", "AmortizedGuide", "DiagonalNormalHead", "FullRankNormalHead",
+           "IAFHead", "MLPEncoder"]
