@@ -133,8 +133,12 @@ def unique_parameters(*modules: nn.Module) -> list[nn.Parameter]:
     return list(seen.values())
 
 
-def make_optimizer(model: nn.Module, guide: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(unique_parameters(model, guide), lr=cfg.lr)
+def make_optimizer(model: nn.Module, guide: nn.Module, cfg: TrainConfig,
+                   device: torch.device | None = None) -> torch.optim.Optimizer:
+    """Adam over every parameter once. On CPU and CUDA it is the fused kernel: the same
+    update (tests/test_fit_speed_paths.py), one call instead of ~10 ops per tensor."""
+    fused = device is not None and device.type in ("cpu", "cuda")
+    return torch.optim.Adam(unique_parameters(model, guide), lr=cfg.lr, fused=fused or None)
 
 
 def kl_weight(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -196,11 +200,14 @@ def _restore(session: FitSession, snap: dict) -> None:
     session.optimizer.load_state_dict(snap["optimizer"])
 
 
-def _step(session: FitSession, objective, x: Tensor, beta: float, where: str) -> Tensor:
+def _step(session: FitSession, objective, x: Tensor, beta: float, where: str) -> float:
     """One SVI step on batch ``x`` ``[B, D]``; returns the batch loss (sum over images)."""
     loss = objective.differentiable_loss(session.model, session.guide, x, beta)
-    if not torch.isfinite(loss):
-        raise DivergenceError(f"the loss became {float(loss)} at {where}")
+    # The one host sync per step (the scalar loss); before backward it stops a
+    # non-finite loss from reaching the optimizer.
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise DivergenceError(f"the loss became {value} at {where}")
     session.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clip = session.config.clip_norm
@@ -210,7 +217,7 @@ def _step(session: FitSession, objective, x: Tensor, beta: float, where: str) ->
         if not torch.isfinite(norm):
             raise DivergenceError(f"the gradient norm became {float(norm)} at {where}")
     session.optimizer.step()
-    return loss.detach()
+    return value
 
 
 def _run_epoch(session: FitSession, state: TrainState, objective, bar,
@@ -229,7 +236,7 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
             beta = kl_weight(cfg, state.epoch, state.step, steps)
             where = f"epoch {state.epoch + 1}, step {state.step + 1} of {steps}"
             loss = _step(session, objective, session.data.train_batch(index), beta, where)
-            state.loss_sum += float(loss)
+            state.loss_sum += loss
             state.count += len(index)
             state.step += 1
             bar.update(1)
@@ -283,8 +290,8 @@ def start_session(model: nn.Module, guide: nn.Module, data: Data, config: TrainC
     device = resolve_device(config.device)
     model.to(device)
     guide.to(device)
-    session = FitSession(model, guide, data.to(device), config, make_optimizer(model, guide, config),
-                         device, torch.Generator())
+    session = FitSession(model, guide, data.to(device), config,
+                         make_optimizer(model, guide, config, device), device, torch.Generator())
     if optimizer_state is not None:
         session.optimizer.load_state_dict(optimizer_state)
     if state is None:
