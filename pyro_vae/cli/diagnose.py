@@ -1,0 +1,57 @@
+"""``pyro-vae diagnose RUN``: NUTS against the guide, inference gaps, collapse and predictive checks."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+from pyro_vae.cli.common import COMMANDS, Command, positive_int
+from pyro_vae.diagnose import DiagnoseConfig, diagnose
+from pyro_vae.report import write_diagnostics
+from pyro_vae.runs import load_run
+
+C = DiagnoseConfig()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder written by pyro-vae train")
+    p.add_argument("--points", type=positive_int, default=C.points,
+                   help="held-out images whose posterior NUTS samples and whose gaps are measured")
+    p.add_argument("--chains", type=positive_int, default=C.chains, help="NUTS chains")
+    p.add_argument("--warmup", type=positive_int, default=C.warmup, help="NUTS warm-up iterations per chain")
+    p.add_argument("--samples", type=positive_int, default=C.samples, help="NUTS draws kept per chain")
+    p.add_argument("--local-steps", type=positive_int, default=C.local_steps,
+                   help="Adam steps of the per-image Gaussian fit")
+    p.add_argument("--elbo-samples", type=positive_int, default=C.elbo_samples,
+                   help="draws per image for the ELBO and IWAE estimates")
+    p.add_argument("--seed", type=int, default=C.seed, help="random seed")
+    p.add_argument("--out", type=Path, default=None, help="folder for the outputs (default: RUN)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_run(args.run, args.device)
+    cfg = dataclasses.replace(C, points=args.points, chains=args.chains, warmup=args.warmup,
+                              samples=args.samples, local_steps=args.local_steps,
+                              elbo_samples=args.elbo_samples, seed=args.seed)
+    heldout = loaded.data.eval_split("test", seed=loaded.config.train.seed)
+    result = diagnose(loaded.model, loaded.guide, heldout, cfg, progress=not args.no_progress)
+    written = write_diagnostics(result, args.out or loaded.path, loaded.data.image_shape,
+                                title=loaded.path.name)
+    s = result.summary()
+    g = s["gaps"]
+    print(f"max r̂ {s['nuts']['rhat_max']:.3f}; approximation gap {g['approximation_gap']:.2f} nats, "
+          f"amortization gap {g['amortization_gap']:.2f} nats; active units "
+          f"{s['collapse']['active_units']} of {s['collapse']['latent_dim']}", file=sys.stderr)
+    print(written.html)
+    return 0
+
+
+COMMANDS.register("diagnose")(Command(
+    "sample the true posterior by NUTS and compare it with the guide: inference gaps, "
+    "posterior collapse, predictive checks", add_arguments, run))

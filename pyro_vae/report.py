@@ -1,0 +1,247 @@
+"""Figures and the one-page summary of :func:`pyro_vae.diagnose.diagnose`.
+
+The page (``diagnostics.html``) carries its figures inline, so it can be mailed
+or opened anywhere; it leads with plain verdicts a person can act on.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pyro_vae.diagnose import ACTIVE_THRESHOLD, RHAT_OK, Diagnostics
+
+KHAT_OK = 0.7
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of the summary: what was checked, the figure, and whether it passes."""
+
+    check: str
+    value: str
+    ok: bool
+    meaning: str
+
+
+def verdicts(s: dict[str, Any]) -> list[Verdict]:
+    """Plain verdicts from ``Diagnostics.summary()``."""
+    n, g, c, p = s["nuts"], s["gaps"], s["collapse"], s["ppc"]
+    ess_needed = 100 * s["config"]["chains"]
+    return [
+        Verdict("NUTS converged (max r̂)", f"{n['rhat_max']:.3f}", n["rhat_max"] < RHAT_OK,
+                f"below {RHAT_OK}: the chains agree, so the 'true posterior' below can be believed"),
+        Verdict("NUTS effective sample size (min bulk / tail)",
+                f"{n['ess_bulk_min']:.0f} / {n['ess_tail_min']:.0f}",
+                min(n["ess_bulk_min"], n["ess_tail_min"]) >= ess_needed,
+                f"at least 100 per chain ({ess_needed}) for stable means and quantiles"),
+        Verdict("NUTS divergences", str(n["divergences"]), n["divergences"] == 0,
+                "divergent transitions mean parts of the posterior were not explored"),
+        Verdict("Guide as importance proposal (share of points with k̂ > 0.7)",
+                f"{g['fraction_khat_amortized_above_0.7']:.0%}",
+                g["fraction_khat_amortized_above_0.7"] == 0,
+                "above 0.7 the guide misses posterior mass and IWAE estimates of log p(x) are unreliable"),
+        Verdict("Amortization gap (encoder vs best Gaussian per point)",
+                f"{g['amortization_gap']:.2f} ± {g['amortization_gap_se']:.2f} nats",
+                g["amortization_gap"] < 1.0,
+                "nats per image lost because one encoder serves all images; large means a better encoder "
+                "(or more training of it) would help"),
+        Verdict("Approximation gap (best Gaussian vs true posterior)",
+                f"{g['approximation_gap']:.2f} ± {g['approximation_gap_se']:.2f} nats",
+                g["approximation_gap"] < 1.0,
+                "nats per image lost to the Gaussian family itself; large means a richer guide (flows) would help"),
+        Verdict("Active units (Cov_x E_q[z_d] > 0.01)", f"{c['active_units']} of {c['latent_dim']}",
+                c["active_units"] == c["latent_dim"],
+                "inactive dimensions have collapsed to the prior and carry no information"),
+        Verdict("Posterior predictive p-value of log p(x | z)", f"{p['p_value']:.2f}",
+                0.05 < p["p_value"] < 0.95,
+                "near 0 or 1, held-out images are scored unlike the model's own replicates"),
+    ]
+
+
+def gap_figure(d: Diagnostics, path: Path) -> Path:
+    """Per point: log p(x), ELBO of the local optimum and of the amortized guide."""
+    g = d.gaps
+    order = np.argsort(g.log_px.numpy())
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    pos = np.arange(len(order))
+    for values, label, marker in ((g.log_px, "log p(x) (IWAE, local proposal)", "o"),
+                                  (g.elbo_local, "ELBO, best Gaussian per point", "s"),
+                                  (g.elbo_amortized, "ELBO, amortized guide", "v")):
+        ax.plot(pos, values.numpy()[order], marker, label=label)
+    ax.set_xticks(pos, [str(int(i)) for i in d.indices.numpy()[order]], rotation=90, fontsize=7)
+    ax.set_xlabel("held-out image (index)")
+    ax.set_ylabel("nats")
+    ax.set_title(f"approximation gap {float(g.approximation.mean()):.2f}, "
+                 f"amortization gap {float(g.amortization.mean()):.2f} nats (means)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def collapse_figure(d: Diagnostics, path: Path) -> Path:
+    """Bars per latent dimension: average KL(q ‖ p) and Cov_x(E_q[z_d]) with the 0.01 line."""
+    c = d.collapse
+    dims = np.arange(len(c.kl))
+    fig = Figure(figsize=(max(6, 0.35 * len(dims)), 5))
+    ax_kl, ax_var = fig.subplots(2, 1, sharex=True)
+    ax_kl.bar(dims, c.kl.numpy(), color="tab:blue")
+    ax_kl.set_ylabel("KL(q(z_d|x) ‖ p(z_d)) (nats)")
+    ax_kl.set_title(f"{int(c.active.sum())} of {len(dims)} units active")
+    colours = np.where(c.active.numpy(), "tab:green", "tab:red")
+    ax_var.bar(dims, c.mean_variance.numpy(), color=colours)
+    ax_var.axhline(ACTIVE_THRESHOLD, color="k", ls="--", lw=1, label="0.01 (Burda et al.)")
+    ax_var.set_yscale("log")
+    ax_var.set_ylabel("Cov_x(E_q[z_d])")
+    ax_var.set_xlabel("latent dimension d")
+    ax_var.set_xticks(dims)
+    ax_var.legend(fontsize=8)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def _pixel_map(values, image_shape: Sequence[int]) -> np.ndarray:
+    """``[D]`` per-pixel values as an ``[H, W]`` picture (colour channels averaged), unclipped."""
+    shape = tuple(image_shape) if len(image_shape) >= 2 else (1, int(values.numel()))
+    image = values.float().numpy().reshape(shape)
+    return image.mean(axis=0) if image.ndim == 3 else image
+
+
+def pixel_maps_figure(d: Diagnostics, image_shape: Sequence[int], path: Path) -> Path:
+    """Per-pixel mean and variance of held-out data and of replicates x_rep ~ p(x | z),
+    each pair on one colour scale so that the two can be compared by eye."""
+    p = d.ppc
+    rows = (("mean", p.data_mean, p.rep_mean), ("variance", p.data_var, p.rep_var))
+    fig = Figure(figsize=(8, 7.5))
+    axes = fig.subplots(2, 2)
+    for row, (what, data, rep) in zip(axes, rows):
+        vmax = float(max(data.max(), rep.max()))
+        vmin = float(min(data.min(), rep.min()))
+        for ax, values, who in zip(row, (data, rep), ("held-out data", "replicates")):
+            im = ax.imshow(_pixel_map(values, image_shape), cmap="viridis", vmin=vmin, vmax=vmax)
+            ax.set_title(f"{who}: pixel {what}")
+            ax.set_axis_off()
+        fig.colorbar(im, ax=list(row), fraction=0.046)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def loglik_figure(d: Diagnostics, path: Path) -> Path:
+    """Histogram of log p(x | z) for held-out x and for replicates, z ~ q(z | x)."""
+    p = d.ppc
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    values = np.concatenate([p.loglik_data.numpy(), p.loglik_rep.numpy()])
+    bins = np.linspace(*np.percentile(values, [0.5, 99.5]), 50)
+    ax.hist(p.loglik_data.numpy(), bins=bins, alpha=0.6, label="held-out data")
+    ax.hist(p.loglik_rep.numpy(), bins=bins, alpha=0.6, label="replicated data")
+    ax.set_xlabel("log p(x | z), z ~ q(z | x) (nats)")
+    ax.set_ylabel("images")
+    ax.set_title(f"posterior predictive check (p-value {p.p_value:.2f})")
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def pair_figure(d: Diagnostics, path: Path, n: int = 6) -> Path:
+    """For 2-D latents: ArviZ pair plots of NUTS (grey) against the amortized guide (orange)
+    and the local optimum (blue), one panel per point."""
+    import arviz as az
+
+    points = d.idata.posterior.point.values[:n]
+    fig = Figure(figsize=(3 * len(points), 3.2))
+    for ax, point in zip(np.atleast_1d(fig.subplots(1, len(points))), points):
+        for group, colour in (("posterior", "grey"), ("guide", "tab:orange"), ("local_guide", "tab:blue")):
+            az.plot_pair(d.idata, group=group, var_names=["z"], coords={"point": [point]}, ax=ax,
+                         scatter_kwargs={"color": colour, "alpha": 0.25, "markersize": 2})
+        ax.set_title(f"image {point}", fontsize=9)
+    fig.suptitle("z: NUTS (grey), amortized guide (orange), local Gaussian (blue)")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def write_figures(d: Diagnostics, image_shape: Sequence[int], folder: Path) -> list[Path]:
+    """Every diagnostic PNG, named ``diagnose_*.png`` in ``folder``."""
+    out = [gap_figure(d, folder / "diagnose_gaps.png"),
+           collapse_figure(d, folder / "diagnose_collapse.png"),
+           pixel_maps_figure(d, image_shape, folder / "diagnose_pixel_maps.png"),
+           loglik_figure(d, folder / "diagnose_loglik.png")]
+    if d.nuts.z.shape[-1] == 2:
+        out.append(pair_figure(d, folder / "diagnose_pairs.png"))
+    return out
+
+
+def _inline(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img src="data:image/png;base64,{data}" style="max-width:100%"></figure>'
+
+
+def _verdict_rows(items: list[Verdict]) -> str:
+    rows = []
+    for v in items:
+        mark = "✅ ok" if v.ok else "⚠️ check"
+        rows.append(f"<tr><td>{mark}</td><td>{html.escape(v.check)}</td><td><b>{html.escape(v.value)}"
+                    f"</b></td><td>{html.escape(v.meaning)}</td></tr>")
+    return "\n".join(rows)
+
+
+def write_html(summary: dict[str, Any], figures: list[Path], path: Path, run_name: str) -> Path:
+    """The one-page summary: verdicts first, then the gap table and the figures inline."""
+    g, n = summary["gaps"], summary["nuts"]
+    items = verdicts(summary)
+    failing = [v.check for v in items if not v.ok]
+    headline = ("Every check passes." if not failing else
+                f"{len(failing)} of {len(items)} checks need a look: " + "; ".join(failing) + ".")
+    table = (f"<table><tr><th>mean over {len(summary['points'])} held-out images</th><th>nats</th></tr>"
+             f"<tr><td>log p(x) (IWAE, K = {summary['config']['elbo_samples']})</td><td>{g['log_px']:.2f}</td></tr>"
+             f"<tr><td>ELBO, best Gaussian per image</td><td>{g['elbo_local']:.2f}</td></tr>"
+             f"<tr><td>ELBO, amortized guide</td><td>{g['elbo_amortized']:.2f}</td></tr>"
+             f"<tr><td>approximation gap</td><td>{g['approximation_gap']:.2f}</td></tr>"
+             f"<tr><td>amortization gap</td><td>{g['amortization_gap']:.2f}</td></tr></table>"
+             f"<p>Against NUTS, the amortized guide's means sit {n['guide_mean_offset_sd']:.2f} posterior "
+             f"SDs off on average and its SDs are {n['guide_sd_ratio']:.2f}× the posterior's "
+             f"(local Gaussian: {n['local_guide_mean_offset_sd']:.2f} SDs, {n['local_guide_sd_ratio']:.2f}×).</p>")
+    body = (f"<h1>Can this fit be trusted? {html.escape(run_name)}</h1><p><b>{html.escape(headline)}</b></p>"
+            f"<table>{_verdict_rows(items)}</table><h2>Inference gaps</h2>{table}"
+            + "".join(_inline(f) for f in figures))
+    style = ("<style>body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:2px 8px;"
+             "border-bottom:1px solid #ddd;text-align:left}</style>")
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>diagnostics</title>"
+                    f"{style}</head><body>{body}</body></html>\n")
+    return path
+
+
+@dataclass(frozen=True)
+class Written:
+    """The files a diagnosis wrote."""
+
+    json: Path
+    netcdf: Path
+    html: Path
+    figures: list[Path]
+
+
+def write_diagnostics(d: Diagnostics, folder: Path, image_shape: Sequence[int],
+                      title: str = "") -> Written:
+    """``diagnostics.json``, ``diagnostics.nc`` (ArviZ), the PNGs and ``diagnostics.html`` in ``folder``."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = d.summary()
+    summary["verdicts"] = [vars(v) for v in verdicts(summary)]
+    json_path = folder / "diagnostics.json"
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    nc_path = folder / "diagnostics.nc"
+    d.idata.to_netcdf(str(nc_path))
+    figures = write_figures(d, image_shape, folder)
+    page = write_html(summary, figures, folder / "diagnostics.html", title or str(folder))
+    return Written(json_path, nc_path, page, figures)
