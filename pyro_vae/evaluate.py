@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -61,14 +62,13 @@ def _local_log_prob(trace: poutine.Trace, k: int, n: int, observed: bool | None)
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        if observed is not None and site["is_observed"] != observed:
-            continue
         lp = site["log_prob"]
         if lp.dim() < 1 or lp.shape[-1] != n:
             raise ValueError(f"site {name!r} has log-density of shape {list(lp.shape)}, not "
                              f"[particles, {n}]: every latent and observed site must be local "
                              f"to the data plate (one value per row of x)")
-        total = total + lp
+        if observed is None or site["is_observed"] == observed:
+            total = total + lp
     return total
 
 
@@ -104,7 +104,7 @@ def _particle_traces(model: Callable, guide: Callable | None, x: Tensor, k: int,
 
 @torch.no_grad()
 def log_importance_weights(model: Callable, guide: Callable | None, x: Tensor, num_samples: int, *,
-                           particle_chunk: int = 256, point_chunk: int = 1024,
+                           particle_chunk: int = 128, point_chunk: int = 256,
                            max_plate_nesting: int = 1, args: tuple = (),
                            kwargs: dict | None = None) -> Tensor:
     """Per-data-point log importance weights, ``[K, N]`` (nats).
@@ -198,7 +198,8 @@ class PSISDiagnostics:
     """How far the guide's importance weights can be trusted, per point.
 
     ``khat`` ``[N]``: Pareto shape of the weights' upper tail (PSIS); above
-    ``threshold`` (0.7) the IWAE estimate of that point is unreliable.
+    ``threshold`` (0.7) the IWAE estimate of that point is unreliable; −∞ where
+    all K weights are equal.
     ``ess`` ``[N]``: importance-sampling effective sample size of the smoothed
     weights divided by K, 1 / (K Σ_k w̃_k²) with w̃ normalized, in (0, 1].
     """
@@ -209,7 +210,7 @@ class PSISDiagnostics:
     threshold: float = KHAT_THRESHOLD
 
     def summary(self) -> dict[str, float]:
-        k = self.khat.double()
+        k = self.khat.double().clamp(min=-1.0)  # −∞ (constant weights) would swamp the mean
         return {"khat_mean": float(k.mean()), "khat_median": float(k.median()),
                 "khat_max": float(k.max()), "fraction_khat_above": self.fraction_above,
                 "khat_threshold": self.threshold, "ess_fraction_mean": float(self.ess.mean()),
@@ -224,8 +225,15 @@ def psis_diagnostics(log_w: Tensor, threshold: float = KHAT_THRESHOLD) -> PSISDi
     """
     import arviz
 
-    smoothed, khat = arviz.psislw(log_w.T.double().cpu().numpy())
-    khat = torch.as_tensor(np.asarray(khat, dtype=np.float64))
+    lw = log_w.T.double().cpu().numpy()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        smoothed, khat = arviz.psislw(lw)
+    khat = np.asarray(khat, dtype=np.float64)
+    # All K weights equal (q = p(z|x) exactly): there is no tail, and psislw's fit returns
+    # inf; the proposal is perfect, so k̂ = −∞.
+    khat[lw.max(axis=-1) == lw.min(axis=-1)] = -np.inf
+    khat = torch.as_tensor(khat)
     # psislw returns normalized log weights: Σ_k exp(lw_k) = 1.
     ess = 1.0 / (np.exp(2.0 * smoothed).sum(axis=-1) * log_w.shape[0])
     return PSISDiagnostics(khat, torch.as_tensor(ess), float((khat > threshold).double().mean()),
@@ -284,7 +292,7 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int = 5000,
-             particle_chunk: int = 256, point_chunk: int = 256, ks: Sequence[int] | None = None,
+             particle_chunk: int = 128, point_chunk: int = 256, ks: Sequence[int] | None = None,
              seed: int | None = 0, progress: bool = False, max_plate_nesting: int = 1,
              args: tuple = (), kwargs: dict | None = None) -> Evaluation:
     """Estimate log p(x) of each row of ``data`` ``[N, ...]`` three ways, with PSIS diagnostics.

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="K, draws of z per image (from the guide, and again from the prior)")
     p.add_argument("--points", type=positive_int, default=None,
                    help="score only the first N images of the split (default: all)")
-    p.add_argument("--particle-chunk", type=positive_int, default=256,
+    p.add_argument("--particle-chunk", type=positive_int, default=128,
                    help="draws per program call (memory grows with chunk sizes, not with N or K)")
     p.add_argument("--point-chunk", type=positive_int, default=256, help="images per program call")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
