@@ -22,9 +22,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="K, draws of z per image (from the guide, and again from the prior)")
     p.add_argument("--points", type=positive_int, default=None,
                    help="score only the first N images of the split (default: all)")
-    p.add_argument("--particle-chunk", type=positive_int, default=128,
-                   help="draws per program call (memory grows with chunk sizes, not with N or K)")
-    p.add_argument("--point-chunk", type=positive_int, default=256, help="images per program call")
+    p.add_argument("--particle-chunk", type=positive_int, default=None,
+                   help="draws per program call (default 256 on CPU, 1024 on GPU); memory grows "
+                        "with the chunk sizes, not with N")
+    p.add_argument("--point-chunk", type=positive_int, default=None,
+                   help="images per program call (default 8 on CPU, 256 on GPU)")
+    p.add_argument("--hold-points", type=positive_int, default=256,
+                   help="images whose K weights are held in memory at once")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         x = x[:args.points]
     result = evaluate(loaded.model, loaded.guide, x, num_samples=args.samples,
                       particle_chunk=args.particle_chunk, point_chunk=args.point_chunk,
+                      hold_points=args.hold_points,
                       seed=args.seed, progress=not args.no_progress)
     summary = {"split": args.split, "seed": args.seed, **result.summary()}
     out = loaded.path / "evaluation.json"
