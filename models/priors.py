@@ -119,9 +119,21 @@ class FlowPrior(nn.Module):
     @staticmethod
     def _layer(latent_dim: int) -> T.TransformModule:
         if latent_dim == 1:
-            return T.Spline(1, count_bins=8, bound=FLOW_PRIOR_BOUND)
-        return T.spline_coupling(latent_dim, hidden_dims=list(FLOW_PRIOR_HIDDEN), count_bins=8,
-                                 bound=FLOW_PRIOR_BOUND)
+            layer = T.Spline(1, count_bins=8, bound=FLOW_PRIOR_BOUND)
+        else:
+            layer = T.spline_coupling(latent_dim, hidden_dims=list(FLOW_PRIOR_HIDDEN),
+                                      count_bins=8, bound=FLOW_PRIOR_BOUND)
+        # Pyro's random spline parameters start the density with sharp spikes;
+        # near-zero ones give equal bins, a smooth map and a prior close to N(0, I).
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                if "unnormalized" in name:
+                    p.zero_()
+            hyper = getattr(getattr(layer, "upper_spline", None), "nn", None)
+            if hyper is not None:  # small, not zero, so the hidden layers still get gradient
+                hyper.layers[-1].weight.mul_(0.01)
+                hyper.layers[-1].bias.zero_()
+        return layer
 
     def forward(self) -> dist.Distribution:
         transforms: list = []
