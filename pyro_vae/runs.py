@@ -28,6 +28,7 @@ from pyro_vae.data import Data, load_data
 from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_train_config, fit,
                           resolve_device)
 from pyro_vae.models import LIKELIHOODS
+from pyro_vae.objectives import build_objective
 from pyro_vae.validation import check_image_shape
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
@@ -149,15 +150,16 @@ def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn
 def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None, *,
               progress: bool = True, stop=None) -> TrainResult:
     """Load the data, build the model, fit it, and fill a new run folder ``out/name``."""
+    # Every setting is checked before the folder exists, so a mistake leaves nothing behind.
+    check_train_config(cfg.train)
+    resolve_device(cfg.train.device)
+    build_objective(cfg.train)
     data = load_run_data(cfg)
     cfg = dataclasses.replace(cfg, image_shape=tuple(data.image_shape))
     path = Path(out) / (name or default_run_name(cfg))
     if (path / CHECKPOINT).exists():
         raise FileExistsError(f"{path} already holds a run; resume it with --resume {path}, "
                               f"or choose another --name")
-    # Every setting is checked before the folder exists, so a mistake leaves nothing behind.
-    check_train_config(cfg.train)
-    resolve_device(cfg.train.device)
     model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
     path.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, path / CONFIG)

@@ -63,7 +63,7 @@ def check_labels(y: np.ndarray, n: int, name: str) -> None:
     bad = ~np.isfinite(y) | (np.mod(np.nan_to_num(y), 1) != 0)
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{name}: label {i} is {y[i]!r}; expected integer class labels")
+        raise DataError(f"{name}: label {i} is {float(y[i]):g}; expected integer class labels")
 
 
 def check_binary(x, name: str) -> None:
