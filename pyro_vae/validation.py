@@ -25,17 +25,19 @@ def check_images(x: np.ndarray, name: str) -> None:
         raise DataError(f"{name}: expected shape [N, D], [N, H, W] or [N, C, H, W], got {list(x.shape)}")
     if len(x) == 0 or x[0].size == 0:
         raise DataError(f"{name}: the dataset is empty (shape {list(x.shape)})")
-    if np.issubdtype(x.dtype, np.floating):
-        bad = ~np.isfinite(x)
-        if bad.any():
-            i = _first_bad_index(bad)
+    # One pass over both problems, so the sample named is the first with either.
+    non_finite = ~np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else np.zeros(x.shape, bool)
+    with np.errstate(invalid="ignore"):
+        outside = (x < 0) | (x > 255)
+    bad = non_finite | outside
+    if bad.any():
+        i = _first_bad_index(bad)
+        if non_finite[i].any():
             raise DataError(f"{name}: sample {i} has non-finite pixel values (NaN or inf); "
                             f"expected finite values in [0, 1] or [0, 255]")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 255:
-        i = _first_bad_index((x < 0) | (x > 255))
-        raise DataError(f"{name}: sample {i} has values outside [0, 255] "
-                        f"(data range {lo:g} to {hi:g}); expected pixels in [0, 1] or [0, 255]")
+        values = x[i][outside[i]]
+        raise DataError(f"{name}: sample {i} has values outside [0, 255] (from {float(values.min()):g} "
+                        f"to {float(values.max()):g}); expected pixels in [0, 1] or [0, 255]")
 
 
 def check_image_shape(shape: tuple[int, ...], expected: tuple[int, ...], name: str,
