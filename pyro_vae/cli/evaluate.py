@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--points", type=positive_int, default=None,
                    help="score only the first N images of the split (default: all)")
     p.add_argument("--particle-chunk", type=positive_int, default=None,
-                   help="draws per program call (default 256 on CPU, 1024 on GPU); memory grows "
+                   help="draws per program call (default 512 on CPU, 1024 on GPU); memory grows "
                         "with the chunk sizes, not with N")
     p.add_argument("--point-chunk", type=positive_int, default=None,
                    help="images per program call (default 8 on CPU, 256 on GPU)")
