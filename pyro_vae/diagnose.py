@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -65,6 +66,8 @@ class DiagnoseConfig:
     """NUTS draws kept per chain."""
     max_tree_depth: int = 8
     """NUTS trajectories stop at 2^depth leapfrog steps."""
+    jit: bool = True
+    """Compile NUTS's potential energy with the PyTorch JIT (about 2× faster on a CPU)."""
     local_steps: int = 600
     """Adam steps of the per-point (local) Gaussian fit."""
     local_lr: float = 0.05
@@ -185,10 +188,12 @@ def run_nuts(model: nn.Module, guide: nn.Module, x: Tensor, cfg: DiagnoseConfig,
         for chain in range(cfg.chains):
             pyro.set_rng_seed(cfg.seed + 1000 * chain)
             kernel = NUTS(model, max_plate_nesting=1, max_tree_depth=cfg.max_tree_depth,
-                          jit_compile=False, target_accept_prob=0.8)
+                          jit_compile=cfg.jit, ignore_jit_warnings=True, target_accept_prob=0.8)
             mcmc = MCMC(kernel, num_samples=cfg.samples, warmup_steps=cfg.warmup,
                         initial_params={"z": start_points[chain]}, disable_progbar=not progress)
-            mcmc.run(x)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.jit.trace.*", category=FutureWarning)
+                mcmc.run(x)
             draws.append(mcmc.get_samples()["z"].detach())
             flags = torch.zeros(cfg.samples, dtype=torch.bool)
             flags[mcmc.diagnostics()["divergences"]["chain 0"]] = True

@@ -161,7 +161,7 @@ def pair_figure(d: Diagnostics, path: Path, n: int = 6) -> Path:
     for ax, point in zip(np.atleast_1d(fig.subplots(1, len(points))), points):
         for group, colour in (("posterior", "grey"), ("guide", "tab:orange"), ("local_guide", "tab:blue")):
             az.plot_pair(d.idata, group=group, var_names=["z"], coords={"point": [point]}, ax=ax,
-                         scatter_kwargs={"color": colour, "alpha": 0.25, "markersize": 2})
+                         scatter_kwargs={"color": colour, "alpha": 0.25, "s": 3})
         ax.set_title(f"image {point}", fontsize=9)
     fig.suptitle("z: NUTS (grey), amortized guide (orange), local Gaussian (blue)")
     fig.savefig(path, dpi=100, bbox_inches="tight")

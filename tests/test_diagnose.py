@@ -1,0 +1,209 @@
+"""Diagnostics against exact answers: on pPCA the posterior and log p(x) are known in closed form."""
+
+from __future__ import annotations
+
+import html
+import math
+
+import arviz as az
+import matplotlib
+import numpy as np
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae.build import build_vae
+from pyro_vae.config import ModelConfig
+from pyro_vae.diagnose import (DiagnoseConfig, diagnose, fit_local, inference_gaps,
+                               kl_per_dimension, posterior_collapse, predictive_check, run_nuts)
+from pyro_vae.models import LinearGaussian
+from pyro_vae.report import verdicts, write_diagnostics
+
+matplotlib.use("Agg")
+D, LATENT, SIGMA = 5, 2, 0.5
+
+
+def ppca(seed: int = 0, orthogonal: bool = False):
+    """A pPCA model (and its untrained guide); ``orthogonal`` W makes p(z | x) diagonal."""
+    cfg = ModelConfig(latent_dim=LATENT, decoder="linear", likelihood="gaussian-fixed", sigma=SIGMA,
+                      hidden_sizes=(16,))
+    model, guide = build_vae(cfg, data_dim=D, seed=seed)
+    if orthogonal:
+        with torch.no_grad():
+            q, _ = torch.linalg.qr(torch.randn(D, LATENT, generator=torch.Generator().manual_seed(seed)))
+            model.decoder.linear.weight.copy_(q * torch.tensor([1.5, 0.7]))
+    lg = LinearGaussian.of(model)
+    return model, guide, lg, _draw(lg, 4, seed)
+
+
+def _draw(lg: LinearGaussian, n: int, seed: int) -> torch.Tensor:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 100)
+        return lg.marginal().sample((n,))
+
+
+def analytic_elbo(lg: LinearGaussian, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """ELBO of q = N(loc, diag scale²) under pPCA, in closed form: ``[N]``."""
+    resid = x - loc @ lg.W.T - lg.b
+    trace = ((lg.W ** 2) @ (scale ** 2).T).sum(0)  # tr(W S Wᵀ) per point
+    loglik = -0.5 * D * math.log(2 * math.pi * lg.sigma ** 2) - ((resid ** 2).sum(1) + trace) / (2 * lg.sigma ** 2)
+    logprior = -0.5 * LATENT * math.log(2 * math.pi) - 0.5 * ((loc ** 2) + scale ** 2).sum(1)
+    entropy = (0.5 * torch.log(2 * math.pi * math.e * scale ** 2)).sum(1)
+    return loglik + logprior + entropy
+
+
+def test_nuts_recovers_the_exact_posterior():
+    model, guide, lg, x = ppca(0)
+    cfg = DiagnoseConfig(chains=2, warmup=150, samples=250, seed=0)
+    nuts = run_nuts(model, guide, x, cfg)
+    mean, cov = lg.posterior(x)
+    z = nuts.z.double()
+    ess = torch.as_tensor(az.ess(az.convert_to_dataset(z.numpy())).x.values)  # [N, d]
+    assert float(az.rhat(az.convert_to_dataset(z.numpy())).x.max()) < 1.05
+    # Monte Carlo standard error of a mean is sd / sqrt(ESS); of a covariance entry of a
+    # Gaussian, sqrt((C_ii C_jj + C_ij²) / ESS). 4.5 standard errors over 20 checks.
+    sd = cov.diag().sqrt().double()
+    assert torch.all((z.mean((0, 1)) - mean).abs() < 4.5 * sd / ess.sqrt())
+    flat = z.flatten(0, 1)
+    c = cov.double()
+    se = ((c.diag()[:, None] * c.diag()[None, :] + c ** 2) / ess.min()).sqrt()
+    for n in range(len(x)):
+        assert torch.all((torch.cov(flat[:, n].T) - c).abs() < 4.5 * se)
+    assert nuts.diverging.shape == (2, 250)
+
+
+@pytest.mark.parametrize("orthogonal", [True, False])
+def test_local_gaussian_reaches_the_best_elbo_of_its_family(orthogonal):
+    """The best diagonal Gaussian misses log p(x) by exactly KL(q* ‖ p(z | x)), which is
+    ½(Σ log Λ_ii − log det Λ) for posterior precision Λ: zero when W has orthogonal columns."""
+    model, guide, lg, x = ppca(1, orthogonal)
+    cfg = DiagnoseConfig(local_steps=400, seed=0)
+    local = fit_local(model, guide, x, cfg)
+    precision = torch.linalg.inv(lg.posterior(x)[1])
+    exact_gap = 0.5 * (precision.diag().log().sum() - torch.logdet(precision))
+    with torch.no_grad():
+        elbo = analytic_elbo(lg, x, local.loc, local.z_dist().base_dist.scale)
+    # Optimization error: the ELBO is flat (quadratic) at the optimum, so a few 1e-3 nats.
+    assert torch.allclose(lg.log_marginal(x) - elbo, exact_gap.expand(len(x)), atol=0.01)
+    gaps = inference_gaps(model, guide, local, x, samples=4000)
+    # The reported gap is log p(x) by IWAE minus the ELBO by Monte Carlo, both from the same
+    # K weights: 4.5 standard errors of each (the IWAE error is below the ELBO's SE here),
+    # plus the optimization error above.
+    tol = 4.5 * gaps.elbo_local_se + 0.01
+    assert torch.all((gaps.log_px - lg.log_marginal(x)).abs() < tol)
+    assert torch.all((gaps.approximation - exact_gap).abs() < 2 * tol)
+
+
+def test_untrained_encoder_has_a_positive_amortization_gap():
+    model, guide, _, x = ppca(2)
+    local = fit_local(model, guide, x, DiagnoseConfig(local_steps=300))
+    gaps = inference_gaps(model, guide, local, x, samples=2000)
+    se = (gaps.elbo_amortized_se ** 2 + gaps.elbo_local_se ** 2).sqrt()
+    assert torch.all(gaps.amortization > 4.5 * se)
+
+
+class ScaledGuide(nn.Module):
+    """q(z | x) = N(x[:, :4] · scales, 0.5²): dimension d varies over data with variance scales_d²."""
+
+    def __init__(self, scales: list[float]) -> None:
+        super().__init__()
+        self.scales = torch.tensor(scales)
+
+    def z_dist(self, x: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(x[:, :4] * self.scales, 0.5).to_event(1)
+
+
+def test_active_units_and_kl_per_dimension_on_a_constructed_case():
+    model, _, _, _ = ppca(0)
+    model.prior = type(model.prior)(4)
+    x = torch.randn(500, D, generator=torch.Generator().manual_seed(0))
+    x = (x - x.mean(0)) / x.std(0)  # unit sample variance: Cov_x(E_q[z_d]) = scales_d² exactly
+    scales = [1.0, 0.2, 0.05, 0.0]  # variances 1, 0.04, 0.0025, 0 around the 0.01 threshold
+    collapse = posterior_collapse(model, ScaledGuide(scales), x)
+    assert torch.allclose(collapse.mean_variance, torch.tensor(scales) ** 2, atol=1e-5)
+    assert collapse.active.tolist() == [True, True, False, False]
+    m = x[:, :4] * torch.tensor(scales)
+    expected = (0.5 * (m ** 2 + 0.25 - 1) - math.log(0.5)).mean(0)
+    assert collapse.analytic and torch.allclose(collapse.kl, expected, atol=1e-5)
+
+
+def test_monte_carlo_kl_for_other_factorized_pairs():
+    """Laplace against Normal has no registered KL: a Monte Carlo estimate within 4.5 SE."""
+    q = dist.Laplace(torch.zeros(3, 2), 1.0).to_event(1)
+    p = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    torch.manual_seed(0)
+    kl, exact = kl_per_dimension(q, p, draws=20000)
+    z = dist.Laplace(0.0, 1.0).sample((200000,))
+    truth = float((dist.Laplace(0.0, 1.0).log_prob(z) - dist.Normal(0.0, 1.0).log_prob(z)).mean())
+    # Standard error of the 20000-draw mean: the integrand's sd (≈ 1.2) / sqrt(20000).
+    assert not exact and torch.allclose(kl, torch.full_like(kl, truth), atol=4.5 * 1.2 / math.sqrt(20000))
+
+
+class ExactGuide(nn.Module):
+    """The exact posterior of a pPCA model whose W has orthogonal columns (so it is diagonal)."""
+
+    def __init__(self, lg: LinearGaussian) -> None:
+        super().__init__()
+        self.lg = lg
+
+    def z_dist(self, x: torch.Tensor) -> dist.Distribution:
+        mean, cov = self.lg.posterior(x)
+        return dist.Normal(mean, cov.diag().sqrt()).to_event(1)
+
+
+def test_predictive_check_is_calibrated_under_the_exact_posterior():
+    """With z ~ p(z | x), (x, z) and (x_rep, z) are exchangeable: the p-value is 1/2."""
+    model, _, lg, _ = ppca(3, orthogonal=True)
+    x = _draw(lg, 4000, 3)
+    torch.manual_seed(0)
+    ppc = predictive_check(model, ExactGuide(lg), x)
+    assert abs(ppc.p_value - 0.5) < 4.5 * math.sqrt(0.25 / len(x))
+    # Pixel means: both are means of 4000 draws with the same marginal; SE = sd·sqrt(2/n).
+    sd = lg.marginal().variance.sqrt()
+    assert torch.all((ppc.data_mean - ppc.rep_mean).abs() < 4.5 * sd * math.sqrt(2 / len(x)))
+
+
+@pytest.fixture(scope="module")
+def small_diagnosis():
+    torch.set_num_threads(1)
+    model, guide, lg, _ = ppca(4)
+    heldout = _draw(lg, 300, 4)
+    cfg = DiagnoseConfig(points=3, chains=2, warmup=60, samples=60, local_steps=100, elbo_samples=300,
+                         collapse_points=300, ppc_points=300)
+    return diagnose(model, guide, heldout, cfg)
+
+
+def test_inference_data_round_trips_and_arviz_plots_work(small_diagnosis, tmp_path):
+    import matplotlib.pyplot as plt
+
+    written = write_diagnostics(small_diagnosis, tmp_path, (D,), title="ppca")
+    idata = az.from_netcdf(written.netcdf)
+    assert {"posterior", "guide", "local_guide", "log_likelihood", "observed_data",
+            "sample_stats"} <= set(idata.groups())
+    assert idata.posterior.z.shape == (2, 60, 3, LATENT)
+    assert idata.guide.z.shape == idata.posterior.z.shape
+    assert idata.log_likelihood.x.shape == (2, 60, 3)
+    assert idata.observed_data.x.shape == (3, D)
+    az.plot_pair(idata, var_names=["z"], coords={"point": [int(idata.posterior.point[0])]})
+    az.plot_trace(idata, var_names=["z"])
+    az.plot_ess(idata, var_names=["z"])
+    az.loo(idata)  # the log_likelihood group is usable by ArviZ's own tools
+    plt.close("all")
+
+
+def test_written_summary_holds_verdicts_figures_and_gaps(small_diagnosis, tmp_path):
+    written = write_diagnostics(small_diagnosis, tmp_path, (D,), title="ppca")
+    names = {p.name for p in written.figures}
+    assert {"diagnose_gaps.png", "diagnose_collapse.png", "diagnose_pixel_maps.png",
+            "diagnose_loglik.png", "diagnose_pairs.png"} == names
+    page = written.html.read_text()
+    assert page.count("data:image/png;base64,") == len(names)
+    summary = small_diagnosis.summary()
+    for v in verdicts(summary):
+        assert html.escape(v.check) in page
+    g = summary["gaps"]
+    assert g["approximation_gap"] == pytest.approx(g["log_px"] - g["elbo_local"])
+    assert g["amortization_gap"] == pytest.approx(g["elbo_local"] - g["elbo_amortized"])
+    assert len(g["per_point"]["log_px"]) == 3
+    assert np.isfinite(summary["nuts"]["rhat_max"])
