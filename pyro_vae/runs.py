@@ -179,6 +179,9 @@ def resume_run(path: Path, epochs: int | None = None, *, progress: bool = True,
     model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
     ckpt = load_checkpoint(path / CHECKPOINT)
     load_modules(nn.ModuleDict({"model": model, "guide": guide}), ckpt.modules, str(path / CHECKPOINT))
+    if epochs is not None and epochs < ckpt.state.epoch:
+        raise ValueError(f"--epochs {epochs} is fewer than the {ckpt.state.epoch} epochs {path} "
+                         f"has already run; give the new total, at least {ckpt.state.epoch}")
     # Only a checkpoint that loaded may change the folder's files.
     if epochs is not None:
         save_run_config(cfg, path / CONFIG)

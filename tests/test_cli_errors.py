@@ -148,11 +148,11 @@ def test_pickled_data_is_refused_without_running(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """A one-epoch run on a 4×4 image file, to be copied and broken."""
+    """A two-epoch run on a 4×4 image file, to be copied and broken."""
     root = tmp_path_factory.mktemp("run")
     data = _save(root / "images.npz", x=_binary(60))
     cfg = RunConfig(model=ModelConfig(latent_dim=2, hidden_sizes=(8,)), data=DataConfig(name=str(data)),
-                    train=TrainConfig(epochs=1, batch_size=32, device="cpu"))
+                    train=TrainConfig(epochs=2, batch_size=32, device="cpu"))
     return train_run(cfg, root, "r", progress=False).path
 
 
@@ -174,12 +174,18 @@ def test_resume_with_other_image_size(copy, capsys, tmp_path):
     cfg["data"]["name"] = str(_save(tmp_path / "other.npz", x=_binary(60, (5, 5))))
     (copy / CONFIG).write_text(json.dumps(cfg))
     before = (copy / CHECKPOINT).read_bytes()
-    code, line = cli(["train", "--resume", str(copy), "--epochs", "2", "--no-progress"], capsys)
+    code, line = cli(["train", "--resume", str(copy), "--epochs", "3", "--no-progress"], capsys)
     assert code == 2 and data.exists()
     assert ("other.npz: images have shape [5, 5], but the run being resumed (config.json "
             "image_shape) has images of shape [4, 4]") in line
     assert (copy / CHECKPOINT).read_bytes() == before
-    assert json.loads((copy / CONFIG).read_text())["train"]["epochs"] == 1  # not rewritten
+    assert json.loads((copy / CONFIG).read_text())["train"]["epochs"] == 2  # not rewritten
+
+
+def test_resume_to_fewer_epochs_than_done(copy, capsys):
+    code, line = cli(["train", "--resume", str(copy), "--epochs", "1", "--no-progress"], capsys)
+    assert code == 2 and f"--epochs 1 is fewer than the 2 epochs {copy} has already run" in line
+    assert json.loads((copy / CONFIG).read_text())["train"]["epochs"] == 2
 
 
 @pytest.mark.parametrize("command", ["train", "sample"])

@@ -149,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
                 result = train_run(config_from_args(args), args.out, args.name,
                                    progress=not args.no_progress, stop=stop)
         except DivergenceError as err:
-            raise UserError(f"{err} The last good checkpoint is kept.", EXIT_DIVERGED) from None
+            raise UserError(f"{err} Files already written (the checkpoint of the last finished "
+                            f"epoch, if any) are kept.", EXIT_DIVERGED) from None
     return report(result)
 
 
