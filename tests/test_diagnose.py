@@ -15,8 +15,9 @@ from torch import nn
 
 from pyro_vae.build import build_vae
 from pyro_vae.config import ModelConfig
-from pyro_vae.diagnose import (DiagnoseConfig, diagnose, fit_local, inference_gaps,
+from pyro_vae.diagnose import (DiagnoseConfig, PosteriorProposal, diagnose, fit_local, inference_gaps,
                                kl_per_dimension, posterior_collapse, predictive_check, run_nuts)
+from pyro_vae.evaluate import log_importance_weights, log_mean_exp, psis_diagnostics
 from pyro_vae.models import LinearGaussian
 from pyro_vae.report import verdicts, write_diagnostics
 
@@ -207,3 +208,20 @@ def test_written_summary_holds_verdicts_figures_and_gaps(small_diagnosis, tmp_pa
     assert g["amortization_gap"] == pytest.approx(g["elbo_local"] - g["elbo_amortized"])
     assert len(g["per_point"]["log_px"]) == 3
     assert np.isfinite(summary["nuts"]["rhat_max"])
+
+
+def test_posterior_matched_proposal_gives_log_px():
+    """A Student-t proposal matched to exact posterior draws: IWAE = log p(x) with small k̂."""
+    model, _, lg, x = ppca(5)
+    mean, cov = lg.posterior(x)
+    torch.manual_seed(0)
+    draws = dist.MultivariateNormal(mean, covariance_matrix=cov).sample((2, 500))  # [chains, draws, N, d]
+    proposal = PosteriorProposal(draws)
+    lw = log_importance_weights(model, proposal, x, 4000)
+    khat = psis_diagnostics(lw).khat
+    # With k̂ < 0.5 the weights have finite variance, and the error of log (mean w) is
+    # about sd(w) / (mean(w) sqrt(K)); 4.5 of those.
+    w = (lw - lw.max(0).values).exp()
+    tol = 4.5 * w.std(0) / (w.mean(0) * math.sqrt(lw.shape[0]))
+    assert torch.all(khat < 0.5)
+    assert torch.all((log_mean_exp(lw) - lg.log_marginal(x)).abs() < tol)
