@@ -75,6 +75,7 @@ def _params(*modules) -> dict[str, torch.Tensor]:
             for k, v in m.state_dict().items()}
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
 @pytest.mark.parametrize("target, at_call, where", [
     ("loss", 9, "epoch 2, step 3 of 6"),        # 1,438 training images / 256 = 6 steps per epoch
     ("grad", 12, "epoch 2, step 6 of 6"),       # a NaN gradient in an epoch's last step
@@ -109,6 +110,7 @@ def test_cli_divergence_keeps_written_files(tmp_path, monkeypatch, capsys):
     assert not (run / "summary.json").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
 def test_cli_huge_learning_rate_diverges_cleanly(tmp_path, capsys):
     """No monkeypatching: Adam at lr 1e4 on a Gaussian likelihood overflows in its 2nd step."""
     code, err = _cli(["train", *TINY, "--likelihood", "gaussian", "--lr", "1e4", "--batch-size",
