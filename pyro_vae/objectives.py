@@ -91,7 +91,8 @@ class Jit:
 
         params = unique_parameters(model, guide)
         key = (id(model), id(guide), tuple(x.shape), x.device, x.dtype)
-        beta_t = torch.as_tensor(beta, dtype=x.dtype, device=x.device)
+        # torch.full passes β to a fill kernel: no host-to-device copy per step on CUDA.
+        beta_t = torch.full((), beta, dtype=x.dtype, device=x.device)
         if key not in self._traced:
             self._traced[key] = self._trace(model, guide, params, x, beta_t)
         return self._traced[key](*params, x, beta_t)
