@@ -5,6 +5,7 @@ For each data point x_n and K draws z_k the evaluator forms log importance weigh
 .. code-block:: text
 
     guided:  log w_kn = log p(x_n, z_k) − log q(z_k | x_n),   z_k ~ q(z | x_n)
+             (latent sites that the guide leaves out are drawn from the model and cancel)
     prior:   log v_kn = log p(x_n | z_k),                      z_k ~ p(z)
 
 and from them, per data point,
@@ -51,14 +52,14 @@ KHAT_THRESHOLD = 0.7
 ESTIMATORS = ("prior_mc", "elbo", "iwae")
 
 
-def _local_log_prob(trace: poutine.Trace, k: int, n: int, observed: bool | None) -> Tensor:
-    """Σ over sample sites of log_prob, keeping particles and data: ``[k, n]``.
+def _local_log_prob(trace: poutine.Trace, n: int, keep: Callable[[str, dict], bool]) -> Tensor:
+    """Σ of log_prob over the sample sites that ``keep(name, site)`` picks, keeping
+    particles and data: ``[k, n]`` (or 0 when none is picked).
 
-    ``observed`` picks the observed sites (True), the latent ones (False) or all (None).
-    A site whose log-density lacks the data dimension is global, and has no
-    per-point weight; it is refused.
+    A site whose log-density lacks the data dimension is global, with no per-point
+    weight; it is refused.
     """
-    total = torch.zeros(k, n, device=_device_of(trace))
+    total: Tensor | float = 0.0
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
@@ -67,16 +68,9 @@ def _local_log_prob(trace: poutine.Trace, k: int, n: int, observed: bool | None)
             raise ValueError(f"site {name!r} has log-density of shape {list(lp.shape)}, not "
                              f"[particles, {n}]: every latent and observed site must be local "
                              f"to the data plate (one value per row of x)")
-        if observed is None or site["is_observed"] == observed:
+        if keep(name, site):
             total = total + lp
-    return total
-
-
-def _device_of(trace: poutine.Trace) -> torch.device:
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            return site["value"].device
-    return torch.device("cpu")
+    return total  # type: ignore[return-value]
 
 
 def _particle_traces(model: Callable, guide: Callable | None, x: Tensor, k: int,
@@ -173,9 +167,16 @@ def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, k: int,
     n = x.shape[0]
     model_trace, guide_trace = _particle_traces(model, guide, x, k, chunks.max_plate_nesting,
                                                 chunks.args, chunks.kwargs)
-    if guide_trace is None:
-        return _local_log_prob(model_trace, k, n, observed=True)
-    return _local_log_prob(model_trace, k, n, None) - _local_log_prob(guide_trace, k, n, observed=False)
+    proposed = set() if guide_trace is None else {
+        name for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)}
+    # Latent sites the guide does not propose were drawn from the model's own conditional
+    # prior, which then cancels between p and the proposal: only observed sites and the
+    # guide's sites enter the weight (with no guide, log p(x | z)).
+    log_p = _local_log_prob(model_trace, n, lambda name, site: site["is_observed"] or name in proposed)
+    log_q = 0.0 if guide_trace is None else _local_log_prob(
+        guide_trace, n, lambda name, site: not site["is_observed"])
+    return torch.as_tensor(log_p - log_q, device=x.device).expand(k, n)
 
 
 def log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:

@@ -55,24 +55,28 @@ def posterior_guide(lg: LinearGaussian, shift: float = 0.0, widen: float = 1.0):
     return guide
 
 
-def user_ppca_model(lg: LinearGaussian):
-    """The same pPCA story written by a user as a plain function."""
+def user_ppca_model(lg: LinearGaussian, nuisance: bool = False):
+    """The same pPCA story written by a user as a plain function; optionally with a
+    second latent u that x does not depend on (and that the guide will not propose)."""
 
     def model(x):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([lg.W.shape[1]]).to_event(1))
+            if nuisance:
+                pyro.sample("u", dist.Normal(3.0, 0.1))
             pyro.sample("x", dist.Normal(z @ lg.W.T + lg.b, lg.sigma).to_event(1), obs=x)
 
     return model
 
 
-@pytest.mark.parametrize("which", ["vae", "user"])
+@pytest.mark.parametrize("which", ["vae", "user", "user-with-unproposed-latent"])
 def test_exact_posterior_gives_constant_weights_equal_to_log_marginal(which):
     # With q = p(z | x), log p(x, z) − log q(z | x) = log p(x) for every z: each of the
     # K·N weights must equal the closed form, up to float32 rounding of ~10-nat terms.
+    # A latent the guide leaves out is drawn from its prior, which cancels exactly.
     model, lg = ppca(2)
     x = draw(lg, 50)
-    m = model if which == "vae" else user_ppca_model(lg)
+    m = model if which == "vae" else user_ppca_model(lg, nuisance=which != "user")
     log_w = log_importance_weights(m, posterior_guide(lg), x, 300, particle_chunk=64, point_chunk=16)
     assert log_w.shape == (300, 50)
     torch.testing.assert_close(log_w, lg.log_marginal(x).expand(300, 50), atol=2e-4, rtol=1e-5)
