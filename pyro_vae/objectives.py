@@ -15,6 +15,7 @@ Each builder returns an object with ``differentiable_loss(model, guide, x, beta)
   classes feed parameters to the trace from the global param store, which
   pyro-vae does not use (their gradients would miss the modules' parameters),
   so :class:`Jit` traces the loss with the modules' parameters as inputs.
+  ``meanfield-jit`` traces :class:`TraceableMeanField` (same value and gradient).
 """
 
 from __future__ import annotations
@@ -72,6 +73,23 @@ class IWAE(RenyiELBO):
         return -bound.sum()
 
 
+class TraceableMeanField(TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` whose ``differentiable_loss`` can be traced by ``torch.jit``.
+
+    Pyro's version returns ``loss + (surrogate − surrogate.item())``; under a
+    trace the ``.item()`` is frozen as a constant, which makes later values
+    wrong. With reparameterized sites the surrogate *is* the loss (same value,
+    same gradient), so this returns it directly.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            _, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
+            loss = loss + surrogate / self.num_particles
+        return loss
+
+
 class Jit:
     """``objective.differentiable_loss`` traced by ``torch.jit.trace`` once per batch shape.
 
@@ -89,7 +107,7 @@ class Jit:
                             beta: float = 1.0) -> Tensor:
         from pyro_vae.fit import unique_parameters  # fit imports this module
 
-        params = unique_parameters(model, guide)
+        params = unique_parameters(*(m for m in (model, guide) if isinstance(m, nn.Module)))
         key = (id(model), id(guide), tuple(x.shape), x.device, x.dtype)
         # torch.full passes β to a fill kernel: no host-to-device copy per step on CUDA.
         beta_t = torch.full((), beta, dtype=x.dtype, device=x.device)
@@ -142,7 +160,9 @@ def jit_trace_elbo(cfg: TrainConfig) -> Jit:
 
 @OBJECTIVES.register("meanfield-jit")
 def jit_trace_mean_field_elbo(cfg: TrainConfig) -> Jit:
-    return Jit(trace_mean_field_elbo(cfg))
+    return Jit(TraceableMeanField(num_particles=cfg.particles,
+                                  vectorize_particles=cfg.particles > 1,
+                                  max_plate_nesting=MAX_PLATE_NESTING))
 
 
 @OBJECTIVES.register("iwae-jit")
