@@ -31,8 +31,9 @@ REFUSED = {("vamp", "iaf")}
 PAIRS = [pg for pg in itertools.product(sorted(PRIORS), sorted(GUIDES)) if pg not in REFUSED]
 UNTRACED = sorted(o for o in OBJECTIVES if not o.endswith("-jit"))
 TRACED = sorted(o for o in OBJECTIVES if o.endswith("-jit"))
-CASES = [(p, g, lik, o) for (p, g), lik, o in itertools.product(PAIRS, sorted(LIKELIHOODS), UNTRACED)]
-CASES += [("normal", "diagonal", lik, o) for lik, o in itertools.product(sorted(LIKELIHOODS), TRACED)]
+LIKS = sorted(LIKELIHOODS)
+CASES = [(p, g, lik, o) for (p, g), lik, o in itertools.product(PAIRS, LIKS, UNTRACED)]
+CASES += [("normal", "diagonal", lik, o) for lik, o in itertools.product(LIKS, TRACED)]
 
 
 def _build(prior: str, guide: str, likelihood: str = "bernoulli"):
