@@ -42,8 +42,9 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS, Trace_ELBO
+from pyro.infer.autoguide.initialization import init_to_value
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 from torch.nn.functional import softplus
 from tqdm.auto import tqdm
 
@@ -184,7 +185,7 @@ def fit_local(model: nn.Module, guide: nn.Module, x: Tensor, cfg: DiagnoseConfig
     # Decaying the rate lets the Monte Carlo gradient noise die out near the optimum.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.local_steps)
     bar = tqdm(range(cfg.local_steps), desc="local SVI", disable=not progress or None, leave=False)
-    with frozen(model), pyro.get_param_store().scope(), pyro.validation_enabled(False):
+    with frozen(model, guide), pyro.get_param_store().scope(), pyro.validation_enabled(False):
         for _ in bar:
             loss = elbo.differentiable_loss(model, local, x)
             opt.zero_grad(set_to_none=True)
@@ -215,14 +216,19 @@ def run_nuts(model: nn.Module, guide: nn.Module, x: Tensor, cfg: DiagnoseConfig,
     """
     start = time.perf_counter()
     draws, divergent = [], []
-    with frozen(model):
+    # The guide too: a VampPrior reads the guide's encoder.
+    with frozen(model, guide):
         start_points = guide.z_dist(x).sample((cfg.chains,)).detach()
         for chain in range(cfg.chains):
             pyro.set_rng_seed(cfg.seed + 1000 * chain)
+            # Every prior here lives on all of R^d; saying so spares Pyro from deriving a
+            # transform from the support, which it cannot do for mixtures.
             kernel = NUTS(model, max_plate_nesting=1, max_tree_depth=cfg.max_tree_depth,
-                          jit_compile=cfg.jit, ignore_jit_warnings=True, target_accept_prob=0.8)
+                          jit_compile=cfg.jit, ignore_jit_warnings=True, target_accept_prob=0.8,
+                          transforms={"z": dist.transforms.identity_transform},
+                          init_strategy=init_to_value(values={"z": start_points[chain]}))
             mcmc = MCMC(kernel, num_samples=cfg.samples, warmup_steps=cfg.warmup,
-                        initial_params={"z": start_points[chain]}, disable_progbar=not progress)
+                        disable_progbar=not progress)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*torch.jit.trace.*", category=FutureWarning)
                 mcmc.run(x)
@@ -286,10 +292,12 @@ def inference_gaps(model: nn.Module, guide: nn.Module, local: LocalGaussian, x: 
 
 @dataclass(frozen=True)
 class Collapse:
-    """Per latent dimension ``[d]``: KL(q(z_d | x) ‖ p(z_d)) averaged over x, Cov_x(E_q[z_d]),
-    and whether the dimension is active (that variance above ``ACTIVE_THRESHOLD``)."""
+    """Per latent dimension ``[d]``: KL(q(z_d | x) ‖ p(z_d)) averaged over x (NaN where a
+    marginal is unknown), Cov_x(E_q[z_d]), and whether the dimension is active (that
+    variance above ``ACTIVE_THRESHOLD``); ``kl_total`` is KL(q(z | x) ‖ p(z)) averaged over x."""
 
     kl: Tensor
+    kl_total: float
     mean_variance: Tensor
     analytic: bool
 
@@ -298,35 +306,47 @@ class Collapse:
         return self.mean_variance > ACTIVE_THRESHOLD
 
 
-def _factorized(d: dist.Distribution) -> dist.Distribution | None:
-    """The per-dimension base of an ``Independent`` over one event dimension, else None."""
+def _marginals(d: dist.Distribution) -> dist.Distribution | None:
+    """The one-dimensional marginals of d as one distribution of batch shape ``[..., d]``,
+    where they are known: factorized distributions and multivariate Normals."""
     if isinstance(d, Independent) and d.reinterpreted_batch_ndims == 1:
         return d.base_dist
+    if isinstance(d, MultivariateNormal):
+        return dist.Normal(d.loc, d.variance.sqrt())
     return None
 
 
 def kl_per_dimension(q: dist.Distribution, p: dist.Distribution, draws: int = 64) -> tuple[Tensor, bool]:
-    """KL(q(z_d | x_n) ‖ p(z_d)) ``[N, d]`` and whether it is exact.
+    """KL(q(z_d | x_n) ‖ p(z_d)) between one-dimensional marginals, ``[N, d]``, and whether it is exact.
 
-    Analytic for diagonal Normals; a Monte Carlo estimate for other factorized
-    pairs; NaN where q or p does not factorize over dimensions.
+    Analytic for Normal marginals; a Monte Carlo estimate for other known
+    marginals; NaN where a marginal density is unknown (flow guides, mixture priors).
     """
-    qb, pb = _factorized(q), _factorized(p)
-    if isinstance(qb, Normal) and isinstance(pb, Normal):
-        return kl_divergence(qb, pb), True
-    if qb is None or pb is None:
+    qm, pm = _marginals(q), _marginals(p)
+    if isinstance(qm, Normal) and isinstance(pm, Normal):
+        return kl_divergence(qm, pm), True
+    if qm is None or pm is None:
         return torch.full(q.batch_shape + q.event_shape, float("nan")), False
-    z = qb.sample((draws,))
-    return (qb.log_prob(z) - pb.log_prob(z)).mean(0), False
+    z = qm.sample((draws,))
+    return (qm.log_prob(z) - pm.log_prob(z)).mean(0), False
+
+
+def kl_total(q: dist.Distribution, p: dist.Distribution, draws: int = 64) -> Tensor:
+    """KL(q(z | x_n) ‖ p(z)) ``[N]``: analytic where torch knows it, else Monte Carlo."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        z = q.sample((draws,))
+        return (q.log_prob(z) - p.log_prob(z)).mean(0)
 
 
 @torch.no_grad()
 def posterior_collapse(model: nn.Module, guide: nn.Module, x: Tensor) -> Collapse:
-    """KL per dimension and the variance over data of E_q[z_d | x] for ``x`` ``[N, D]``."""
-    q = guide.z_dist(x)
-    kl, analytic = kl_per_dimension(q, model.z_dist())
+    """KL per dimension and in all, and the variance over data of E_q[z_d | x], for ``x`` ``[N, D]``."""
+    q, p = guide.z_dist(x), model.z_dist()
+    kl, analytic = kl_per_dimension(q, p)
     mean, _ = guide_moments(q)
-    return Collapse(kl.mean(0).cpu(), mean.var(0).cpu(), analytic)
+    return Collapse(kl.mean(0).cpu(), float(kl_total(q, p).mean()), mean.var(0).cpu(), analytic)
 
 
 # ---------------------------------------------------------------------------- PPC
@@ -453,7 +473,7 @@ class Diagnostics:
         g, c, conv = self.gaps, self.collapse, self.convergence
         mean = lambda t: float(t.double().mean())  # noqa: E731
         sem = lambda t: float(t.double().std() / math.sqrt(t.numel())) if t.numel() > 1 else 0.0  # noqa: E731
-        per_point = {name: [float(v) for v in getattr(g, name)] for name in
+        per_point = {name: [_finite_or_none(v) for v in getattr(g, name)] for name in
                      ("log_px", "elbo_amortized", "elbo_local", "approximation", "amortization",
                       "khat_amortized", "khat_local", "khat_log_px")}
         return {
@@ -472,7 +492,7 @@ class Diagnostics:
                      "fraction_khat_local_above_0.7": mean((g.khat_local > 0.7).float()),
                      "fraction_khat_log_px_above_0.7": mean((g.khat_log_px > 0.7).float()),
                      "per_point": per_point},
-            "collapse": {"kl_per_dim": [float(v) for v in c.kl], "kl_total": float(c.kl.sum()),
+            "collapse": {"kl_per_dim": [_finite_or_none(v) for v in c.kl], "kl_total": c.kl_total,
                          "kl_analytic": c.analytic,
                          "mean_variance_per_dim": [float(v) for v in c.mean_variance],
                          "active_units": int(c.active.sum()), "latent_dim": int(c.kl.numel())},
@@ -482,6 +502,12 @@ class Diagnostics:
                     "pixel_var_abs_diff": mean((self.ppc.data_var - self.ppc.rep_var).abs())},
             "seconds": self.seconds,
         }
+
+
+def _finite_or_none(value: Tensor) -> float | None:
+    """JSON has no NaN: an unknown value is written as null."""
+    v = float(value)
+    return v if math.isfinite(v) else None
 
 
 def select_points(n_available: int, n: int, seed: int) -> Tensor:
