@@ -472,7 +472,8 @@ class Diagnostics:
     def summary(self) -> dict[str, Any]:
         g, c, conv = self.gaps, self.collapse, self.convergence
         mean = lambda t: float(t.double().mean())  # noqa: E731
-        sem = lambda t: float(t.double().std() / math.sqrt(t.numel())) if t.numel() > 1 else 0.0  # noqa: E731
+        sem = lambda t: (float(t.double().std() / math.sqrt(t.numel()))  # noqa: E731
+                         if t.numel() > 1 else 0.0)
         per_point = {name: [_finite_or_none(v) for v in getattr(g, name)] for name in
                      ("log_px", "elbo_amortized", "elbo_local", "approximation", "amortization",
                       "khat_amortized", "khat_local", "khat_log_px")}

@@ -62,7 +62,8 @@ def verdicts(s: dict[str, Any]) -> list[Verdict]:
         Verdict("Approximation gap (best Gaussian vs true posterior)",
                 f"{g['approximation_gap']:.2f} ± {g['approximation_gap_se']:.2f} nats",
                 g["approximation_gap"] < 1.0,
-                "nats per image lost to the Gaussian family itself; large means a richer guide (flows) would help"),
+                "nats per image lost to the diagonal Gaussian family itself; large means a richer guide "
+                "(full-rank, flows) would help"),
         Verdict("Active units (Cov_x E_q[z_d] > 0.01)", f"{c['active_units']} of {c['latent_dim']}",
                 c["active_units"] == c["latent_dim"],
                 "inactive dimensions have collapsed to the prior and carry no information"),
@@ -200,25 +201,30 @@ def _verdict_rows(items: list[Verdict]) -> str:
     return "\n".join(rows)
 
 
+def _gap_table(summary: dict[str, Any]) -> str:
+    g, n = summary["gaps"], summary["nuts"]
+    rows = [(f"log p(x) (IWAE, K = {summary['config']['elbo_samples']}, Student-t proposal matched to NUTS)",
+             g["log_px"]),
+            ("ELBO, best diagonal Gaussian per image", g["elbo_local"]),
+            ("ELBO, amortized guide", g["elbo_amortized"]),
+            ("approximation gap", g["approximation_gap"]), ("amortization gap", g["amortization_gap"])]
+    cells = "".join(f"<tr><td>{html.escape(name)}</td><td>{value:.2f}</td></tr>" for name, value in rows)
+    return (f"<table><tr><th>mean over {len(summary['points'])} held-out images</th><th>nats</th></tr>"
+            f"{cells}</table><p>Against NUTS, the amortized guide's means sit "
+            f"{n['guide_mean_offset_sd']:.2f} posterior SDs off on average and its SDs are "
+            f"{n['guide_sd_ratio']:.2f}× the posterior's (local Gaussian: "
+            f"{n['local_guide_mean_offset_sd']:.2f} SDs, {n['local_guide_sd_ratio']:.2f}×).</p>")
+
+
 def write_html(summary: dict[str, Any], figures: list[Path], path: Path, run_name: str) -> Path:
     """The one-page summary: verdicts first, then the gap table and the figures inline."""
-    g, n = summary["gaps"], summary["nuts"]
     items = verdicts(summary)
     failing = [v.check for v in items if not v.ok]
     headline = ("Every check passes." if not failing else
                 f"{len(failing)} of {len(items)} checks need a look: " + "; ".join(failing) + ".")
-    table = (f"<table><tr><th>mean over {len(summary['points'])} held-out images</th><th>nats</th></tr>"
-             f"<tr><td>log p(x) (IWAE, K = {summary['config']['elbo_samples']}, Student-t proposal matched to NUTS)</td><td>{g['log_px']:.2f}</td></tr>"
-             f"<tr><td>ELBO, best Gaussian per image</td><td>{g['elbo_local']:.2f}</td></tr>"
-             f"<tr><td>ELBO, amortized guide</td><td>{g['elbo_amortized']:.2f}</td></tr>"
-             f"<tr><td>approximation gap</td><td>{g['approximation_gap']:.2f}</td></tr>"
-             f"<tr><td>amortization gap</td><td>{g['amortization_gap']:.2f}</td></tr></table>"
-             f"<p>Against NUTS, the amortized guide's means sit {n['guide_mean_offset_sd']:.2f} posterior "
-             f"SDs off on average and its SDs are {n['guide_sd_ratio']:.2f}× the posterior's "
-             f"(local Gaussian: {n['local_guide_mean_offset_sd']:.2f} SDs, {n['local_guide_sd_ratio']:.2f}×).</p>")
-    body = (f"<h1>Can this fit be trusted? {html.escape(run_name)}</h1><p><b>{html.escape(headline)}</b></p>"
-            f"<table>{_verdict_rows(items)}</table><h2>Inference gaps</h2>{table}"
-            + "".join(_inline(f) for f in figures))
+    body = (f"<h1>Can this fit be trusted? {html.escape(run_name)}</h1>"
+            f"<p><b>{html.escape(headline)}</b></p><table>{_verdict_rows(items)}</table>"
+            f"<h2>Inference gaps</h2>{_gap_table(summary)}" + "".join(_inline(f) for f in figures))
     style = ("<style>body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:2px 8px;"
              "border-bottom:1px solid #ddd;text-align:left}</style>")
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>diagnostics</title>"
