@@ -19,8 +19,9 @@ Targets: pyro-vae ≥ 2.5× the loop's images/s and ≥ 0.8× the floor's. floor
 pyro-vae are interleaved chunk by chunk over the same images, so load from other
 processes hits both alike; times are CPU time of this process (stable on a
 shared machine with 1 thread) and wall time. Peak memory above the resident
-set before the call (Linux VmHWM after resetting it; CUDA: peak allocated) is
-printed for two N, to show it does not grow with N.
+set before the call (Linux VmHWM after resetting it; CUDA: peak allocated), of
+the full ``evaluate`` in a fresh process, is printed for two N, to show it does
+not grow with N.
 
     python benchmarks/bench_evaluate.py                         # K = 1000, all 10,000 test images
     python benchmarks/bench_evaluate.py --points 1000 --samples 1000 --loop-points 10
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -168,17 +172,27 @@ def show(name: str, n: int, cpu: float, wall: float) -> float:
     return rate
 
 
-def memory_vs_n(model, guide, x: Tensor, args, device) -> None:
-    """pyro-vae's full ``evaluate`` (prior MC, ELBO, IWAE, PSIS) at two N: peak extra memory."""
+def memory_probe(model, guide, x: Tensor, args, device) -> None:
+    """Run inside a fresh process: peak memory of ``evaluate`` on ``x`` above the process's
+    resident set (data and model loaded) just before; prints one number in MiB."""
     from pyro_vae.evaluate import evaluate
 
-    evaluate(model, guide, x[:8], num_samples=16)  # imports and first-call allocations
-    for n in sorted({min(len(x), 256), min(len(x), 2048)}):
-        peak = peak_extra_bytes(lambda: evaluate(model, guide, x[:n], num_samples=args.samples,
-                                                 particle_chunk=args.particle_chunk,
-                                                 point_chunk=args.point_chunk), device)
-        print(f"  evaluate(N = {n:5d}, K = {args.samples}): peak memory above baseline "
-              f"{peak / 2**20:8.1f} MiB")
+    peak = peak_extra_bytes(lambda: evaluate(model, guide, x, num_samples=args.samples,
+                                             particle_chunk=args.particle_chunk,
+                                             point_chunk=args.point_chunk), device)
+    print(f"{peak / 2**20:.1f}")
+
+
+def memory_vs_n(args) -> None:
+    """pyro-vae's full ``evaluate`` (prior MC, ELBO, IWAE, PSIS) at two N, each in a fresh
+    process (a process keeps freed memory, so one that has already run would hide growth)."""
+    for n in sorted({min(args.points, 256), min(args.points, 2048)}):
+        cmd = [sys.executable, __file__, "--memory-probe", "--points", str(n), "--samples",
+               str(args.samples), "--threads", str(args.threads), "--device", args.device,
+               "--data-root", str(args.data_root)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1]
+        print(f"  evaluate(N = {n:5d}, K = {args.samples}) in a fresh process: peak memory above "
+              f"its resident set before the call {float(out):8.1f} MiB")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     model.to(device).eval()
     guide.to(device).eval()
     torch.manual_seed(0)
+    if args.memory_probe:
+        return memory_probe(model, guide, x, args, device)
     print(f"MNIST test images, 784-400-50 MLP VAE, K = {args.samples}, device {device}, "
           f"{args.threads} thread(s), chunks {args.particle_chunk} draws × {args.point_chunk} images")
     n_loop = min(args.loop_points, len(x))
@@ -213,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         verdict = "met" if max(cpu_ratio, wall_ratio) >= target else "NOT met"
         print(f"  pyro-vae / {base}: {cpu_ratio:.2f}× (CPU), {wall_ratio:.2f}× (wall); "
               f"target ≥ {target}× {verdict}")
-    memory_vs_n(model, guide, x, args, device)
+    memory_vs_n(args)
 
 
 if __name__ == "__main__":
