@@ -99,7 +99,9 @@ def test_local_gaussian_reaches_the_best_elbo_of_its_family(orthogonal):
 
 
 def test_untrained_encoder_has_a_positive_amortization_gap():
-    model, guide, _, x = ppca(2)
+    """Also on more points than the evaluator's default chunk of rows (8 on a CPU)."""
+    model, guide, lg, _ = ppca(2)
+    x = _draw(lg, 20, 2)
     local = fit_local(model, guide, x, DiagnoseConfig(local_steps=300))
     gaps = inference_gaps(model, guide, local, x, samples=2000)
     se = (gaps.elbo_amortized_se ** 2 + gaps.elbo_local_se ** 2).sqrt()
