@@ -155,6 +155,31 @@ class PosteriorProposal(PointwiseGuide):
         return dist.MultivariateStudentT(self.df, self.loc, self.scale_tril, validate_args=False)
 
 
+class LocalFullRank(PointwiseGuide):
+    """q(z_n) = N(loc_n, L_n L_nᵀ) with free ``loc`` ``[N, d]`` and lower-triangular ``L`` ``[N, d, d]``
+    (positive diagonal through softplus): the local optimum for a full-rank guide."""
+
+    def __init__(self, loc: Tensor, scale_tril: Tensor) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(loc.detach().clone())
+        diag = scale_tril.detach().diagonal(dim1=-2, dim2=-1)
+        self.raw_diag = nn.Parameter(_inverse_softplus(diag.clamp_min(1e-4)))
+        self.lower = nn.Parameter(scale_tril.detach().tril(-1).clone())
+
+    def z_dist(self, x: Tensor | None = None) -> dist.Distribution:
+        tril = self.lower.tril(-1) + torch.diag_embed(softplus(self.raw_diag))
+        return dist.MultivariateNormal(self.loc, scale_tril=tril, validate_args=False)
+
+
+def local_family(q: dist.Distribution) -> PointwiseGuide:
+    """Free per-point copies of the amortized q(z | x_n), started at its output: full-rank
+    for a multivariate Normal guide, else diagonal (also for flows, whose family has no
+    per-point parameters to free)."""
+    if isinstance(q, MultivariateNormal):
+        return LocalFullRank(q.loc, q.scale_tril)
+    return LocalGaussian(*guide_moments(q))
+
+
 @contextlib.contextmanager
 def frozen(*modules: nn.Module) -> Iterator[None]:
     """No gradients for the trained parameters while z alone is inferred."""
@@ -170,15 +195,16 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
 
 
 def fit_local(model: nn.Module, guide: nn.Module, x: Tensor, cfg: DiagnoseConfig,
-              progress: bool = False) -> LocalGaussian:
-    """The best diagonal Gaussian for each row of ``x`` ``[N, D]``, all N in one batch.
+              progress: bool = False) -> PointwiseGuide:
+    """The best Gaussian of the guide's family (:func:`local_family`) for each row of
+    ``x`` ``[N, D]``, all N in one batch.
 
     Starts at the amortized guide's output and maximizes each point's ELBO by
     Adam on Pyro's ``Trace_ELBO``; the loss is a sum over independent points, so
     each point's parameters follow their own gradient.
     """
     with torch.no_grad():
-        local = LocalGaussian(*guide_moments(guide.z_dist(x)))
+        local = local_family(guide.z_dist(x))
     elbo = Trace_ELBO(num_particles=cfg.local_particles, vectorize_particles=True,
                       max_plate_nesting=1)
     opt = torch.optim.Adam(local.parameters(), lr=cfg.local_lr)
@@ -266,7 +292,7 @@ class Gaps:
         return self.elbo_local - self.elbo_amortized
 
 
-def inference_gaps(model: nn.Module, guide: nn.Module, local: LocalGaussian, x: Tensor,
+def inference_gaps(model: nn.Module, guide: nn.Module, local: PointwiseGuide, x: Tensor,
                    samples: int, proposal: nn.Module | None = None) -> Gaps:
     """ELBOs of the amortized and local guides on ``x`` ``[N, D]``, and log p(x), each from
     K = ``samples`` importance weights of the evaluator.
@@ -396,7 +422,7 @@ def guide_draws(q: dist.Distribution, chains: int, draws: int) -> Tensor:
 
 
 @torch.no_grad()
-def inference_data(model: nn.Module, guide: nn.Module, local: LocalGaussian, x: Tensor,
+def inference_data(model: nn.Module, guide: nn.Module, local: PointwiseGuide, x: Tensor,
                    indices: Tensor, nuts: NutsResult) -> Any:
     """ArviZ InferenceData for the N points ``x`` ``[N, D]``.
 
