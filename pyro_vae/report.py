@@ -62,8 +62,8 @@ def verdicts(s: dict[str, Any]) -> list[Verdict]:
         Verdict("Approximation gap (best Gaussian vs true posterior)",
                 f"{g['approximation_gap']:.2f} ± {g['approximation_gap_se']:.2f} nats",
                 g["approximation_gap"] < 1.0,
-                "nats per image lost to the diagonal Gaussian family itself; large means a richer guide "
-                "(full-rank, flows) would help"),
+                "nats per image lost to the Gaussian family itself (diagonal, or full-rank for a full-rank "
+                "guide); large means a richer guide (full-rank, flows) would help"),
         Verdict("Active units (Cov_x E_q[z_d] > 0.01)", f"{c['active_units']} of {c['latent_dim']}",
                 c["active_units"] == c["latent_dim"],
                 "inactive dimensions have collapsed to the prior and carry no information"),
@@ -81,7 +81,7 @@ def gap_figure(d: Diagnostics, path: Path) -> Path:
     ax = fig.add_subplot()
     pos = np.arange(len(order))
     for values, label, marker in ((g.log_px, "log p(x) (IWAE, NUTS-matched proposal)", "o"),
-                                  (g.elbo_local, "ELBO, best Gaussian per point", "s"),
+                                  (g.elbo_local, "ELBO, best Gaussian per point (local SVI)", "s"),
                                   (g.elbo_amortized, "ELBO, amortized guide", "v")):
         ax.plot(pos, values.numpy()[order], marker, label=label)
     ax.set_xticks(pos, [str(int(i)) for i in d.indices.numpy()[order]], rotation=90, fontsize=7)
@@ -205,7 +205,7 @@ def _gap_table(summary: dict[str, Any]) -> str:
     g, n = summary["gaps"], summary["nuts"]
     rows = [(f"log p(x) (IWAE, K = {summary['config']['elbo_samples']}, Student-t proposal matched to NUTS)",
              g["log_px"]),
-            ("ELBO, best diagonal Gaussian per image", g["elbo_local"]),
+            ("ELBO, best Gaussian of the guide's family, per image", g["elbo_local"]),
             ("ELBO, amortized guide", g["elbo_amortized"]),
             ("approximation gap", g["approximation_gap"]), ("amortization gap", g["amortization_gap"])]
     cells = "".join(f"<tr><td>{html.escape(name)}</td><td>{value:.2f}</td></tr>" for name, value in rows)
