@@ -489,7 +489,7 @@ class Diagnostics:
 
     def guide_vs_nuts(self) -> dict[str, float]:
         """How far the amortized and local guides sit from the NUTS posterior, in posterior SDs."""
-        z = self.nuts.z.flatten(0, 1)
+        z = self.nuts.z.flatten(0, 1).cpu()
         mean, sd = z.mean(0), z.std(0)
         out = {}
         for name in ("guide", "local_guide"):
