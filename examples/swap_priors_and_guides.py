@@ -88,15 +88,20 @@ def print_table(rows: list[dict], k: int) -> None:
 @torch.no_grad()
 def draw_prior_densities(rows: list[dict], x_test: torch.Tensor, path: Path) -> Path:
     """One panel per prior: log p(z) on a grid, with one z ~ q(z | x) per test image."""
-    fig = Figure(figsize=(3.2 * len(rows), 3.4))
+    ncol = min(4, len(rows))
+    nrow = -(-len(rows) // ncol)
+    fig = Figure(figsize=(3.2 * ncol, 3.4 * nrow))
     for i, r in enumerate(rows):
-        ax = fig.add_subplot(1, len(rows), i + 1)
+        ax = fig.add_subplot(nrow, ncol, i + 1)
         z = r["guide"].z_dist(x_test).sample()
         lim = float(z.abs().quantile(0.99)) * 1.2 + 0.5
         grid = torch.linspace(-lim, lim, 120)
         zz = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), dim=-1)  # [120, 120, 2]
         density = r["model"].z_dist().log_prob(zz.reshape(-1, 2)).exp().reshape(120, 120)
-        ax.contourf(grid.numpy(), grid.numpy(), density.numpy(), levels=20, cmap="viridis")
+        # Levels from 0 up, so that regions of underflowed (zero) density are filled too.
+        levels = torch.linspace(0, float(density.max()) * 1.0001 + 1e-12, 21).numpy()
+        ax.contourf(grid.numpy(), grid.numpy(), density.numpy(), levels=levels, cmap="viridis",
+                    extend="both")
         ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), s=2, c="white", alpha=0.4)
         ax.set_title(r["combo"], fontsize=8)
         ax.set_xticks([])
