@@ -27,8 +27,10 @@ figure: it does not count the time the process waits for a core.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import dataclasses
+import importlib
 import json
 import math
 import pstats
@@ -38,7 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyro
 import torch
@@ -136,7 +138,7 @@ def make_runner(kind: str, data: Data, batch: int, device: str,
     """A function running one epoch of ``kind`` over its data with a clock.
 
     Kinds: ``floor``, ``floor-fused`` (the floor with fused Adam, for reference),
-    ``fit:<objective>`` and ``fit:<objective>+compile``.
+    ``fit:<objective>``, ``fit:<objective>+compile`` and ``fit:<objective>+plain-adam``.
     """
     model, guide = _network(data)
     if kind.startswith("floor"):
@@ -154,9 +156,24 @@ def make_runner(kind: str, data: Data, batch: int, device: str,
     def run(d: Data, seed: int, clock: Clock) -> None:
         cfg = TrainConfig(epochs=epochs, batch_size=batch, device=device, seed=seed,
                           objective=objective)
-        fit(model, guide, d, cfg, stop=clock, progress=False,
-            callbacks=[lambda *_: clock.epoch_end()])
+        with _plain_adam(extra == "plain-adam"):
+            fit(model, guide, d, cfg, stop=clock, progress=False,
+                callbacks=[lambda *_: clock.epoch_end()])
     return run
+
+
+@contextlib.contextmanager
+def _plain_adam(active: bool) -> Iterator[None]:
+    """While active, ``fit`` builds the per-tensor Adam it used before issue 7 (``--before``)."""
+    fit_module = importlib.import_module("pyro_vae.fit")
+    original = fit_module.make_optimizer
+    if active:
+        fit_module.make_optimizer = lambda m, g, cfg, device=None: torch.optim.Adam(
+            fit_module.unique_parameters(m, g), lr=cfg.lr)
+    try:
+        yield
+    finally:
+        fit_module.make_optimizer = original
 
 
 def step_subset(data: Data, batch: int, steps: int) -> Data:
@@ -263,13 +280,23 @@ def report_targets(ratios: dict[int, dict[str, float]]) -> None:
 # ---------------------------------------------------------------- memory
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size, MB. ``VmHWM`` rather than ``ru_maxrss``:
-    Linux carries ``ru_maxrss`` across exec, so a child would report its parent's peak."""
+def rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak (``VmHWM``) or current (``VmRSS``) resident set size, MB.
+    Not ``ru_maxrss``: Linux carries it across exec, so a child reports its parent's peak."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Restart the ``VmHWM`` high-water mark (Linux ≥ 4.0), so that the data loading's
+    transient copies do not hide the peak of the work measured after it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def child_memory(args) -> None:
@@ -277,7 +304,8 @@ def child_memory(args) -> None:
     torch.set_num_threads(args.threads)
     data = load_bench_data(args)
     model, guide = _network(data)
-    before = peak_rss_mb()
+    loading, before = rss_mb(), rss_mb("VmRSS")
+    reset = reset_peak_rss()
     if args.child == "fit":
         cfg = TrainConfig(epochs=args.memory_epochs, batch_size=128, device=args.device)
         fit(model, guide, data, cfg, progress=False)
@@ -289,11 +317,13 @@ def child_memory(args) -> None:
         evaluate(model.to(args.device), guide.to(args.device), x, num_samples=5000)
         what = f"evaluate K=5000 on {args.eval_points} test images"
     gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    print(json.dumps({"what": what, "setup_mb": before, "peak_mb": peak_rss_mb(), "gpu_mb": gpu}))
+    print(json.dumps({"what": what, "loading_mb": loading, "setup_mb": before,
+                      "peak_mb": rss_mb() if reset else None, "gpu_mb": gpu}))
 
 
 def measure_memory(args) -> None:
-    print("\npeak resident memory (fresh subprocess each; 'setup' = after imports, data and model):")
+    print("\nresident memory, MB (fresh subprocess each): peak while loading the data, in use "
+          "after loading\n(imports, data, model), and the peak during the work itself:")
     children = ["fit"]
     if (REPO / "pyro_vae" / "evaluate.py").exists():
         children.append("evaluate")
@@ -307,7 +337,9 @@ def measure_memory(args) -> None:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         gpu = f"   peak GPU {r['gpu_mb']:.0f} MiB" if r["gpu_mb"] is not None else ""
-        print(f"  {r['what']:45s} setup {r['setup_mb']:7.0f} MB   peak {r['peak_mb']:7.0f} MB{gpu}")
+        peak = "unknown" if r["peak_mb"] is None else f"{r['peak_mb']:7.0f}"
+        print(f"  {r['what']:42s} loading peak {r['loading_mb']:6.0f}   after loading "
+              f"{r['setup_mb']:6.0f}   work peak {peak}{gpu}")
 
 
 # ---------------------------------------------------------------- profile
@@ -324,7 +356,8 @@ class ProfilingClock(Clock):
 
     def __init__(self) -> None:
         super().__init__()
-        self.profile = cProfile.Profile()
+        # CPU time: wall time would count the waits for a core on a shared machine.
+        self.profile = cProfile.Profile(time.process_time)
 
     def __call__(self) -> bool:
         if len(self.ticks) == WARMUP_STEPS:
@@ -347,7 +380,8 @@ def profile_steps(kind: str, data: Data, batch: int, args) -> None:
         name = name or ("C/ATen kernels and builtins" if path == "~" else "other Python")
         groups[name] = groups.get(name, 0.0) + tottime
     steps = len(subset.train) // batch - WARMUP_STEPS
-    print(f"\nprofile of {kind}, batch {batch}: ms per step by where the time is spent (cProfile)")
+    print(f"\nprofile of {kind}, batch {batch}: CPU ms per step by where the time is spent "
+          f"(cProfile, which adds its own overhead to every Python call)")
     for name, t in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"  {name:42s} {1e3 * t / steps:6.2f}")
     stats.sort_stats("tottime").print_stats(12)
@@ -374,6 +408,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
     p.add_argument("--profile", action="store_true", help="print a per-step profile")
+    p.add_argument("--before", action="store_true",
+                   help="also time fit with the per-tensor Adam it used before (fit:elbo+plain-adam)")
     p.add_argument("--quick", action="store_true", help="3 repeats, 1 epoch repeat, 2-epoch memory fit")
     p.add_argument("--skip", nargs="*", default=[], choices=("steps", "epochs", "memory"))
     p.add_argument("--memory-epochs", type=int, default=10)
@@ -399,6 +435,7 @@ def main(args) -> None:
           f"{pyro.__version__}; {args.threads} thread(s)")
     kinds = ["floor", "floor-fused", "fit:elbo", "fit:elbo-jit"]
     kinds += ["fit:elbo+compile"] if args.compile else []
+    kinds += ["fit:elbo+plain-adam"] if args.before else []
     ratios = {}
     for batch in args.batch_sizes:
         if "steps" not in args.skip:
