@@ -96,6 +96,18 @@ class FullRankNormalHead(nn.Module):
                                        validate_args=False)
 
 
+class IAFPosterior(dist.TransformedDistribution):
+    """q(z | x) of the IAF guide. Its mean has no closed form: ``mean`` is the average
+    of ``MEAN_DRAWS`` draws (figures use it to place each image in latent space)."""
+
+    MEAN_DRAWS = 64
+
+    @property
+    def mean(self) -> Tensor:
+        with torch.no_grad():
+            return self.sample((self.MEAN_DRAWS,)).mean(0)
+
+
 class IAFHead(nn.Module):
     """z = f_K ∘ … ∘ f_1(ε), ε ~ N(μ(h), diag σ(h)²), each f_k an inverse-autoregressive
     affine transform whose shift and scale also see the encoder features h
@@ -116,7 +128,7 @@ class IAFHead(nn.Module):
 
     def forward(self, h: Tensor) -> dist.Distribution:
         transforms = [flow.condition(h) for flow in self.flows]
-        return dist.TransformedDistribution(self.base(h), transforms, validate_args=False)
+        return IAFPosterior(self.base(h), transforms, validate_args=False)
 
 
 @GUIDES.register("diagonal")

@@ -153,3 +153,12 @@ def test_swap_example_runs(tmp_path, capsys):
     assert all(math.isfinite(r["val_elbo"]) for r in rows)
     assert (tmp_path / "prior_densities.png").stat().st_size > 0
     assert "flow/iaf/iwae" in capsys.readouterr().out
+
+
+def test_cli_trains_a_flow_prior_with_an_iaf_guide_and_draws_its_figures(tmp_path):
+    """The run folder's figures read q's mean; the IAF posterior provides one."""
+    assert main(["train", "--prior", "flow", "--guide", "iaf", "--epochs", "1", "--hidden", "8",
+                 "--batch-size", "512", "--out", str(tmp_path), "--name", "r",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "r" / "latent_map.png").exists()
+    assert (tmp_path / "r" / "reconstructions.png").exists()
