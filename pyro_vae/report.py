@@ -159,19 +159,27 @@ def loglik_figure(d: Diagnostics, path: Path) -> Path:
     return path
 
 
-def pair_figure(d: Diagnostics, path: Path, n: int = 6) -> Path:
+def pair_figure(d: Diagnostics, path: Path, n: int = 8) -> Path:
     """For 2-D latents: ArviZ pair plots of NUTS (grey) against the amortized guide (orange)
-    and the local optimum (blue), one panel per point."""
+    and the local optimum (blue), for the ``n`` points whose chains agree least (largest r̂)."""
     import arviz as az
 
-    points = d.idata.posterior.point.values[:n]
-    fig = Figure(figsize=(3 * len(points), 3.2))
-    for ax, point in zip(np.atleast_1d(fig.subplots(1, len(points))), points):
-        for group, colour in (("posterior", "grey"), ("guide", "tab:orange"), ("local_guide", "tab:blue")):
+    worst = np.argsort(-np.nanmax(d.convergence.rhat, axis=1))[:n]
+    points = d.idata.posterior.point.values[worst]
+    rhat = np.nanmax(d.convergence.rhat, axis=1)[worst]
+    cols = min(4, len(points))
+    fig = Figure(figsize=(3.2 * cols, 3.2 * int(np.ceil(len(points) / cols)) + 0.4))
+    axes = np.atleast_1d(fig.subplots(int(np.ceil(len(points) / cols)), cols, squeeze=False)).ravel()
+    for ax, point, r in zip(axes, points, rhat):
+        for group, colour in (("posterior", "0.3"), ("guide", "tab:orange"), ("local_guide", "tab:blue")):
             az.plot_pair(d.idata, group=group, var_names=["z"], coords={"point": [point]}, ax=ax,
-                         scatter_kwargs={"color": colour, "alpha": 0.25, "s": 3})
-        ax.set_title(f"image {point}", fontsize=9)
-    fig.suptitle("z: NUTS (grey), amortized guide (orange), local Gaussian (blue)")
+                         textsize=8, scatter_kwargs={"color": colour, "alpha": 0.3, "s": 4})
+        ax.set_title(f"image {point}, r̂ {r:.3f}", fontsize=9)
+    for ax in axes[len(points):]:
+        ax.set_axis_off()
+    fig.suptitle("z | x: NUTS (grey), amortized guide (orange), best local Gaussian (blue); "
+                 "points with the largest r̂ first")
+    fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
