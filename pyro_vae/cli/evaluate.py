@@ -21,12 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=positive_int, default=5000,
                    help="K, draws of z per image (from the guide, and again from the prior)")
     p.add_argument("--points", type=positive_int, default=None,
-                   help="score only the first N images of the split (default: all)")
+                   help="score only the first N images of the split (None: all of them)")
     p.add_argument("--particle-chunk", type=positive_int, default=None,
-                   help="draws per program call (default 512 on CPU, 1024 on GPU); memory grows "
+                   help="draws per program call (None: 512 on CPU, 1024 on GPU); memory grows "
                         "with the chunk sizes, not with N")
     p.add_argument("--point-chunk", type=positive_int, default=None,
-                   help="images per program call (default 8 on CPU, 256 on GPU)")
+                   help="images per program call (None: 8 on CPU, 256 on GPU)")
     p.add_argument("--hold-points", type=positive_int, default=256,
                    help="images whose K weights are held in memory at once")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
