@@ -81,6 +81,11 @@ class FullRankNormalHead(nn.Module):
         self.register_buffer("rows", rows)
         self.register_buffer("cols", cols)
         self.off_diag = nn.Linear(in_features, len(rows))
+        # Start close to the diagonal guide: with default init the d(d-1)/2
+        # off-diagonal entries start O(1) and q starts needlessly wide.
+        with torch.no_grad():
+            self.off_diag.weight.mul_(0.01)
+            self.off_diag.bias.zero_()
         self.floor = floor
 
     def scale_tril(self, h: Tensor) -> Tensor:
