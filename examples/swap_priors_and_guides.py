@@ -103,6 +103,8 @@ def draw_prior_densities(rows: list[dict], x_test: torch.Tensor, path: Path) -> 
         ax.contourf(grid.numpy(), grid.numpy(), density.numpy(), levels=levels, cmap="viridis",
                     extend="both")
         ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), s=2, c="white", alpha=0.4)
+        ax.set_xlim(-lim, lim)  # the 1% of points beyond the grid must not widen the axes
+        ax.set_ylim(-lim, lim)
         ax.set_title(r["combo"], fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
