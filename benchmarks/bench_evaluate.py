@@ -20,8 +20,9 @@ pyro-vae are interleaved chunk by chunk over the same images, so load from other
 processes hits both alike; times are CPU time of this process (stable on a
 shared machine with 1 thread) and wall time. Peak memory above the resident
 set before the call (Linux VmHWM after resetting it; CUDA: peak allocated), of
-the full ``evaluate`` in a fresh process, is printed for two N, to show it does
-not grow with N.
+the full ``evaluate`` in a fresh process, is printed for two N. (Live tensors are
+bounded by construction; the process's resident high-water mark still rises
+sublinearly with N as the C heap settles, see the issue-4 note.)
 
     python benchmarks/bench_evaluate.py                         # K = 1000, all 10,000 test images
     python benchmarks/bench_evaluate.py --points 1000 --samples 1000 --loop-points 10
