@@ -45,17 +45,3 @@ def test_evaluate_missing_run_is_a_user_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nope"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
-
-def test_marginal_likelihood_example_runs(tiny_run, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "examples" / "marginal_likelihood.py"
-    spec = importlib.util.spec_from_file_location("marginal_likelihood", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    example.main(example.parse_args(["--run", str(tiny_run), "--samples", "20", "--points", "10",
-                                     "--out", str(tmp_path)]))
-    out = capsys.readouterr().out
-    assert "bits/pixel" in out and "PSIS" in out
-    assert (tmp_path / "estimates_vs_k.png").exists()
