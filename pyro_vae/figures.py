@@ -101,9 +101,10 @@ def latent_map(guide: nn.Module, x: Tensor, labels: Tensor | None, path: Path) -
     points, how = project_2d(z)
     fig = Figure(figsize=(6, 5.5))
     ax = fig.add_subplot()
-    colours = None if labels is None else labels.cpu().numpy()
-    sc = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=6, alpha=0.8)
-    if colours is not None:
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.8)
+    else:
+        sc = ax.scatter(points[:, 0], points[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=6, alpha=0.8)
         fig.colorbar(sc, ax=ax, label="label")
     ax.set_xlabel(f"{how} [0]")
     ax.set_ylabel(f"{how} [1]")
