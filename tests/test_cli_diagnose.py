@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import arviz as az
@@ -51,12 +48,3 @@ def test_non_positive_settings_are_refused(tiny_run):
     with pytest.raises(SystemExit) as exit_info:
         main(["diagnose", str(tiny_run), "--chains", "0"])
     assert exit_info.value.code == 2
-
-
-def test_example_script_runs(tiny_run, tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "examples" / "diagnose_fit.py"), "--run", str(tiny_run),
-                           "--points", "2", "--nuts", "15", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, cwd=REPO,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr
-    assert "summary page:" in proc.stdout and (tmp_path / "diagnostics.html").exists()

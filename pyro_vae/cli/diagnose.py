@@ -7,7 +7,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import torch
 
 from pyro_vae.cli.common import COMMANDS, Command, positive_int
 from pyro_vae.diagnose import DiagnoseConfig, diagnose
