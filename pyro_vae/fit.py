@@ -330,28 +330,17 @@ def fit(model: nn.Module, guide: nn.Module, data: Data, config: TrainConfig = Tr
     val_x = session.data.eval_split("val", seed=config.seed)
     steps = math.ceil(len(data.train) / config.batch_size)
     started, stopped_early, interrupted = time.perf_counter(), False, False
-    good = best = _snapshot(session)
+    good = best = (_snapshot(session), "their values when this fit started")
     bar = tqdm(total=config.epochs * steps, initial=state.epoch * steps + state.step,
                disable=not progress or None, unit="step", dynamic_ncols=True)
     with pyro.get_param_store().scope(), pyro.validation_enabled(False), bar:
         while state.epoch < config.epochs:
-            try:
-                finished = _run_epoch(session, state, objective, bar, stop)
-                if finished:
-                    _check_parameters(session, state)
-            except DivergenceError as err:
-                _restore(session, good)
-                raise DivergenceError(
-                    f"training diverged: {err}. Parameters were restored to the end of epoch "
-                    f"{state.epoch}. Try a lower learning rate (--lr, now {config.lr:g}) or "
-                    f"gradient clipping (--clip-norm).") from None
-            if not finished:
+            if not _guarded_epoch(session, state, objective, bar, stop, good):
                 interrupted = True
                 break
             record = _finish_epoch(session, state, val_x)
-            improved = _track_best(state, record)
-            good = _snapshot(session)
-            if improved and config.early_stopping:
+            good = (_snapshot(session), f"the end of epoch {state.epoch}")
+            if _track_best(state, record) and config.early_stopping:
                 best = good
             bar.set_postfix(elbo=f"{record.train_elbo:.2f}", val=_fmt(record.val_elbo),
                             img_s=f"{record.images_per_second:.0f}")
@@ -359,11 +348,28 @@ def fit(model: nn.Module, guide: nn.Module, data: Data, config: TrainConfig = Tr
                 callback(session, state, record)
             if config.early_stopping and state.bad_epochs >= config.early_stopping:
                 stopped_early = True
-                _restore(session, best)
+                _restore(session, best[0])
                 break
     session.capture_rng(state)
     return FitResult(model, guide, state.history, state.best_val, stopped_early, interrupted,
                      time.perf_counter() - started, state, session.optimizer)
+
+
+def _guarded_epoch(session: FitSession, state: TrainState, objective, bar,
+                   stop: Callable[[], bool] | None, good: tuple[dict, str]) -> bool:
+    """:func:`_run_epoch`; on divergence, roll back to ``good`` and say what to try."""
+    try:
+        finished = _run_epoch(session, state, objective, bar, stop)
+        if finished:
+            _check_parameters(session, state)
+        return finished
+    except DivergenceError as err:
+        snapshot, when = good
+        _restore(session, snapshot)
+        lr = session.config.lr
+        raise DivergenceError(
+            f"training diverged: {err}. Parameters were restored to {when}. Try a lower "
+            f"learning rate (--lr, now {lr:g}) or gradient clipping (--clip-norm).") from None
 
 
 def _fmt(value: float | None) -> str:
