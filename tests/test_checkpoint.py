@@ -240,6 +240,9 @@ def test_kill_9_in_the_middle_of_a_write_keeps_the_old_checkpoint(tmp_path):
     assert len(leftovers) == 1 and leftovers[0].stat().st_size == len(new) // 2
     assert target.read_bytes() == old
     assert load_checkpoint(target).state.epoch == 1
+    atomic_write(target, new)
+    assert not list(tmp_path.glob(".checkpoint.safetensors.*.tmp")), "the next write sweeps it"
+    assert target.read_bytes() == new
 
 
 def test_kill_9_at_random_moments_always_leaves_a_loadable_checkpoint(tmp_path):
