@@ -108,7 +108,8 @@ def floor_epoch(model: nn.Module, guide: nn.Module, data: Data, batch: int, seed
     total = 0.0
     for lo in range(0, n, batch):
         clock()
-        x = torch.bernoulli(x_all[perm[lo:lo + batch]])
+        p = x_all[perm[lo:lo + batch]]
+        x = (torch.rand_like(p) < p).to(p.dtype)  # the draw pyro_vae.data uses
         loss = floor_loss(guide, model, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()

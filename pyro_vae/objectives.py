@@ -107,16 +107,17 @@ class Jit:
                             beta: float = 1.0) -> Tensor:
         from pyro_vae.fit import unique_parameters  # fit imports this module
 
-        params = unique_parameters(*(m for m in (model, guide) if isinstance(m, nn.Module)))
         key = (id(model), id(guide), tuple(x.shape), x.device, x.dtype)
         # torch.full passes β to a fill kernel: no host-to-device copy per step on CUDA.
         beta_t = torch.full((), beta, dtype=x.dtype, device=x.device)
         if key not in self._traced:
-            self._traced[key] = self._trace(model, guide, params, x, beta_t)
+            params = unique_parameters(*(m for m in (model, guide) if isinstance(m, nn.Module)))
+            self._traced[key] = (self._trace(model, guide, params, x, beta_t), params)
+        traced, params = self._traced[key]
         # The profiling executor's rewrites change the order of float operations (the fit
         # drifts from the untraced one) and measured slower here (~10 % on MNIST, 784-400-50).
         with torch.jit.optimized_execution(False):
-            return self._traced[key](*params, x, beta_t)
+            return traced(*params, x, beta_t)
 
     def _trace(self, model, guide, params: list[Tensor], x: Tensor, beta: Tensor):
         def loss(*inputs: Tensor) -> Tensor:
