@@ -85,7 +85,10 @@ class TrainConfig:
     device: str = "auto"
     """``cpu``, ``cuda`` or ``auto`` (cuda when available)."""
     objective: str = "elbo"
-    """Training loss, a name in ``OBJECTIVES``."""
+    """Training loss, a name in ``OBJECTIVES``. ``elbo-jit`` is the same loss traced by
+    ``torch.jit``, 5–11 % faster per step on MNIST; it is not the default because values
+    seen when tracing perturb the last bits, so a resumed JIT fit is not bit-identical
+    to an uninterrupted one."""
     particles: int = 1
     """Monte Carlo samples of z per image in the objective."""
     beta: float = 1.0
