@@ -15,22 +15,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig, load_run, train_run
+from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_vae.runs import load_or_train
 from pyro_vae.diagnose import DiagnoseConfig, diagnose
 from pyro_vae.report import verdicts, write_diagnostics
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.run is None:
-        cfg = RunConfig(model=ModelConfig(latent_dim=2, hidden_sizes=(64,)), data=DataConfig(name="digits"),
-                        train=TrainConfig(epochs=args.epochs, device="cpu"))
-        args.run = train_run(cfg, args.out, "fit", progress=False).path
-    run = load_run(args.run)
+    cfg = RunConfig(model=ModelConfig(latent_dim=2, hidden_sizes=(64,)), data=DataConfig(name="digits"),
+                    train=TrainConfig(epochs=args.epochs, device="cpu"))
+    run = load_or_train(args.run, cfg, args.out, "fit")
     heldout = run.data.eval_split("test", seed=run.config.train.seed)
     result = diagnose(run.model, run.guide, heldout,
                       DiagnoseConfig(points=args.points, chains=2, warmup=args.nuts, samples=args.nuts,
                                      local_steps=200, elbo_samples=500))
-    written = write_diagnostics(result, args.out, run.data.image_shape, title=str(args.run))
+    written = write_diagnostics(result, args.out, run.data.image_shape, title=str(run.path))
     for v in verdicts(result.summary()):
         print(f"{'ok   ' if v.ok else 'CHECK'}  {v.check}: {v.value}")
     print(f"summary page: {written.html}")

@@ -21,7 +21,7 @@ import torch
 
 from pyro_vae import figures
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
-from pyro_vae.runs import load_run, train_run
+from pyro_vae.runs import load_or_train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,14 +36,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def fitted_run(args: argparse.Namespace):
-    """The run to explain: ``--run`` if given, else a fresh 2-D digits fit in ``args.out``."""
-    if args.run is None:
-        cfg = RunConfig(model=ModelConfig(latent_dim=2),
-                        train=TrainConfig(epochs=args.epochs, seed=args.seed, device="cpu"))
-        args.run = train_run(cfg, args.out, "run", progress=False).path
-    loaded = load_run(args.run)
+    """The run to explain: ``--run`` if given, else a 2-D digits fit in ``args.out/run``."""
+    cfg = RunConfig(model=ModelConfig(latent_dim=2),
+                    train=TrainConfig(epochs=args.epochs, seed=args.seed, device="cpu"))
+    loaded = load_or_train(args.run, cfg, args.out, "run")
     if loaded.config.model.latent_dim != 2:
-        raise SystemExit(f"{args.run} has a {loaded.config.model.latent_dim}-D latent; this story needs 2-D")
+        raise SystemExit(f"{loaded.path} has a {loaded.config.model.latent_dim}-D latent; "
+                         f"this story needs 2-D")
     return loaded
 
 

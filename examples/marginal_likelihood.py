@@ -24,7 +24,7 @@ import torch
 
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
 from pyro_vae.evaluate import evaluate, log_importance_weights, log_mean_exp, plot_k_curve
-from pyro_vae.runs import load_run, train_run
+from pyro_vae.runs import load_or_train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,11 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def fitted(args: argparse.Namespace):
-    if args.run is not None:
-        return load_run(args.run)
     cfg = RunConfig(model=ModelConfig(latent_dim=2), train=TrainConfig(epochs=args.epochs, device="cpu"))
-    path = train_run(cfg, args.out / "runs", "digits-z2", progress=False).path
-    return load_run(path)
+    return load_or_train(args.run, cfg, args.out / "runs", "digits-z2")
 
 
 def naive_walkthrough(model, x: torch.Tensor, samples: int) -> None:

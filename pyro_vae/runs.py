@@ -205,3 +205,13 @@ def load_run(path: Path, device: str = "cpu") -> LoadedRun:
     model.to(dev).eval()
     guide.to(dev).eval()
     return LoadedRun(path, cfg, model, guide, data.to(dev), dev)
+
+
+def load_or_train(run: Path | None, cfg: RunConfig, out: Path, name: str) -> LoadedRun:
+    """The run at ``run``; else the run in ``out/name``, fitting ``cfg`` there first if it
+    holds none. Lets a script take ``--run`` or make its own model, and be rerun."""
+    if run is None:
+        run = Path(out) / name
+        if not (run / CHECKPOINT).exists():
+            train_run(cfg, out, name, progress=False)
+    return load_run(run)
