@@ -2,7 +2,8 @@
 
 from pyro_vae.guides.amortized import (GUIDES, AmortizedGuide, DiagonalNormalHead,
                                        FullRankNormalHead, IAFHead)
+from pyro_vae.guides.auto import AutoAmortizedGuide
 from pyro_vae.guides.encoders import ENCODERS, MLPEncoder
 
-__all__ = ["ENCODERS", "GUIDES", "AmortizedGuide", "DiagonalNormalHead", "FullRankNormalHead",
-           "IAFHead", "MLPEncoder"]
+__all__ = ["ENCODERS", "GUIDES", "AmortizedGuide", "AutoAmortizedGuide", "DiagonalNormalHead",
+           "FullRankNormalHead", "IAFHead", "MLPEncoder"]
