@@ -73,13 +73,15 @@ class IWAE(RenyiELBO):
         return -bound.sum()
 
 
-class TraceableMeanField(TraceMeanField_ELBO):
-    """``TraceMeanField_ELBO`` whose ``differentiable_loss`` can be traced by ``torch.jit``.
+class SurrogateLoss:
+    """Mixin: ``differentiable_loss`` returns the surrogate loss alone, so ``torch.jit`` can trace it.
 
-    Pyro's version returns ``loss + (surrogate − surrogate.item())``; under a
-    trace the ``.item()`` is frozen as a constant, which makes later values
-    wrong. With reparameterized sites the surrogate *is* the loss (same value,
-    same gradient), so this returns it directly.
+    Pyro's ``Trace_ELBO`` and ``TraceMeanField_ELBO`` return ``loss + (surrogate −
+    surrogate.item())``, where ``loss`` is summed from ``.item()`` floats. Under a trace
+    those floats are frozen at the values of the tracing call: gradients stay exact, but
+    the reported loss then carries a constant of the last bits (``TraceMeanField`` even a
+    wrong value). With reparameterized sites, as in every guide here, the surrogate *is*
+    the loss, with the same gradient, so this returns it directly.
     """
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
@@ -88,6 +90,14 @@ class TraceableMeanField(TraceMeanField_ELBO):
             _, surrogate = self._differentiable_loss_particle(model_trace, guide_trace)
             loss = loss + surrogate / self.num_particles
         return loss
+
+
+class TraceableTraceELBO(SurrogateLoss, Trace_ELBO):
+    """``Trace_ELBO`` whose ``differentiable_loss`` traces without trace-time constants."""
+
+
+class TraceableMeanField(SurrogateLoss, TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` whose ``differentiable_loss`` can be traced (see :class:`SurrogateLoss`)."""
 
 
 class Jit:
@@ -159,7 +169,8 @@ def iwae(cfg: TrainConfig) -> ELBO:
 
 @OBJECTIVES.register("elbo-jit")
 def jit_trace_elbo(cfg: TrainConfig) -> Jit:
-    return Jit(trace_elbo(cfg))
+    return Jit(TraceableTraceELBO(num_particles=cfg.particles, vectorize_particles=cfg.particles > 1,
+                                  max_plate_nesting=MAX_PLATE_NESTING))
 
 
 @OBJECTIVES.register("meanfield-jit")

@@ -38,7 +38,8 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
 def _poison(monkeypatch, at_call: int, target: str = "loss") -> list:
     """Make the objective's ``at_call``-th loss NaN (``target="loss"``) or its gradient NaN
     (``target="grad"``); returns a list that records the files seen at that moment."""
-    real = OBJECTIVES["elbo"]
+    name = TrainConfig().objective  # the objective every fit here uses
+    real = OBJECTIVES[name]
     seen: list = []
 
     def build(cfg):
@@ -58,7 +59,7 @@ def _poison(monkeypatch, at_call: int, target: str = "loss") -> list:
 
         return Poisoned()
 
-    monkeypatch.setitem(OBJECTIVES, "elbo", build)
+    monkeypatch.setitem(OBJECTIVES, name, build)
     return seen
 
 
