@@ -4,7 +4,6 @@ numbers compare across likelihoods (for continuous x they are densities)."""
 
 from __future__ import annotations
 
-import math
 
 import pyro.distributions as dist
 import torch
@@ -12,13 +11,10 @@ from torch import Tensor, nn
 from torch.nn.functional import softplus
 
 from pyro_vae.config import ModelConfig
+from pyro_vae.models.networks import inverse_softplus
 from pyro_vae.registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood")
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
 
 
 class Bernoulli(nn.Module):
@@ -46,7 +42,7 @@ class Gaussian(nn.Module):
         self.learn = learn
         self.floor = floor if learn != "fixed" else 0.0
         size = {"fixed": 1, "global": 1, "pixel": data_dim}[learn]
-        raw = torch.full((size,), _inverse_softplus(max(sigma - self.floor, 1e-6)))
+        raw = torch.full((size,), inverse_softplus(max(sigma - self.floor, 1e-6)))
         if learn == "fixed":
             self.register_buffer("raw_sigma", raw)
         else:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Sequence, TypeVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from pyro_vae.registry import Registry
+
+T = TypeVar("T", float, Tensor)
 
 ACTIVATIONS: Registry = Registry("activation")
 ACTIVATIONS.register("relu")(nn.ReLU)
@@ -15,6 +19,15 @@ ACTIVATIONS.register("softplus")(nn.Softplus)
 ACTIVATIONS.register("elu")(nn.ELU)
 ACTIVATIONS.register("gelu")(nn.GELU)
 ACTIVATIONS.register("silu")(nn.SiLU)
+
+
+def inverse_softplus(y: T) -> T:
+    """The raw value whose softplus is ``y`` (> 0), elementwise: to start a
+    softplus-parameterized scale at a chosen value. A float stays a float (computed
+    in double precision), a tensor a tensor of its own dtype."""
+    if isinstance(y, Tensor):
+        return y + torch.log(-torch.expm1(-y))
+    return y + math.log(-math.expm1(-y))
 
 
 def mlp(

@@ -10,7 +10,6 @@ training.
 
 from __future__ import annotations
 
-import math
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -19,6 +18,7 @@ from torch import nn
 from torch.nn.functional import softplus
 
 from pyro_vae.config import ModelConfig
+from pyro_vae.models.networks import inverse_softplus
 from pyro_vae.registry import Registry
 
 PRIORS: Registry = Registry("prior")
@@ -27,10 +27,6 @@ PRIORS: Registry = Registry("prior")
 FLOW_PRIOR_HIDDEN = (64, 64)
 # The rational-quadratic splines act on [-bound, bound] and are the identity outside.
 FLOW_PRIOR_BOUND = 5.0
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
 
 
 class StandardNormal(nn.Module):
@@ -61,7 +57,7 @@ class GaussianMixture(nn.Module):
         self.logits = nn.Parameter(torch.zeros(components))
         self.locs = nn.Parameter(torch.randn(components, latent_dim))
         self.raw_scales = nn.Parameter(torch.full((components, latent_dim),
-                                                  _inverse_softplus(1.0 - floor)))
+                                                  inverse_softplus(1.0 - floor)))
 
     def scales(self) -> torch.Tensor:
         """σ_k, shape ``[K, latent_dim]``."""
