@@ -49,6 +49,7 @@ from torch.nn.functional import softplus
 from tqdm.auto import tqdm
 
 from pyro_vae.evaluate import log_importance_weights, log_mean_exp, psis_diagnostics
+from pyro_vae.models.networks import inverse_softplus
 
 ACTIVE_THRESHOLD = 0.01
 RHAT_OK = 1.01
@@ -89,10 +90,6 @@ class DiagnoseConfig:
 # ---------------------------------------------------------------------------- local Gaussian
 
 
-def _inverse_softplus(y: Tensor) -> Tensor:
-    return y + torch.log(-torch.expm1(-y))
-
-
 def guide_moments(q: dist.Distribution, draws: int = 256) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation ``[N, d]`` of q(z | x); sampled when q has no closed form."""
     try:
@@ -124,7 +121,7 @@ class LocalGaussian(PointwiseGuide):
     def __init__(self, loc: Tensor, scale: Tensor) -> None:
         super().__init__()
         self.loc = nn.Parameter(loc.detach().clone())
-        self.raw_scale = nn.Parameter(_inverse_softplus(scale.detach().clamp_min(1e-4)))
+        self.raw_scale = nn.Parameter(inverse_softplus(scale.detach().clamp_min(1e-4)))
 
     def z_dist(self, x: Tensor | None = None) -> dist.Distribution:
         """Batch shape ``[N]``, event shape ``[d]``."""
@@ -163,7 +160,7 @@ class LocalFullRank(PointwiseGuide):
         super().__init__()
         self.loc = nn.Parameter(loc.detach().clone())
         diag = scale_tril.detach().diagonal(dim1=-2, dim2=-1)
-        self.raw_diag = nn.Parameter(_inverse_softplus(diag.clamp_min(1e-4)))
+        self.raw_diag = nn.Parameter(inverse_softplus(diag.clamp_min(1e-4)))
         self.lower = nn.Parameter(scale_tril.detach().tril(-1).clone())
 
     def z_dist(self, x: Tensor | None = None) -> dist.Distribution:
@@ -271,7 +268,8 @@ def run_nuts(model: nn.Module, guide: nn.Module, x: Tensor, cfg: DiagnoseConfig,
 @dataclass(frozen=True)
 class Gaps:
     """Per point ``[N]`` (nats): log p(x), the ELBOs of the amortized and the local guide,
-    Monte Carlo standard errors of the ELBOs, and PSIS k̂ of the amortized guide's, the
+    Monte Carlo standard errors of the ELBOs and of log p(x) (delta method, sd(w) /
+    (mean(w) √K): meaningful while k̂ < 0.5), and PSIS k̂ of the amortized guide's, the
     local optimum's and the log p(x) proposal's importance weights."""
 
     log_px: Tensor
@@ -282,6 +280,7 @@ class Gaps:
     khat_amortized: Tensor
     khat_local: Tensor
     khat_log_px: Tensor
+    log_px_se: Tensor
 
     @property
     def approximation(self) -> Tensor:
@@ -311,9 +310,11 @@ def inference_gaps(model: nn.Module, guide: nn.Module, local: PointwiseGuide, x:
                          else log_importance_weights(model, proposal, x, samples, **chunks))
     se = lambda lw: (lw.std(0) / math.sqrt(samples)).cpu()  # noqa: E731
     khat = {name: psis_diagnostics(lw).khat.float() for name, lw in weights.items()}
+    w = (weights["log_px"] - weights["log_px"].max(0).values).exp()
     return Gaps(log_mean_exp(weights["log_px"]).cpu(), weights["amortized"].mean(0).cpu(),
                 weights["local"].mean(0).cpu(), se(weights["amortized"]), se(weights["local"]),
-                khat["amortized"], khat["local"], khat["log_px"])
+                khat["amortized"], khat["local"], khat["log_px"],
+                (w.std(0) / (w.mean(0) * math.sqrt(samples))).cpu())
 
 
 # ---------------------------------------------------------------------------- collapse
@@ -505,7 +506,7 @@ class Diagnostics:
                          if t.numel() > 1 else 0.0)
         per_point = {name: [_finite_or_none(v) for v in getattr(g, name)] for name in
                      ("log_px", "elbo_amortized", "elbo_local", "approximation", "amortization",
-                      "khat_amortized", "khat_local", "khat_log_px")}
+                      "khat_amortized", "khat_local", "khat_log_px", "log_px_se")}
         return {
             "config": dict(vars(self.config)), "points": [int(i) for i in self.indices],
             "nuts": {"rhat_max": float(np.nanmax(conv.rhat)),
