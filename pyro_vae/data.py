@@ -192,13 +192,15 @@ def resolve_binarize(mode: str, binary_likelihood: bool) -> str:
     return mode
 
 
-def _to_unit(x: np.ndarray, name: str) -> Tensor:
+def _to_unit(x: np.ndarray, name: str, must_be_binary: bool = False) -> Tensor:
     """Flatten ``[N, *shape]`` to ``[N, D]`` float32 in [0, 1] (0–255 data is divided by 255;
     integer data that is all 0 and 1 is taken as binary, not as nearly black)."""
     check_images(x, name)
     t = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(len(x), -1)
     if float(t.max()) > 1.0:
         t = t / 255.0
+    if must_be_binary:
+        check_binary(t, name)
     return t
 
 
@@ -213,16 +215,21 @@ def _cut(x: Tensor, y: Tensor | None, idx: Tensor) -> Split:
     return Split(x[idx], None if y is None else y[idx])
 
 
-def split_images(raw: RawImages, cfg: DataConfig, binarize: str) -> Data:
-    """Fixed-seed train/validation/test split; the official test split where one exists."""
-    x = _to_unit(raw.train_x, f"{raw.source} images")
+def split_images(raw: RawImages, cfg: DataConfig, binarize: str,
+                 binary_likelihood: bool = False) -> Data:
+    """Fixed-seed train/validation/test split; the official test split where one exists.
+
+    With a binary likelihood and no binarization, pixels must be 0 or 1; that is checked
+    before the shuffle, so an error names the sample's index in the file."""
+    must_be_binary = binary_likelihood and binarize == "none"
+    x = _to_unit(raw.train_x, f"{raw.source} images", must_be_binary)
     y = _labels(raw.train_y, len(x), f"{raw.source} labels")
     gen = torch.Generator().manual_seed(cfg.split_seed)
     perm = torch.randperm(len(x), generator=gen)
     if raw.test_x is not None:
         check_image_shape(np.shape(raw.test_x)[1:], np.shape(raw.train_x)[1:],
                           f"{raw.source} test images", "the training set")
-        test = Split(_to_unit(raw.test_x, f"{raw.source} test images"),
+        test = Split(_to_unit(raw.test_x, f"{raw.source} test images", must_be_binary),
                      _labels(raw.test_y, len(raw.test_x), f"{raw.source} test labels"))
         n_test = 0
     else:
@@ -239,21 +246,10 @@ def split_images(raw: RawImages, cfg: DataConfig, binarize: str) -> Data:
     return Data(train, val, test, tuple(raw.train_x.shape[1:]), binarize, raw.source)
 
 
-def _check_binary_raw(raw: RawImages, binary_likelihood: bool, binarize: str) -> None:
-    """Before splitting, so that the index named is the sample's index in the file."""
-    if binary_likelihood and binarize == "none":
-        check_binary(_to_unit(raw.train_x, f"{raw.source} images"), f"{raw.source} images")
-        if raw.test_x is not None:
-            check_binary(_to_unit(raw.test_x, f"{raw.source} test images"),
-                         f"{raw.source} test images")
-
-
 def load_data(cfg: DataConfig, binary_likelihood: bool = True) -> Data:
     """Load, check, scale and split the images that ``cfg`` names."""
     binarize = resolve_binarize(cfg.binarize, binary_likelihood)
-    raw = load_raw(cfg)
-    _check_binary_raw(raw, binary_likelihood, binarize)
-    return split_images(raw, cfg, binarize)
+    return split_images(load_raw(cfg), cfg, binarize, binary_likelihood)
 
 
 def from_tensor(x: Tensor | np.ndarray, labels: Tensor | np.ndarray | None = None,
@@ -262,5 +258,4 @@ def from_tensor(x: Tensor | np.ndarray, labels: Tensor | np.ndarray | None = Non
     as_np = lambda a: a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)  # noqa: E731
     raw = RawImages(as_np(x), None if labels is None else as_np(labels), source="tensor")
     binarize = resolve_binarize(cfg.binarize, binary_likelihood)
-    _check_binary_raw(raw, binary_likelihood, binarize)
-    return split_images(raw, cfg, binarize)
+    return split_images(raw, cfg, binarize, binary_likelihood)
