@@ -20,7 +20,6 @@ Each builder returns an object with ``differentiable_loss(model, guide, x, beta)
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -30,6 +29,7 @@ from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch
 from torch import Tensor, nn
 
 from pyro_vae.config import TrainConfig
+from pyro_vae.evaluate import log_mean_exp
 from pyro_vae.registry import Registry
 
 OBJECTIVES: Registry = Registry("objective")
@@ -69,8 +69,7 @@ class IWAE(RenyiELBO):
         # Vectorized particles come as one [K, N] tensor; otherwise one [N] tensor per particle.
         log_w = weights[0] if self.vectorize_particles and self.num_particles > 1 \
             else torch.stack(weights)
-        bound = torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)
-        return -bound.sum()
+        return -log_mean_exp(log_w, dim=0).sum()
 
 
 class SurrogateLoss:
