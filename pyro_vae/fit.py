@@ -95,6 +95,14 @@ class FitSession:
     def modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"model": self.model, "guide": self.guide})
 
+    def parameters(self) -> list[Tensor]:
+        """Every parameter the optimizer steps."""
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.data.train) / self.config.batch_size)
+
     def capture_rng(self, state: TrainState) -> None:
         """Copy every random state the fit draws from into ``state``."""
         state.perm_rng = self.perm_rng.get_state()
@@ -200,22 +208,23 @@ def _restore(session: FitSession, snap: dict) -> None:
     session.optimizer.load_state_dict(snap["optimizer"])
 
 
-def _step(session: FitSession, objective, x: Tensor, beta: float, where: str) -> float:
-    """One SVI step on batch ``x`` ``[B, D]``; returns the batch loss (sum over images)."""
+def _step(session: FitSession, objective, x: Tensor, beta: float,
+          where: Callable[[], str]) -> float:
+    """One SVI step on batch ``x`` ``[B, D]``; returns the batch loss (sum over images).
+    ``where()`` says which step this is, for an error message."""
     loss = objective.differentiable_loss(session.model, session.guide, x, beta)
     # The one host sync per step (the scalar loss); before backward it stops a
     # non-finite loss from reaching the optimizer.
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise DivergenceError(f"the loss became {value} at {where}")
+        raise DivergenceError(f"the loss became {value} at {where()}")
     session.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clip = session.config.clip_norm
     if clip is not None:
-        params = [p for g in session.optimizer.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        norm = torch.nn.utils.clip_grad_norm_(session.parameters(), clip)
         if not torch.isfinite(norm):
-            raise DivergenceError(f"the gradient norm became {float(norm)} at {where}")
+            raise DivergenceError(f"the gradient norm became {float(norm)} at {where()}")
     session.optimizer.step()
     return value
 
@@ -223,10 +232,10 @@ def _step(session: FitSession, objective, x: Tensor, beta: float, where: str) ->
 def _run_epoch(session: FitSession, state: TrainState, objective, bar,
                stop: Callable[[], bool] | None) -> bool:
     """Steps through the epoch in progress; False when ``stop()`` asked to halt early."""
-    cfg, n = session.config, len(session.data.train)
-    steps = math.ceil(n / cfg.batch_size)
+    cfg, steps = session.config, session.steps_per_epoch
     if state.perm is None:
-        state.perm = torch.randperm(n, generator=session.perm_rng).to(session.device)
+        state.perm = torch.randperm(len(session.data.train),
+                                    generator=session.perm_rng).to(session.device)
     start = time.perf_counter()
     try:
         while state.step < steps:
@@ -234,7 +243,7 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
                 return False
             index = state.perm[state.step * cfg.batch_size:(state.step + 1) * cfg.batch_size]
             beta = kl_weight(cfg, state.epoch, state.step, steps)
-            where = f"epoch {state.epoch + 1}, step {state.step + 1} of {steps}"
+            where = lambda: f"epoch {state.epoch + 1}, step {state.step + 1} of {steps}"  # noqa: E731
             loss = _step(session, objective, session.data.train_batch(index), beta, where)
             state.loss_sum += loss
             state.count += len(index)
@@ -248,9 +257,8 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
 def _check_parameters(session: FitSession, state: TrainState) -> None:
     """Once per epoch (one sync): a non-finite gradient in the epoch's last step leaves
     non-finite parameters that no loss has seen yet; they must not become the good state."""
-    params = [p for g in session.optimizer.param_groups for p in g["params"]]
-    if not bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
-        steps = math.ceil(len(session.data.train) / session.config.batch_size)
+    if not bool(torch.stack([p.detach().isfinite().all() for p in session.parameters()]).all()):
+        steps = session.steps_per_epoch
         raise DivergenceError(f"the gradient became non-finite at epoch {state.epoch + 1}, "
                               f"step {steps} of {steps} (the parameters are NaN or inf)")
 
@@ -261,7 +269,7 @@ def _finish_epoch(session: FitSession, state: TrainState, val_x: Tensor) -> Epoc
     val = None
     if (state.epoch + 1) % cfg.val_every == 0 or last:
         val = mean_elbo(session.model, session.guide, val_x)
-    steps = math.ceil(len(session.data.train) / cfg.batch_size)
+    steps = session.steps_per_epoch
     record = EpochRecord(state.epoch + 1, -state.loss_sum / state.count, val, state.epoch_seconds,
                          state.count / max(state.epoch_seconds, 1e-9),
                          kl_weight(cfg, state.epoch, steps, steps))
@@ -328,7 +336,7 @@ def fit(model: nn.Module, guide: nn.Module, data: Data, config: TrainConfig = Tr
     session, state = start_session(model, guide, data, config, state, optimizer_state)
     objective = build_objective(config)
     val_x = session.data.eval_split("val", seed=config.seed)
-    steps = math.ceil(len(data.train) / config.batch_size)
+    steps = session.steps_per_epoch
     started, stopped_early, interrupted = time.perf_counter(), False, False
     good = best = (_snapshot(session), "their values when this fit started")
     bar = tqdm(total=config.epochs * steps, initial=state.epoch * steps + state.step,
