@@ -13,7 +13,6 @@ import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
-from pyro import poutine
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
@@ -26,8 +25,7 @@ GUIDES: Registry = Registry("guide")
 class AmortizedGuide(nn.Module):
     """q_φ(z_n | x_n) = head(encoder(x_n)) for each image, inside ``pyro.plate("data", N)``.
 
-    Takes the model's arguments ``(x, beta)`` and scales the latent site by
-    ``beta`` exactly as the model does.
+    Takes the model's argument ``x`` (the story contract); per-row extras are not read.
     """
 
     def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
@@ -44,10 +42,9 @@ class AmortizedGuide(nn.Module):
         """q(z | x) for x ``[..., D]``: batch shape ``[...]``, event shape ``[latent_dim]``."""
         return self.head(self.encoder(x))
 
-    def forward(self, x: Tensor, beta: float = 1.0) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=beta):
-                return pyro.sample("z", self.z_dist(x))
+            return pyro.sample("z", self.z_dist(x))
 
 
 class DiagonalNormalHead(nn.Module):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
-from pyro import poutine
 from torch import Tensor, nn
 
 
@@ -16,8 +15,8 @@ class VAE(nn.Module):
         z_n ~ p(z)                  prior
         x_n ~ p(x | f_θ(z_n))       likelihood of the decoder's output
 
-    inside ``pyro.plate("data", N)``. ``beta`` weights the latent site with
-    ``poutine.scale`` (β-VAE, KL warm-up); the guide takes the same argument.
+    inside ``pyro.plate("data", N)``. It follows the story contract (README, "Write
+    your own story"): β and KL warm-up are applied from outside by the engine.
 
     Args:
         prior: module returning p(z) (event shape ``[latent_dim]``).
@@ -39,9 +38,8 @@ class VAE(nn.Module):
         """p(x | z) for z ``[..., latent_dim]``: event shape ``[D]``."""
         return self.likelihood(self.decoder(z))
 
-    def forward(self, x: Tensor, beta: float = 1.0) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         """Score images ``x`` of shape ``[N, D]``."""
         with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=beta):
-                z = pyro.sample("z", self.z_dist())
+            z = pyro.sample("z", self.z_dist())
             return pyro.sample("x", self.x_dist(z), obs=x)

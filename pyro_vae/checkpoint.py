@@ -24,6 +24,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from pyro_vae.state import EpochRecord, TrainState
+
 FORMAT = "pyro-vae-checkpoint/1"
 _STATE_TENSORS = ("perm", "perm_rng", "torch_rng", "cuda_rng")
 
@@ -38,7 +40,7 @@ class Checkpoint:
 
     modules: dict[str, Tensor]
     optimizer: dict[str, Any]
-    state: Any  # pyro_vae.fit.TrainState
+    state: TrainState
     meta: dict[str, Any]
 
 
@@ -51,9 +53,22 @@ def _digest(tensors: dict[str, Tensor], header: str) -> str:
     return h.hexdigest()
 
 
+def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detached CPU copies; a tensor reached under two names (a network that model and
+    guide both register) is copied, as safetensors refuses shared storage."""
+    seen: set[tuple[int, int]] = set()
+    out = {}
+    for name, value in tensors.items():
+        t = value.detach().cpu().contiguous()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        out[name] = t.clone() if key in seen else t
+        seen.add(key)
+    return out
+
+
 def _flatten(modules: nn.Module, optimizer: torch.optim.Optimizer | None,
              state) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    tensors = {f"modules/{k}": v.detach().cpu().contiguous() for k, v in modules.state_dict().items()}
+    tensors = _unshared({f"modules/{k}": v for k, v in modules.state_dict().items()})
     header: dict[str, Any] = {"param_groups": None}
     if optimizer is not None:
         opt = optimizer.state_dict()
@@ -139,8 +154,6 @@ def _unflatten(tensors: dict[str, Tensor], header: dict[str, Any]) -> tuple[dict
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read, verify and unpack a checkpoint; no code in the file is ever executed."""
-    from pyro_vae.fit import EpochRecord, TrainState
-
     path = Path(path)
     try:
         raw = path.read_bytes()

@@ -101,12 +101,38 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class StoryConfig:
+    """A story (and optionally its guide) from a Python file, instead of the built-in VAE.
+
+    In a run folder the files are copies kept beside ``config.json``; ``model`` and
+    ``guide`` then name the copies, and the SHA-256 digests guard them.
+    """
+
+    model: str = ""
+    """``FILE.py:NAME`` of the story or its factory; empty for the built-in VAE."""
+    guide: str = "auto"
+    """``auto`` (:class:`~pyro_vae.guides.AutoAmortizedGuide`) or ``FILE.py:NAME``."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the factories (``--model-arg key=value``)."""
+    model_source: str = ""
+    """Where the story file was when the run started (for the record)."""
+    guide_source: str = ""
+    """Where the guide file was when the run started (for the record)."""
+    model_sha256: str = ""
+    """SHA-256 of the story file as copied into the run folder."""
+    guide_sha256: str = ""
+    """SHA-256 of the guide file as copied into the run folder."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a run folder's ``config.json`` records."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    story: StoryConfig = field(default_factory=StoryConfig)
+    """A story file; when ``story.model`` is empty, ``model`` builds the built-in VAE."""
     image_shape: tuple[int, ...] = ()
     """Shape of one image (e.g. ``(8, 8)``); filled in once the data is loaded."""
 
@@ -123,6 +149,10 @@ def _check_value(where: str, annotation: str, value: Any) -> Any:
                 isinstance(v, int) and not isinstance(v, bool) for v in value):
             return tuple(value)
         raise ValueError(f"{where}: expected a list of integers, got {value!r}")
+    if annotation.startswith("dict["):
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise ValueError(f"{where}: expected a JSON object, got {value!r}")
     options = [t.strip() for t in annotation.split("|")]
     if any(o not in _JSON_TYPES for o in options):  # a type this check does not know: trust it
         return value

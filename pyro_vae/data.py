@@ -51,6 +51,10 @@ class Split:
         labels = None if self.labels is None else self.labels.to(device)
         return Split(self.x.to(device), labels)
 
+    def fields(self) -> dict[str, Tensor]:
+        """The per-row extras a story may ask for by keyword: ``y`` (labels ``[N]``) when known."""
+        return {} if self.labels is None else {"y": self.labels}
+
 
 @dataclass(frozen=True)
 class Data:
@@ -76,10 +80,12 @@ class Data:
         return replace(self, train=self.train.to(device), val=self.val.to(device),
                        test=self.test.to(device))
 
-    def train_batch(self, index: Tensor) -> Tensor:
-        """Rows ``index`` of the training images, binarized as configured: ``[B, D]``."""
+    def train_batch(self, index: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Rows ``index`` of the training images, binarized as configured (``[B, D]``), and
+        the same rows of the per-row extras (:meth:`Split.fields`)."""
         x = self.train.x[index]
-        return bernoulli_draw(x) if self.binarize == "dynamic" else x
+        fields = {k: v[index] for k, v in self.train.fields().items()}
+        return (bernoulli_draw(x) if self.binarize == "dynamic" else x), fields
 
     def eval_split(self, name: str, seed: int = 0) -> Tensor:
         """A whole split for evaluation, ``[N, D]``; a dynamic binarization is drawn once, seeded."""

@@ -16,8 +16,8 @@ and from them, per data point,
     ELBO                1/K Σ_k log w_kn       a lower bound, E = log p(x_n) − KL(q ‖ p(z | x_n))
     IWAE                log (1/K Σ_k w_kn)     a lower bound that rises to log p(x_n) as K grows
 
-It works for any Pyro model/guide pair, called as ``model(x, *args)`` and
-``guide(x, *args)`` with x ``[N, ...]``, whose latent and observed sites all
+It works for any Pyro model/guide pair, called as ``model(x, **batch)`` and
+``guide(x, **batch)`` with x ``[N, ...]`` (the story contract), whose latent and observed sites all
 sit inside one data plate over the rows of x (at dim -1 when
 ``max_plate_nesting=1``). The K draws are a vectorized particle plate wrapped
 around both programs; log-densities are summed over sites but the data
@@ -46,6 +46,11 @@ import pyro
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
+
+from pyro_vae.traces import log_mean_exp, slice_rows
+
+__all__ = ["Estimate", "Evaluation", "KCurve", "PSISDiagnostics", "bits_per_dim", "evaluate",
+           "log_importance_weights", "log_mean_exp", "psis_diagnostics"]
 
 PARTICLES = "_evaluate_particles"
 KHAT_THRESHOLD = 0.7
@@ -100,7 +105,8 @@ def _particle_traces(model: Callable, guide: Callable | None, x: Tensor, k: int,
 def log_importance_weights(model: Callable, guide: Callable | None, x: Tensor, num_samples: int, *,
                            particle_chunk: int | None = None, point_chunk: int | None = None,
                            max_plate_nesting: int = 1, args: tuple = (),
-                           kwargs: dict | None = None) -> Tensor:
+                           kwargs: dict | None = None, batch: dict[str, Tensor] | None = None
+                           ) -> Tensor:
     """Per-data-point log importance weights, ``[K, N]`` (nats).
 
     With a guide: log p(x_n, z_k) − log q(z_k | x_n) for z_k ~ q(z | x_n).
@@ -119,11 +125,12 @@ def log_importance_weights(model: Callable, guide: Callable | None, x: Tensor, n
             chunk: a few tensors of ``particle_chunk · point_chunk · (D + widest
             hidden layer)`` floats for a decoder with output size D, whatever K and N.
         max_plate_nesting: plates the programs nest (the particle plate goes one further out).
-        args, kwargs: further arguments for both programs.
+        args, kwargs: further arguments for both programs, the same for every row.
+        batch: per-row extras ``{name: [N, ...]}`` (labels ``y``), sliced with x.
     """
     chunks = _Chunks(*default_chunks(x.device, particle_chunk, point_chunk), max_plate_nesting,
                      args, kwargs or {})
-    return _weights(model, guide, x, num_samples, chunks)
+    return _weights(model, guide, x, batch or {}, num_samples, chunks)
 
 
 def default_chunks(device: torch.device, particle_chunk: int | None = None,
@@ -147,26 +154,29 @@ class _Chunks:
     """Called with the number of draws done after each program call (a progress bar)."""
 
 
-def _weights(model: Callable, guide: Callable | None, x: Tensor, num_samples: int,
-             chunks: _Chunks) -> Tensor:
-    """All K weights of points ``x`` ``[n, ...]``, a program chunk at a time: ``[K, n]``."""
+def _weights(model: Callable, guide: Callable | None, x: Tensor, batch: dict[str, Tensor],
+             num_samples: int, chunks: _Chunks) -> Tensor:
+    """All K weights of points ``x`` ``[n, ...]`` (per-row extras ``batch``, sliced with x),
+    a program chunk at a time: ``[K, n]``."""
     out = torch.empty(num_samples, x.shape[0], device=x.device)
     for lo in range(0, x.shape[0], chunks.points):
         rows = x[lo:lo + chunks.points]
+        fields = slice_rows(batch, lo, lo + chunks.points)
         for k_lo in range(0, num_samples, chunks.particles):
             k = min(chunks.particles, num_samples - k_lo)
-            out[k_lo:k_lo + k, lo:lo + len(rows)] = _chunk_weights(model, guide, rows, k, chunks)
+            out[k_lo:k_lo + k, lo:lo + len(rows)] = _chunk_weights(model, guide, rows, fields, k,
+                                                                   chunks)
             if chunks.tick is not None:
                 chunks.tick(k * len(rows))
     return out
 
 
-def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, k: int,
-                   chunks: _Chunks) -> Tensor:
+def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, batch: dict[str, Tensor],
+                   k: int, chunks: _Chunks) -> Tensor:
     """One program call: k draws for each of the points ``x``: ``[k, n]``."""
     n = x.shape[0]
     model_trace, guide_trace = _particle_traces(model, guide, x, k, chunks.max_plate_nesting,
-                                                chunks.args, chunks.kwargs)
+                                                chunks.args, {**chunks.kwargs, **batch})
     proposed = set() if guide_trace is None else {
         name for name, site in guide_trace.nodes.items()
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)}
@@ -177,11 +187,6 @@ def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, k: int,
     log_q = 0.0 if guide_trace is None else _local_log_prob(
         guide_trace, n, lambda name, site: not site["is_observed"])
     return torch.as_tensor(log_p - log_q, device=x.device).expand(k, n)
-
-
-def log_mean_exp(log_w: Tensor, dim: int = 0) -> Tensor:
-    """log (1/K Σ_k exp(log_w_k)) along ``dim``, stably."""
-    return torch.logsumexp(log_w, dim=dim) - math.log(log_w.shape[dim])
 
 
 def bits_per_dim(log_px: Tensor | float, data_dim: int) -> Tensor | float:
@@ -319,7 +324,8 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
              particle_chunk: int | None = None, point_chunk: int | None = None,
              hold_points: int = 256, ks: Sequence[int] | None = None,
              seed: int | None = 0, progress: bool = False, max_plate_nesting: int = 1,
-             args: tuple = (), kwargs: dict | None = None) -> Evaluation:
+             args: tuple = (), kwargs: dict | None = None,
+             batch: dict[str, Tensor] | None = None) -> Evaluation:
     """Estimate log p(x) of each row of ``data`` ``[N, ...]`` three ways, with PSIS diagnostics.
 
     Draws K = ``num_samples`` z per point from the guide (for the ELBO and the
@@ -339,6 +345,7 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
         ks: the K at which ``curve`` is read (default: log-spaced up to K).
         seed: seeds the draws without touching the caller's random state; ``None`` uses it.
         progress: show a tqdm bar over the draws (2·N·K in all).
+        batch: per-row extras ``{name: [N, ...]}`` (labels ``y``), sliced with ``data``.
     """
     start = time.perf_counter()
     n, data_dim = data.shape[0], int(data[0].numel())
@@ -350,8 +357,8 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
         chunks = _Chunks(*default_chunks(data.device, particle_chunk, point_chunk),
                          max_plate_nesting, args, kwargs or {}, bar.update)
         for lo in range(0, n, hold_points):
-            x = data[lo:lo + hold_points]
-            weights = [_weights(model, q, x, num_samples, chunks) for q in (guide, None)]
+            x, fields = data[lo:lo + hold_points], slice_rows(batch or {}, lo, lo + hold_points)
+            weights = [_weights(model, q, x, fields, num_samples, chunks) for q in (guide, None)]
             for name, value in estimates_at(*weights, num_samples).items():
                 per_point[name].append(value.cpu())
             curve = [estimates_at(*weights, k) for k in ks]

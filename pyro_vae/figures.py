@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torch import Tensor, nn
+from torch import Tensor
+
+from pyro_vae.predictive import mean_latents, prior_predictive, reconstruct
+from pyro_vae.traces import index_rows, slice_rows
+
+Batch = dict[str, Tensor]
 
 
 def as_images(x: Tensor, image_shape: Sequence[int]) -> np.ndarray:
@@ -65,22 +70,25 @@ def elbo_curves(history: Sequence, path: Path) -> Path:
 
 
 @torch.no_grad()
-def reconstructions(model: nn.Module, guide: nn.Module, x: Tensor, image_shape: Sequence[int],
-                    path: Path, n: int = 16) -> Path:
-    """Each input (odd columns) beside the mean of p(x | z = E_q[z | x]) (even columns)."""
+def reconstructions(model: Callable, guide: Callable, x: Tensor, image_shape: Sequence[int],
+                    path: Path, n: int = 16, batch: Batch | None = None) -> Path:
+    """Each input (odd columns) beside the image site's mean with the latents at
+    E_q[z | x] (even columns), for any story: guide, then the story conditioned."""
     x = x[:n]
-    z = guide.z_dist(x).mean
-    recon = model.x_dist(z).mean
-    pairs = torch.stack([x, recon], dim=1).reshape(2 * len(x), -1)
+    recon = reconstruct(model, guide, x, slice_rows(batch or {}, 0, n))
+    pairs = torch.stack([x, recon.reshape(x.shape)], dim=1).reshape(2 * len(x), -1)
     return save_grid(pairs, image_shape, path, ncol=8, title="input | reconstruction (mean)")
 
 
 @torch.no_grad()
-def prior_samples(model: nn.Module, image_shape: Sequence[int], path: Path, n: int = 64) -> Path:
-    """Decoder means f(z) for z ~ p(z)."""
-    z = model.z_dist().sample((n,))
-    return save_grid(model.x_dist(z).mean, image_shape, path, ncol=8,
-                     title="decoder means for z ~ p(z)")
+def prior_samples(model: Callable, template: Tensor, image_shape: Sequence[int], path: Path,
+                  n: int = 64, batch: Batch | None = None) -> Path:
+    """The image site's mean for latents drawn from the story's prior; ``template``
+    ``[≥1, D]`` gives the shape of one row (its values are not read), tiled to ``n`` rows."""
+    rows = torch.arange(n, device=template.device) % len(template)
+    mean, _ = prior_predictive(model, template[rows], index_rows(batch or {}, rows))
+    return save_grid(mean.reshape(n, -1), image_shape, path, ncol=8,
+                     title="image means for latents drawn from the prior")
 
 
 def project_2d(z: np.ndarray) -> tuple[np.ndarray, str]:
@@ -91,14 +99,20 @@ def project_2d(z: np.ndarray) -> tuple[np.ndarray, str]:
         return z, "z"
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=2, random_state=0).fit_transform(z), "PCA of E_q[z | x]"
+    return PCA(n_components=2, random_state=0).fit_transform(z), "PCA of E_q[z]"
 
 
 @torch.no_grad()
-def latent_map(guide: nn.Module, x: Tensor, labels: Tensor | None, path: Path) -> Path:
-    """Posterior means E_q[z | x] of ``x`` ``[N, D]``, coloured by label."""
-    z = guide.z_dist(x).mean.cpu().numpy()
-    points, how = project_2d(z)
+def latent_map(guide: Callable, x: Tensor, labels: Tensor | None, path: Path,
+               site: str | None = None, batch: Batch | None = None) -> Path:
+    """E_q[z_s | x] of ``x`` ``[N, D]`` for latent site ``site`` (default: the guide's first),
+    coloured by label; sites above 2-D are shown by their first two principal components."""
+    means = mean_latents(guide, x, batch)
+    site = site or next(iter(means))
+    if site not in means:
+        raise ValueError(f"latent map: no latent site {site!r}; the guide has {list(means)}")
+    z = means[site].reshape(len(x), -1).cpu().numpy()
+    points, _ = project_2d(z)
     fig = Figure(figsize=(6, 5.5))
     ax = fig.add_subplot()
     if labels is None:
@@ -106,9 +120,10 @@ def latent_map(guide: nn.Module, x: Tensor, labels: Tensor | None, path: Path) -
     else:
         sc = ax.scatter(points[:, 0], points[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=6, alpha=0.8)
         fig.colorbar(sc, ax=ax, label="label")
-    ax.set_xlabel(f"{how} [0]")
-    ax.set_ylabel(f"{how} [1]")
-    ax.set_title(f"latent map of {len(z)} test images (d = {z.shape[1]})")
+    axis = site if z.shape[1] <= 2 else f"PCA of E_q[{site} | x]"
+    ax.set_xlabel(f"{axis} [0]")
+    ax.set_ylabel(f"{axis} [1]")
+    ax.set_title(f"latent map of site {site!r}, {len(z)} test images (d = {z.shape[1]})")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
@@ -122,9 +137,12 @@ def latent_grid(n: int, span: float = 0.95) -> Tensor:
 
 
 @torch.no_grad()
-def manifold(model: nn.Module, image_shape: Sequence[int], path: Path, n: int = 15) -> Path:
-    """For a 2-D latent: decoder means over a grid of z (rows: z[1] high to low)."""
-    device = next(model.parameters()).device
-    z = latent_grid(n).to(device)
-    return save_grid(model.x_dist(z).mean, image_shape, path, ncol=n,
-                     title="decoder means over a grid of z (normal quantiles)")
+def manifold(model: Callable, site: str, template: Tensor, image_shape: Sequence[int], path: Path,
+             n: int = 15, batch: Batch | None = None) -> Path:
+    """For a story whose only latent is the 2-D real site ``site``: the image site's mean
+    over a grid of its values (normal quantiles; rows: the second coordinate high to low)."""
+    z = latent_grid(n).to(template.device)
+    rows = torch.arange(n * n, device=template.device) % len(template)
+    mean, _ = prior_predictive(model, template[rows], index_rows(batch or {}, rows), {site: z})
+    return save_grid(mean.reshape(n * n, -1), image_shape, path, ncol=n,
+                     title=f"image means over a grid of {site} (normal quantiles)")

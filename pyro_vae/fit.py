@@ -21,53 +21,18 @@ from tqdm.auto import tqdm
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data
 from pyro_vae.objectives import build_objective
+from pyro_vae.programs import Batch, Program, as_program, required_keywords, unique_parameters
+from pyro_vae.state import DivergenceError, EpochRecord, TrainState
+from pyro_vae.traces import slice_rows, trace_program
 from pyro_vae.validation import check_binary
-
-
-class DivergenceError(RuntimeError):
-    """The loss or gradient became non-finite; parameters were restored to the last good state."""
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One finished epoch. ELBOs are in nats per image (higher is better)."""
-
-    epoch: int
-    train_elbo: float
-    val_elbo: float | None
-    seconds: float
-    images_per_second: float
-    beta: float
-
-
-@dataclass
-class TrainState:
-    """Where a fit stands. Checkpointed whole, so a resumed fit continues exactly.
-
-    ``perm``, ``step``, ``loss_sum`` and ``count`` describe the epoch in
-    progress; the RNG states are captured when the state is checkpointed.
-    """
-
-    epoch: int = 0
-    step: int = 0
-    perm: Tensor | None = None
-    loss_sum: float = 0.0
-    count: int = 0
-    epoch_seconds: float = 0.0
-    best_val: float = -math.inf
-    bad_epochs: int = 0
-    history: list[EpochRecord] = field(default_factory=list)
-    perm_rng: Tensor | None = None
-    torch_rng: Tensor | None = None
-    cuda_rng: Tensor | None = None
 
 
 @dataclass(frozen=True)
 class FitResult:
     """What :func:`fit` returns; ``model`` and ``guide`` hold the fitted parameters."""
 
-    model: nn.Module
-    guide: nn.Module
+    model: Program
+    guide: Program
     history: list[EpochRecord]
     best_val_elbo: float
     stopped_early: bool
@@ -84,8 +49,8 @@ EpochCallback = Callable[["FitSession", TrainState, EpochRecord], None]
 class FitSession:
     """The live objects of one fit, handed to callbacks (e.g. to write a checkpoint)."""
 
-    model: nn.Module
-    guide: nn.Module
+    model: Program
+    guide: Program
     data: Data
     config: TrainConfig
     optimizer: torch.optim.Optimizer
@@ -132,15 +97,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def unique_parameters(*modules: nn.Module) -> list[nn.Parameter]:
-    """Parameters of all ``modules``, each once (a VampPrior shares the guide's)."""
-    seen: dict[int, nn.Parameter] = {}
-    for module in modules:
-        for p in module.parameters():
-            seen.setdefault(id(p), p)
-    return list(seen.values())
-
-
 def make_optimizer(model: nn.Module, guide: nn.Module, cfg: TrainConfig,
                    device: torch.device | None = None) -> torch.optim.Optimizer:
     """Adam over every parameter once. On CPU and CUDA it is the fused kernel: the same
@@ -160,12 +116,15 @@ def kl_weight(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> 
 
 
 @torch.no_grad()
-def mean_elbo(model: nn.Module, guide: nn.Module, x: Tensor, batch_size: int = 2048) -> float:
-    """Single-sample ELBO per image, averaged over ``x`` ``[N, D]`` (nats)."""
+def mean_elbo(model: Callable, guide: Callable, x: Tensor, batch: Batch | None = None,
+              batch_size: int = 2048) -> float:
+    """Single-sample ELBO per image, averaged over ``x`` ``[N, D]`` (nats); ``batch`` holds
+    the per-row extras, sliced with x."""
     elbo = pyro.infer.Trace_ELBO(max_plate_nesting=1)
     total = 0.0
-    for chunk in x.split(batch_size):
-        total += float(elbo.differentiable_loss(model, guide, chunk))
+    for lo in range(0, len(x), batch_size):
+        total += float(elbo.differentiable_loss(model, guide, x[lo:lo + batch_size],
+                                                **slice_rows(batch or {}, lo, lo + batch_size)))
     return -total / len(x)
 
 
@@ -208,11 +167,11 @@ def _restore(session: FitSession, snap: dict) -> None:
     session.optimizer.load_state_dict(snap["optimizer"])
 
 
-def _step(session: FitSession, objective, x: Tensor, beta: float,
+def _step(session: FitSession, objective, x: Tensor, batch: Batch, beta: float,
           where: Callable[[], str]) -> float:
-    """One SVI step on batch ``x`` ``[B, D]``; returns the batch loss (sum over images).
-    ``where()`` says which step this is, for an error message."""
-    loss = objective.differentiable_loss(session.model, session.guide, x, beta)
+    """One SVI step on rows ``x`` ``[B, D]`` and their extras ``batch``; returns the batch
+    loss (sum over images). ``where()`` says which step this is, for an error message."""
+    loss = objective.differentiable_loss(session.model, session.guide, x, beta=beta, batch=batch)
     # The one host sync per step (the scalar loss); before backward it stops a
     # non-finite loss from reaching the optimizer.
     value = float(loss.detach())
@@ -244,7 +203,7 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
             index = state.perm[state.step * cfg.batch_size:(state.step + 1) * cfg.batch_size]
             beta = kl_weight(cfg, state.epoch, state.step, steps)
             where = lambda: f"epoch {state.epoch + 1}, step {state.step + 1} of {steps}"  # noqa: E731
-            loss = _step(session, objective, session.data.train_batch(index), beta, where)
+            loss = _step(session, objective, *session.data.train_batch(index), beta, where)
             state.loss_sum += loss
             state.count += len(index)
             state.step += 1
@@ -268,7 +227,7 @@ def _finish_epoch(session: FitSession, state: TrainState, val_x: Tensor) -> Epoc
     last = state.epoch + 1 == cfg.epochs
     val = None
     if (state.epoch + 1) % cfg.val_every == 0 or last:
-        val = mean_elbo(session.model, session.guide, val_x)
+        val = mean_elbo(session.model, session.guide, val_x, session.data.val.fields())
     steps = session.steps_per_epoch
     record = EpochRecord(state.epoch + 1, -state.loss_sum / state.count, val, state.epoch_seconds,
                          state.count / max(state.epoch_seconds, 1e-9),
@@ -290,18 +249,45 @@ def _track_best(state: TrainState, record: EpochRecord) -> bool:
     return False
 
 
-def start_session(model: nn.Module, guide: nn.Module, data: Data, config: TrainConfig,
+def check_fields(program: Program, data: Data) -> None:
+    """The per-row extras the program cannot run without must be in the data."""
+    have = set(data.train.fields())
+    for name in required_keywords(program):
+        if name not in have:
+            raise ValueError(f"{program.name} takes {name!r} for every row, but {data.source} "
+                             f"provides {sorted(have) or 'no per-row fields'} (labels arrive as y)")
+
+
+def materialize(model: Program, guide: Program, data: Data) -> None:
+    """Run guide and model once on two training rows, so that every ``pyro.param`` site
+    exists before the optimizer is built; the caller's random state is left as it was."""
+    x, batch = data.train.x[:2], {k: v[:2] for k, v in data.train.fields().items()}
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        for program in (guide, model):
+            trace_program(program, x, batch)
+
+
+def start_session(model: Callable, guide: Callable, data: Data, config: TrainConfig,
                   state: TrainState | None, optimizer_state: dict | None) -> tuple[FitSession, TrainState]:
     """Move everything to the device, build the optimizer and seed (or restore) the RNGs."""
     check_train_config(config)
+    model, guide = as_program(model, "the story"), as_program(guide, "the guide")
+    for program in (model, guide):
+        check_fields(program, data)
     _check_data(model, data)
     device = resolve_device(config.device)
     model.to(device)
     guide.to(device)
-    session = FitSession(model, guide, data.to(device), config,
+    data = data.to(device)
+    materialize(model, guide, data)
+    session = FitSession(model, guide, data, config,
                          make_optimizer(model, guide, config, device), device, torch.Generator())
+    for program in (model, guide):
+        program.freeze_sites()
     if optimizer_state is not None:
         session.optimizer.load_state_dict(optimizer_state)
+        for group in session.optimizer.param_groups:  # a resumed run may change its rate
+            group["lr"] = config.lr
     if state is None:
         state = TrainState()
         pyro.set_rng_seed(config.seed)
@@ -311,15 +297,18 @@ def start_session(model: nn.Module, guide: nn.Module, data: Data, config: TrainC
     return session, state
 
 
-def fit(model: nn.Module, guide: nn.Module, data: Data, config: TrainConfig = TrainConfig(), *,
+def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = TrainConfig(), *,
         state: TrainState | None = None, optimizer_state: dict | None = None,
         callbacks: Iterable[EpochCallback] = (), stop: Callable[[], bool] | None = None,
         progress: bool = True) -> FitResult:
-    """Fit ``model(x, beta)`` and ``guide(x, beta)`` to ``data`` by stochastic VI.
+    """Fit ``model(x, **batch)`` and ``guide(x, **batch)`` to ``data`` by stochastic VI.
 
     Args:
-        model, guide: Pyro programs that are ``nn.Module`` s; they score a batch
-            ``x`` of shape ``[B, D]`` inside a data plate.
+        model, guide: Pyro programs (functions or ``nn.Module`` s) following the story
+            contract: they score a batch ``x`` of shape ``[B, D]`` inside
+            ``pyro.plate("data", B)``, and take the per-row extras they name (``y``).
+            Both are wrapped as :class:`~pyro_vae.programs.Program` s, which own every
+            ``pyro.param`` and ``pyro.module`` parameter; the result holds them.
         data: the images; batches come from ``data.train``, the validation
             ELBO from ``data.val``.
         config: epochs, batch size, learning rate, objective, seed, device...
@@ -359,7 +348,7 @@ def fit(model: nn.Module, guide: nn.Module, data: Data, config: TrainConfig = Tr
                 _restore(session, best[0])
                 break
     session.capture_rng(state)
-    return FitResult(model, guide, state.history, state.best_val, stopped_early, interrupted,
+    return FitResult(session.model, session.guide, state.history, state.best_val, stopped_early, interrupted,
                      time.perf_counter() - started, state, session.optimizer)
 
 

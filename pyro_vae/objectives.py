@@ -1,7 +1,10 @@
 """Training objectives: Pyro ELBO estimators, built from a :class:`TrainConfig`.
 
 Every entry is one of Pyro's own losses; pyro-vae never hand-writes the ELBO.
-Each builder returns an object with ``differentiable_loss(model, guide, x, beta)``.
+Each builder returns an :class:`Objective` (or :class:`Jit`) whose
+``differentiable_loss(model, guide, x, beta=β, batch=...)`` runs
+``model(x, **batch)`` and ``guide(x, **batch)`` with every latent site weighted by β
+(:class:`~pyro_vae.programs.LatentScale`, applied from outside the story).
 
 - ``elbo``: ``Trace_ELBO``, the reparameterized Monte Carlo ELBO.
 - ``meanfield``: ``TraceMeanField_ELBO``. It uses the analytic KL(q ‖ p) where
@@ -16,11 +19,16 @@ Each builder returns an object with ``differentiable_loss(model, guide, x, beta)
   pyro-vae does not use (their gradients would miss the modules' parameters),
   so :class:`Jit` traces the loss with the modules' parameters as inputs.
   ``meanfield-jit`` traces :class:`TraceableMeanField` (same value and gradient).
+  A trace records one path through the program's Python code, so :class:`Jit`
+  first checks it (see there) and falls back to the untraced loss, with a note,
+  when the program's control flow depends on values.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+from typing import Callable
 
 import torch
 from pyro import validation_enabled
@@ -29,8 +37,9 @@ from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch
 from torch import Tensor, nn
 
 from pyro_vae.config import TrainConfig
-from pyro_vae.evaluate import log_mean_exp
+from pyro_vae.programs import Batch, scale_latents, unique_parameters
 from pyro_vae.registry import Registry
+from pyro_vae.traces import log_mean_exp
 
 OBJECTIVES: Registry = Registry("objective")
 
@@ -99,67 +108,164 @@ class TraceableMeanField(SurrogateLoss, TraceMeanField_ELBO):
     """``TraceMeanField_ELBO`` whose ``differentiable_loss`` can be traced (see :class:`SurrogateLoss`)."""
 
 
-class Jit:
-    """``objective.differentiable_loss`` traced by ``torch.jit.trace`` once per batch shape.
+class Objective:
+    """A Pyro ELBO applied to a story contract's pair: ``model(x, **batch)``, ``guide(x, **batch)``,
+    every latent site weighted by β from outside."""
+
+    def __init__(self, elbo: ELBO) -> None:
+        self.elbo = elbo
+
+    def differentiable_loss(self, model: Callable, guide: Callable, x: Tensor, *,
+                            beta: float | Tensor = 1.0, batch: Batch | None = None) -> Tensor:
+        """Minus the objective summed over the rows of ``x`` (a scalar with gradients)."""
+        return self.elbo.differentiable_loss(scale_latents(model, beta), scale_latents(guide, beta),
+                                             x, **(batch or {}))
+
+
+# The first calls of a traced loss are checked against the untraced one (different batches
+# and draws, so that a branch on values shows up as a disagreement).
+JIT_CHECK_CALLS = 2
+# Traced and untraced run the same float operations in the same order (optimized execution
+# is off), so they agree to rounding; a wrong branch differs by far more.
+JIT_RTOL, JIT_ATOL = 1e-4, 1e-5
+_LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, __import__("pyro")))
+
+
+class JitFallbackWarning(UserWarning):
+    """The traced loss could not be trusted for this story; the untraced one is used."""
+
+
+class Jit(Objective):
+    """``differentiable_loss`` traced by ``torch.jit.trace`` once per batch shape.
 
     The model's and guide's parameters are inputs of the trace, so gradients
-    reach them exactly as without JIT; β is an input too, so KL warm-up does
-    not retrace. Under a fixed seed the loss and gradients equal the untraced
-    objective's (tests/test_objectives.py checks it).
+    reach them exactly as without JIT; β and the per-row extras are inputs too,
+    so KL warm-up does not retrace. Under a fixed seed the loss and gradients
+    equal the untraced objective's (tests/test_objectives.py checks it).
+
+    A trace is one path through the program's Python code. It is used only
+    after two checks: no ``TracerWarning`` came from the story's own code while
+    tracing (a tensor read as a Python bool or number), and on the first
+    ``JIT_CHECK_CALLS`` calls the traced loss and gradients equal the untraced
+    ones from the same random state. Otherwise the untraced loss is used from then
+    on, and a :class:`JitFallbackWarning` says why (``fallback`` keeps the reason).
     """
 
-    def __init__(self, objective: ELBO) -> None:
-        self.objective = objective
+    def __init__(self, elbo: ELBO) -> None:
+        super().__init__(elbo)
         self._traced: dict = {}
+        self._checks_left = JIT_CHECK_CALLS
+        self.fallback: str | None = None
 
-    def differentiable_loss(self, model: nn.Module, guide: nn.Module, x: Tensor,
-                            beta: float = 1.0) -> Tensor:
-        from pyro_vae.fit import unique_parameters  # fit imports this module
-
-        key = (id(model), id(guide), tuple(x.shape), x.device, x.dtype)
+    def differentiable_loss(self, model: Callable, guide: Callable, x: Tensor, *,
+                            beta: float | Tensor = 1.0, batch: Batch | None = None) -> Tensor:
+        batch = batch or {}
+        if self.fallback is not None:
+            return super().differentiable_loss(model, guide, x, beta=beta, batch=batch)
+        keys = tuple(sorted(batch))
+        values = tuple(batch[k] for k in keys)
+        key = (id(model), id(guide), keys, *((tuple(t.shape), t.dtype) for t in (x, *values)),
+               x.device)
         # torch.full passes β to a fill kernel: no host-to-device copy per step on CUDA.
-        beta_t = torch.full((), beta, dtype=x.dtype, device=x.device)
+        beta_t = torch.full((), float(beta), dtype=x.dtype, device=x.device)
         if key not in self._traced:
             params = unique_parameters(*(m for m in (model, guide) if isinstance(m, nn.Module)))
-            self._traced[key] = (self._trace(model, guide, params, x, beta_t), params)
+            traced, reason = self._trace(model, guide, params, keys, (x, beta_t, *values))
+            if reason is not None:
+                return self._fall_back(reason, model, guide, x, beta, batch)
+            self._traced[key] = (traced, params)
         traced, params = self._traced[key]
-        # The profiling executor's rewrites change the order of float operations (the fit
-        # drifts from the untraced one) and measured slower here (~10 % on MNIST, 784-400-50).
-        with torch.jit.optimized_execution(False):
-            return traced(*params, x, beta_t)
+        inputs = (*params, x, beta_t, *values)
+        if self._checks_left == 0:
+            return _run(traced, inputs)
+        self._checks_left -= 1
+        loss, reason = _checked(lambda: super(Jit, self).differentiable_loss(
+            model, guide, x, beta=beta_t, batch=batch), lambda: _run(traced, inputs), params)
+        return loss if reason is None else self._fall_back(reason, model, guide, x, beta, batch)
 
-    def _trace(self, model, guide, params: list[Tensor], x: Tensor, beta: Tensor):
+    def _fall_back(self, reason: str, model, guide, x, beta, batch) -> Tensor:
+        self.fallback = reason
+        warnings.warn(f"torch.jit trace not used ({reason}); training with the untraced "
+                      f"loss, which is always correct", JitFallbackWarning, stacklevel=3)
+        return super().differentiable_loss(model, guide, x, beta=beta, batch=batch)
+
+    def _trace(self, model, guide, params: list[Tensor], keys: tuple[str, ...],
+               example: tuple[Tensor, ...]):
+        """The traced loss, or ``None`` and the reason it cannot be trusted."""
+        n = len(params)
+
         def loss(*inputs: Tensor) -> Tensor:
-            return self.objective.differentiable_loss(model, guide, inputs[-2], inputs[-1])
+            x, beta, *values = inputs[n:]
+            return super(Jit, self).differentiable_loss(model, guide, x, beta=beta,
+                                                         batch=dict(zip(keys, values)))
 
-        # Validation checks would compare traced values in Python; the checks
-        # still run whenever the untraced objective is used.
-        # Pyro's shape checks and torch.jit's own deprecation notice say nothing
-        # actionable here: the trace is keyed by shape, so shape-dependent branches hold.
+        # Validation checks would compare traced values in Python; the checks still run
+        # whenever the untraced objective is used. torch.jit's deprecation notice says
+        # nothing actionable here.
         with validation_enabled(False), torch.random.fork_rng(devices=[]), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.trace(loss, (*params, x, beta), check_trace=False)
+            traced = torch.jit.trace(loss, (*params, *example), check_trace=False)
+        for w in caught:
+            if issubclass(w.category, torch.jit.TracerWarning) and \
+                    not w.filename.startswith(_LIBRARIES):
+                return None, (f"the program reads a tensor's value in Python at "
+                              f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0]}")
+        return traced, None
 
+
+def _run(traced, inputs: tuple[Tensor, ...]) -> Tensor:
+    # The profiling executor's rewrites change the order of float operations (the fit
+    # drifts from the untraced one) and measured slower here (~10 % on MNIST, 784-400-50).
+    with torch.jit.optimized_execution(False):
+        return traced(*inputs)
+
+
+def _checked(untraced: Callable[[], Tensor], traced: Callable[[], Tensor],
+             params: list[Tensor]) -> tuple[Tensor, str | None]:
+    """Both losses from the same random state (the traced one last, so that its draws
+    are the ones the fit goes on with): the traced loss, and why it differs or ``None``."""
+    devices = [p.device for p in params if p.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=devices):
+        expected = _loss_and_grads(untraced(), params, retain=False)
+    loss = traced()
+    got = _loss_and_grads(loss, params, retain=True)
+    for what, a, b in zip(("loss", *(f"gradient {i}" for i in range(len(params)))), expected, got):
+        if not torch.allclose(a, b, rtol=JIT_RTOL, atol=JIT_ATOL * max(1.0, float(a.abs().max()))):
+            return loss, (f"its {what} differs from the untraced one by "
+                          f"{float((a - b).abs().max()):.3g}: the program's control flow "
+                          f"depends on values")
+    return loss, None
+
+
+def _loss_and_grads(loss: Tensor, params: list[Tensor], retain: bool) -> list[Tensor]:
+    grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+    return [loss.detach()] + [torch.zeros_like(p) if g is None else g.detach()
+                              for p, g in zip(params, grads)]
 
 @OBJECTIVES.register("elbo")
-def trace_elbo(cfg: TrainConfig) -> ELBO:
+def trace_elbo(cfg: TrainConfig) -> "Objective":
     """``Trace_ELBO``: the single-sample (or ``particles``-sample) reparameterized ELBO."""
-    return Trace_ELBO(num_particles=cfg.particles, vectorize_particles=cfg.particles > 1,
-                      max_plate_nesting=MAX_PLATE_NESTING)
+    return Objective(Trace_ELBO(num_particles=cfg.particles, vectorize_particles=cfg.particles > 1,
+                      max_plate_nesting=MAX_PLATE_NESTING))
 
 
 @OBJECTIVES.register("meanfield")
-def trace_mean_field_elbo(cfg: TrainConfig) -> ELBO:
+def trace_mean_field_elbo(cfg: TrainConfig) -> "Objective":
     """``TraceMeanField_ELBO``: the analytic KL where one is registered, else Monte Carlo."""
-    return TraceMeanField_ELBO(num_particles=cfg.particles, vectorize_particles=cfg.particles > 1,
-                               max_plate_nesting=MAX_PLATE_NESTING)
+    return Objective(TraceMeanField_ELBO(num_particles=cfg.particles,
+                                         vectorize_particles=cfg.particles > 1,
+                                         max_plate_nesting=MAX_PLATE_NESTING))
 
 
 @OBJECTIVES.register("iwae")
-def iwae(cfg: TrainConfig) -> ELBO:
+def iwae(cfg: TrainConfig) -> "Objective":
     """The importance-weighted bound with K = ``particles`` (K = 1 is refused: it is the ELBO)."""
+    return Objective(_iwae(cfg))
+
+
+def _iwae(cfg: TrainConfig) -> IWAE:
     if cfg.particles < 2:
         raise ValueError("the iwae objective needs particles >= 2 (--particles K): with one "
                          "particle the importance-weighted bound is the plain ELBO")
@@ -181,7 +287,7 @@ def jit_trace_mean_field_elbo(cfg: TrainConfig) -> Jit:
 
 @OBJECTIVES.register("iwae-jit")
 def jit_iwae(cfg: TrainConfig) -> Jit:
-    return Jit(iwae(cfg))
+    return Jit(_iwae(cfg))
 
 
 def build_objective(cfg: TrainConfig):

@@ -17,18 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from pyro_vae import figures
-from pyro_vae.build import build_vae
+from pyro_vae.build import build_story, build_story_guide, build_vae, story_is_binary
 from pyro_vae.checkpoint import load_checkpoint, load_modules, save_checkpoint
-from pyro_vae.config import RunConfig, load_run_config, save_run_config
-from pyro_vae.data import Data, load_data
+from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
+from pyro_vae.data import Data, RawImages, load_raw, resolve_binarize, split_images
 from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_train_config, fit,
-                          resolve_device)
+                          materialize, resolve_device)
 from pyro_vae.models import LIKELIHOODS
 from pyro_vae.objectives import build_objective
+from pyro_vae.programs import Program, as_program
+from pyro_vae.stories import parse_spec, sha256_of
+from pyro_vae.traces import is_real, latent_sites
 from pyro_vae.validation import check_image_shape
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
@@ -40,8 +44,8 @@ class LoadedRun:
 
     path: Path
     config: RunConfig
-    model: nn.Module
-    guide: nn.Module
+    model: Program
+    guide: Program
     data: Data
     device: torch.device
 
@@ -58,6 +62,9 @@ class TrainResult:
 def default_run_name(cfg: RunConfig) -> str:
     data = Path(cfg.data.name).stem
     m = cfg.model
+    if cfg.story.model:
+        path, name = parse_spec(cfg.story.model)
+        return f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{path.stem}-{name}"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{m.prior}-{m.guide}-z{m.latent_dim}"
 
 
@@ -67,13 +74,40 @@ def is_binary_likelihood(cfg: RunConfig) -> bool:
     return bool(getattr(likelihood, "binary", False))
 
 
-def load_run_data(cfg: RunConfig) -> Data:
-    """The run's images, checked before any work (same image size as when the run started)."""
-    data = load_data(cfg.data, is_binary_likelihood(cfg))
+def _raw_images(cfg: RunConfig) -> RawImages:
+    """The run's images as loaded, checked before any work (same image size as when the run
+    started)."""
+    raw = load_raw(cfg.data)
     if cfg.image_shape:
-        check_image_shape(data.image_shape, cfg.image_shape, data.source,
+        check_image_shape(raw.train_x.shape[1:], cfg.image_shape, raw.source,
                           "the run being resumed (config.json image_shape)")
-    return data
+    return raw
+
+
+def _split(cfg: RunConfig, raw: RawImages, binary: bool) -> Data:
+    return split_images(raw, cfg.data, resolve_binarize(cfg.data.binarize, binary), binary)
+
+
+def load_run_data(cfg: RunConfig, folder: Path | None = None) -> Data:
+    """The run's images, split and binarized as its likelihood needs."""
+    return prepare(cfg, folder)[0]
+
+
+def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
+            ) -> tuple[Data, Program, Program]:
+    """The run's data, story and guide. A story file is read from ``folder`` (a run folder,
+    checked against its recorded SHA-256) when given, else from where ``cfg`` says."""
+    raw = _raw_images(cfg)
+    if not cfg.story.model:
+        data = _split(cfg, raw, is_binary_likelihood(cfg))
+        model, guide = build_vae(cfg.model, data.data_dim, seed=seed)
+        return data, as_program(model, "VAE"), as_program(guide, cfg.model.guide)
+    shape = tuple(raw.train_x.shape[1:])
+    dim = int(np.prod(shape))
+    model = build_story(cfg, folder, dim, shape, seed)
+    labels = {} if raw.train_y is None else {"y": torch.as_tensor(raw.train_y[:2]).long()}
+    data = _split(cfg, raw, story_is_binary(model, dim, labels))
+    return data, model, build_story_guide(cfg, folder, model, data, seed)
 
 
 def checkpoint_callback(path: Path, cfg: RunConfig) -> Callable:
@@ -95,19 +129,27 @@ def save_state(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer,
 
 def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
                   history: list[EpochRecord], seed: int) -> list[Path]:
-    """The run's PNGs: ELBO curves, reconstructions, prior samples, latent map, manifold (2-D z)."""
-    x_test = data.eval_split("test", seed=seed)
+    """The run's PNGs: ELBO curves, reconstructions, prior samples, the latent map of the
+    guide's first latent site, and the manifold when the story's only latent is 2-D and real."""
+    x_test, batch = data.eval_split("test", seed=seed), data.test.fields()
     shape = data.image_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = [figures.elbo_curves(history, path / "elbo_curves.png"),
-               figures.reconstructions(model, guide, x_test, shape, path / "reconstructions.png"),
-               figures.prior_samples(model, shape, path / "prior_samples.png"),
+               figures.reconstructions(model, guide, x_test, shape, path / "reconstructions.png",
+                                       batch=batch),
+               figures.prior_samples(model, x_test, shape, path / "prior_samples.png", batch=batch),
                figures.latent_map(guide, x_test[:2000], _labels(data.test, 2000),
-                                  path / "latent_map.png")]
-        if guide.z_dist(x_test[:1]).event_shape[-1] == 2:
-            out.append(figures.manifold(model, shape, path / "manifold.png"))
+                                  path / "latent_map.png", batch=_first(batch, 2000))]
+        sites = latent_sites(model, x_test[:2], _first(batch, 2), who="the manifold figure")
+        if len(sites) == 1 and sites[0].event_shape == (2,) and is_real(sites[0].support):
+            out.append(figures.manifold(model, sites[0].name, x_test, shape, path / "manifold.png",
+                                        batch=batch))
     return out
+
+
+def _first(batch: dict, n: int) -> dict:
+    return {k: v[:n] for k, v in batch.items()}
 
 
 def _labels(split, n: int):
@@ -142,7 +184,7 @@ def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn
     write_summary(path, result)
     pictures: list[Path] = []
     if not result.interrupted:
-        pictures = write_figures(path, model, guide, data.to(next(model.parameters()).device),
+        pictures = write_figures(path, result.model, result.guide, data.to(result.model.device),
                                  result.history, cfg.train.seed)
     return TrainResult(path, result, pictures)
 
@@ -154,41 +196,94 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     check_train_config(cfg.train)
     resolve_device(cfg.train.device)
     build_objective(cfg.train)
-    data = load_run_data(cfg)
+    sources = _story_sources(cfg.story)
+    data, model, guide = prepare(cfg, None, seed=cfg.train.seed)
     cfg = dataclasses.replace(cfg, image_shape=tuple(data.image_shape))
     path = Path(out) / (name or default_run_name(cfg))
     if (path / CHECKPOINT).exists():
         raise FileExistsError(f"{path} already holds a run; resume it with --resume {path}, "
                               f"or choose another --name")
-    model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
     path.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, story=_keep_story_files(cfg.story, sources, path))
     save_run_config(cfg, path / CONFIG)
     (path / METRICS).write_text("")
     return _run_fit(path, cfg, data, model, guide, progress=progress, stop=stop)
 
 
-def resume_run(path: Path, epochs: int | None = None, *, progress: bool = True,
-               stop=None) -> TrainResult:
-    """Continue the run in ``path`` from its checkpoint (optionally to more ``epochs``)."""
+STORY_COPY, GUIDE_COPY = "story.py", "guide.py"
+
+
+def _story_sources(story: StoryConfig) -> dict[str, bytes]:
+    """The bytes of the story and guide files, read once (what is trained is what is kept)."""
+    if not story.model:
+        return {}
+    files = {"model": parse_spec(story.model, "--model")[0]}
+    if story.guide != "auto":
+        files["guide"] = parse_spec(story.guide, "--guide")[0]
+    return {k: p.read_bytes() for k, p in files.items() if p.is_file()}
+
+
+def _keep_story_files(story: StoryConfig, sources: dict[str, bytes], path: Path) -> StoryConfig:
+    """Copy the story (and guide) files into the run folder; the config then names the copies
+    and records where they came from and their SHA-256."""
+    if not story.model:
+        return story
+    model_path, model_name = parse_spec(story.model)
+    (path / STORY_COPY).write_bytes(sources["model"])
+    changes = dict(model=f"{STORY_COPY}:{model_name}", model_source=str(model_path),
+                   model_sha256=sha256_of(path / STORY_COPY))
+    if story.guide != "auto":
+        guide_path, guide_name = parse_spec(story.guide)
+        same = guide_path.resolve() == model_path.resolve()
+        copy = STORY_COPY if same else GUIDE_COPY
+        if not same:
+            (path / GUIDE_COPY).write_bytes(sources["guide"])
+        changes.update(guide=f"{copy}:{guide_name}", guide_source=str(guide_path),
+                       guide_sha256=sha256_of(path / copy))
+    return dataclasses.replace(story, **changes)
+
+
+# Settings a resumed run may change: they steer the rest of the fit, not what was fitted.
+RESUMABLE = ("epochs", "lr", "clip_norm", "early_stopping", "device", "val_every")
+
+
+def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = None,
+               progress: bool = True, stop=None) -> TrainResult:
+    """Continue the run in ``path`` from its checkpoint, optionally with a new total of
+    ``epochs`` and new values of the :data:`RESUMABLE` training settings in ``changes``
+    (applied and recorded in config.json)."""
     path = Path(path)
     cfg = load_run_config(path / CONFIG)
+    changes = dict(changes or {})
     if epochs is not None:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+        changes["epochs"] = epochs
+    refused = sorted(set(changes) - set(RESUMABLE))
+    if refused:
+        raise ValueError(f"{refused[0]} cannot change when a run is resumed (it would fit a "
+                         f"different model or data); settings that may change: "
+                         f"{', '.join(RESUMABLE)}")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
     check_train_config(cfg.train)
-    data = load_run_data(cfg)
-    model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
-    ckpt = load_checkpoint(path / CHECKPOINT)
-    load_modules(nn.ModuleDict({"model": model, "guide": guide}), ckpt.modules, str(path / CHECKPOINT))
+    data, model, guide = prepare(cfg, path, seed=cfg.train.seed)
+    ckpt = _load_into(path, model, guide, data)
     if epochs is not None and epochs < ckpt.state.epoch:
         raise ValueError(f"--epochs {epochs} is fewer than the {ckpt.state.epoch} epochs {path} "
                          f"has already run; give the new total, at least {ckpt.state.epoch}")
     # Only a checkpoint that loaded may change the folder's files.
-    if epochs is not None:
+    if changes:
         save_run_config(cfg, path / CONFIG)
     # The checkpoint is the truth: metrics.jsonl is rewritten to match it.
     (path / METRICS).write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n"
                                         for r in ckpt.state.history))
     return _run_fit(path, cfg, data, model, guide, ckpt, progress, stop)
+
+
+def _load_into(path: Path, model: Program, guide: Program, data: Data):
+    """Create every parameter site (one run on two rows), then load the checkpoint into them."""
+    materialize(model, guide, data)
+    ckpt = load_checkpoint(path / CHECKPOINT)
+    load_modules(nn.ModuleDict({"model": model, "guide": guide}), ckpt.modules, str(path / CHECKPOINT))
+    return ckpt
 
 
 def load_run(path: Path, device: str = "cpu") -> LoadedRun:
@@ -197,10 +292,8 @@ def load_run(path: Path, device: str = "cpu") -> LoadedRun:
     if not path.is_dir():
         raise FileNotFoundError(f"run folder {path} does not exist")
     cfg = load_run_config(path / CONFIG)
-    data = load_run_data(cfg)
-    model, guide = build_vae(cfg.model, data.data_dim)
-    ckpt = load_checkpoint(path / CHECKPOINT)
-    load_modules(nn.ModuleDict({"model": model, "guide": guide}), ckpt.modules, str(path / CHECKPOINT))
+    data, model, guide = prepare(cfg, path)
+    _load_into(path, model, guide, data)
     dev = resolve_device(device)
     model.to(dev).eval()
     guide.to(dev).eval()

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit, sample, evaluate and diagnose variational autoencoders written in Pyro.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
-        p = sub.add_parser(name, help=command.help, description=command.help,
+        # No abbreviations: --resume must know exactly which flags were given.
+        p = sub.add_parser(name, help=command.help, description=command.help, allow_abbrev=False,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         command.add_arguments(p)
         p.set_defaults(handler=command.run)
@@ -36,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-vae`` console script and ``python -m pyro_vae``."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         with user_errors():
             return int(args.handler(args) or 0)

@@ -50,13 +50,14 @@ def report(result: Evaluation, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     loaded = load_run(args.run, args.device)
     x = loaded.data.eval_split(args.split, seed=args.seed)
+    batch = getattr(loaded.data, args.split).fields()
     if args.points is not None:
         if args.points > len(x):
             raise UserError(f"--points {args.points}: the {args.split} split has only {len(x)} images")
-        x = x[:args.points]
+        x, batch = x[:args.points], {k: v[:args.points] for k, v in batch.items()}
     result = evaluate(loaded.model, loaded.guide, x, num_samples=args.samples,
                       particle_chunk=args.particle_chunk, point_chunk=args.point_chunk,
-                      hold_points=args.hold_points,
+                      hold_points=args.hold_points, batch=batch,
                       seed=args.seed, progress=not args.no_progress)
     summary = {"split": args.split, "seed": args.seed, **result.summary()}
     out = loaded.path / "evaluation.json"

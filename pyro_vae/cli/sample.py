@@ -1,4 +1,5 @@
-"""``pyro-vae sample RUN``: decode draws from the prior, or from one chosen z, into an image grid."""
+"""``pyro-vae sample RUN``: draw from the story's prior predictive, or with chosen latent
+sites held fixed, into an image grid. Works for any story: it runs the program itself."""
 
 from __future__ import annotations
 
@@ -10,47 +11,75 @@ import torch
 
 from pyro_vae import figures
 from pyro_vae.cli.common import COMMANDS, Command, UserError, float_list, positive_int
-from pyro_vae.runs import load_run
+from pyro_vae.predictive import prior_predictive
+from pyro_vae.runs import LoadedRun, load_run
+from pyro_vae.traces import latent_sites
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by pyro-vae train")
     p.add_argument("--n", type=positive_int, default=64, help="number of images")
+    p.add_argument("--set", action="append", default=[], metavar="SITE=V1,V2,...",
+                   help="hold latent site SITE at this value (its elements, comma-separated) and "
+                        "draw x given it; repeatable; other latents are drawn from the prior")
     p.add_argument("--z", type=float_list, default=None,
-                   help="a latent point such as 0.1,0.5: draw x ~ p(x | z) at this z "
-                        "(default: z ~ p(z) and the decoder's mean image)")
-    p.add_argument("--mean", action="store_true", help="with --z: show only the mean image f(z)")
+                   help="shorthand for --set z=... (the built-in VAE's latent site)")
+    p.add_argument("--mean", action="store_true",
+                   help="with --set: show only the image mean at the fixed values")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default: RUN/samples.png)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
 
 
-@torch.no_grad()
-def draw(model, n: int, z: tuple[float, ...] | None, mean: bool, latent_dim: int) -> tuple:
-    """``[n, D]`` images and a title."""
-    if z is None:
-        zs = model.z_dist().sample((n,))
-        return model.x_dist(zs).mean, f"{n} decoder means f(z), z ~ p(z)"
-    if len(z) != latent_dim:
-        raise UserError(f"--z has {len(z)} values but the model's latent dimension is {latent_dim}")
-    point = torch.tensor(z, dtype=torch.float32, device=model.prior.loc.device
-                         if hasattr(model.prior, "loc") else None)
-    px = model.x_dist(point)
-    if mean:
-        return px.mean.unsqueeze(0), f"f(z) at z = {list(z)}"
-    return px.sample((n,)), f"{n} draws x ~ p(x | z) at z = {list(z)}"
+def fixed_values(loaded: LoadedRun, texts: list[str], n: int) -> dict[str, torch.Tensor]:
+    """``["z=0.1,0.5"]`` → ``{"z": [n, 2]}``, checked against the story's latent sites."""
+    x, batch = _template(loaded, 2)
+    sites = {s.name: s for s in latent_sites(loaded.model, x, batch, who="pyro-vae sample")}
+    fixed = {}
+    for text in texts:
+        name, sep, raw = text.partition("=")
+        if not sep or name not in sites:
+            raise UserError(f"--set {text!r}: expected SITE=V1,V2,... with SITE one of the "
+                            f"story's latent sites {sorted(sites)}")
+        values = float_list(raw)
+        shape = tuple(sites[name].event_shape)
+        if len(values) != math.prod(shape):
+            raise UserError(f"--set {name}: {len(values)} values given, but site {name!r} has "
+                            f"{math.prod(shape)} (event shape {list(shape)})")
+        value = torch.tensor(values, device=loaded.device).reshape(shape)
+        if not bool(sites[name].support.check(value).all()):
+            raise UserError(f"--set {name}: {list(values)} is outside the site's support "
+                            f"({sites[name].support})")
+        fixed[name] = value.expand((n, *shape))
+    return fixed
+
+
+def _template(loaded: LoadedRun, n: int) -> tuple[torch.Tensor, dict]:
+    """``n`` test rows (tiled) and their per-row fields: shapes for the story's plate."""
+    x = loaded.data.eval_split("test")
+    rows = torch.arange(n, device=x.device) % len(x)
+    return x[rows], {k: v[rows] for k, v in loaded.data.test.fields().items()}
 
 
 def run(args: argparse.Namespace) -> int:
     loaded = load_run(args.run, args.device)
+    sets = args.set + ([f"z={','.join(map(str, args.z))}"] if args.z is not None else [])
     torch.manual_seed(args.seed)
-    images, title = draw(loaded.model, args.n, args.z, args.mean, loaded.config.model.latent_dim)
+    n = 1 if sets and args.mean else args.n
+    fixed = fixed_values(loaded, sets, n)
+    mean, draw = prior_predictive(loaded.model, *_template(loaded, n), fixed)
+    where = ", ".join(sets) if sets else "latents ~ p"
+    images, title = ((mean, f"image mean at {where}") if args.mean or not sets
+                     else (draw, f"{n} draws x ~ p(x | {where})"))
+    if not sets:
+        title = f"{n} image means, latents drawn from the prior"
     out = args.out or loaded.path / "samples.png"
-    figures.save_grid(images, loaded.data.image_shape, out, ncol=min(8, math.ceil(len(images) ** 0.5) * 2),
-                      title=title)
+    figures.save_grid(images.reshape(len(images), -1), loaded.data.image_shape, out,
+                      ncol=min(8, math.ceil(len(images) ** 0.5) * 2), title=title)
     print(out)
     return 0
 
 
-COMMANDS.register("sample")(Command("decode samples from a fitted run into an image grid",
+COMMANDS.register("sample")(Command("draw images from a fitted run's story (prior predictive, or "
+                                    "with latent sites held fixed) into an image grid",
                                     add_arguments, run))

@@ -12,13 +12,14 @@ from typing import Iterator
 from pyro_vae.cli.common import (COMMANDS, EXIT_DIVERGED, EXIT_INTERRUPTED, Command, UserError,
                                  choice_of, int_list, non_negative_float, non_negative_int,
                                  positive_float, positive_int)
-from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
 from pyro_vae.data import BINARIZE_MODES
 from pyro_vae.fit import DivergenceError
 from pyro_vae.guides import GUIDES
 from pyro_vae.models import ACTIVATIONS, LIKELIHOODS, PRIORS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.runs import TrainResult, resume_run, train_run
+from pyro_vae.stories import parse_arg, parse_spec
 
 M, D, T = ModelConfig(), DataConfig(), TrainConfig()
 
@@ -46,12 +47,31 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sigma", type=positive_float, default=M.sigma,
                    help="Gaussian likelihoods: fixed σ, or starting σ when learned")
     g.add_argument("--prior", type=choice_of(PRIORS), default=M.prior, help=f"p(z): {', '.join(PRIORS)}")
-    g.add_argument("--guide", type=choice_of(GUIDES), default=M.guide,
-                   help=f"q(z | x): {', '.join(GUIDES)}")
+    g.add_argument("--guide", type=guide_choice, default=None,
+                   help=f"q(z | x): {', '.join(GUIDES)} for the built-in VAE (default {M.guide}); "
+                        f"with --model: auto (the default, an amortized Gaussian per latent site) "
+                        f"or FILE.py:NAME")
     g.add_argument("--components", type=positive_int, default=M.components,
                    help="mixture-type priors: number of components or pseudo-inputs")
     g.add_argument("--flow-layers", type=positive_int, default=M.flow_layers,
                    help="flow priors and guides: number of transforms")
+
+
+def add_story_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("your own story (README: Write your own story)")
+    g.add_argument("--model", default=None, metavar="FILE.py:NAME",
+                   help="train the story NAME in FILE (a function model(x, ...) or a factory "
+                        "taking data_dim, image_shape and --model-arg values) instead of the "
+                        "built-in VAE; the file is copied into the run folder")
+    g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument for the story's (and guide's) factory; repeatable")
+
+
+def guide_choice(text: str) -> str:
+    """A registered guide name, ``auto``, or ``FILE.py:NAME``."""
+    if text == "auto" or ":" in text:
+        return text
+    return choice_of(GUIDES)(text)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,6 +98,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     add_model_arguments(p)
+    add_story_arguments(p)
     add_train_arguments(p)
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=Path("runs"), help="folder that holds run folders")
@@ -85,12 +106,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue the run in this folder from its checkpoint")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(actions=p._actions)  # --resume checks which of them were given
+
+
+def story_from_args(args: argparse.Namespace) -> StoryConfig:
+    """The ``--model``/``--guide``/``--model-arg`` flags as a :class:`StoryConfig`."""
+    story_args = dict(parse_arg(text) for text in args.model_arg)
+    if args.model is None:
+        if args.guide is not None and args.guide not in GUIDES:
+            raise UserError(f"--guide {args.guide}: auto and guide files need a story file "
+                            f"(--model FILE.py:NAME); the built-in VAE takes "
+                            f"{', '.join(GUIDES)}")
+        if story_args:
+            raise UserError("--model-arg is for a story file's factory; give --model FILE.py:NAME")
+        return StoryConfig()
+    parse_spec(args.model, "--model")
+    guide = args.guide or "auto"
+    if guide != "auto" and guide in GUIDES:
+        raise UserError(f"--guide {guide}: the registered guides are built for the built-in "
+                        f"VAE's single site z; a story file takes auto or FILE.py:NAME")
+    if guide != "auto":
+        parse_spec(guide, "--guide")
+    return StoryConfig(model=args.model, guide=guide, args=story_args)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    story = story_from_args(args)
+    guide = M.guide if story.model or args.guide is None else args.guide
     model = ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden),
                         activation=args.activation, prior=args.prior, likelihood=args.likelihood,
-                        guide=args.guide, sigma=args.sigma, components=args.components,
+                        guide=guide, sigma=args.sigma, components=args.components,
                         flow_layers=args.flow_layers)
     data = DataConfig(name=args.data, root=args.data_root, download=args.download,
                       binarize=args.binarize)
@@ -98,7 +143,33 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                         clip_norm=args.clip_norm, seed=args.seed, device=args.device,
                         objective=args.objective, particles=args.particles, beta=args.beta,
                         kl_warmup=args.kl_warmup, early_stopping=args.early_stopping)
-    return RunConfig(model=model, data=data, train=train)
+    return RunConfig(model=model, data=data, train=train, story=story)
+
+
+# Flags that --resume accepts besides the run: where and how it runs, not what it fits.
+RESUME_FLAGS = {"resume", "epochs", "lr", "clip_norm", "early_stopping", "device", "no_progress"}
+
+
+def given_flags(parser_actions, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option spelled out in ``argv``."""
+    given = set()
+    for action in parser_actions:
+        for opt in action.option_strings:
+            if any(a == opt or a.startswith(opt + "=") for a in argv):
+                given.add(action.dest)
+    return given
+
+
+def resume_changes(args: argparse.Namespace, given: set[str]) -> dict:
+    """The training settings given with ``--resume``; any other flag is refused."""
+    refused = sorted(given - RESUME_FLAGS)
+    if refused:
+        flag = "--" + refused[0].replace("_", "-")
+        raise UserError(f"{flag} cannot change when a run is resumed: the run keeps the data, "
+                        f"model and objective it was trained with; --resume takes --epochs, "
+                        f"--lr, --clip-norm, --early-stopping and --device")
+    return {k: getattr(args, k) for k in ("lr", "clip_norm", "early_stopping", "device")
+            if k in given}
 
 
 class StopFlag:
@@ -144,7 +215,9 @@ def run(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
         try:
             if args.resume is not None:
-                result = resume_run(args.resume, args.epochs, progress=not args.no_progress, stop=stop)
+                changes = resume_changes(args, given_flags(args.actions, args.argv))
+                result = resume_run(args.resume, args.epochs, changes=changes,
+                                    progress=not args.no_progress, stop=stop)
             else:
                 result = train_run(config_from_args(args), args.out, args.name,
                                    progress=not args.no_progress, stop=stop)

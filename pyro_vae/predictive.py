@@ -1,0 +1,67 @@
+"""Draws from a story for figures and ``pyro-vae sample``, by running it under handlers.
+
+Like Pyro's ``Predictive``, these run the program itself (``uncondition``, ``condition``,
+``replay``, ``trace``), so they serve any story whatever its sites are called:
+
+.. code-block:: text
+
+    prior predictive     z ~ p(z), x ~ p(x | z)              uncondition(model)
+    fixed latents        z_s = v_s, the rest ~ p, x ~ p(x|z)   condition(uncondition(model), v)
+    reconstruction       z = E_q[z | x], then p(x | z)          condition(model, guide means)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from pyro import poutine
+from torch import Tensor
+
+from pyro_vae.traces import image_site, is_latent, trace_program
+
+Batch = dict[str, Tensor]
+
+
+def site_mean(site: dict) -> Tensor:
+    """The mean of a traced site's distribution where it has one in closed form, else its value."""
+    try:
+        mean = site["fn"].mean
+    except NotImplementedError:
+        return site["value"]
+    return mean if mean.shape == site["value"].shape else site["value"]
+
+
+def mean_latents(guide: Callable, x: Tensor, batch: Batch | None = None) -> dict[str, Tensor]:
+    """E_q[z_s | x] for every latent site s of the guide (a draw where q has no closed-form
+    mean), each ``[N, *event_shape]``."""
+    trace = trace_program(guide, x, batch)
+    return {name: site_mean(site) for name, site in trace.nodes.items() if is_latent(site)}
+
+
+@torch.no_grad()
+def prior_predictive(model: Callable, template: Tensor, batch: Batch | None = None,
+                     fixed: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Run the story with its observations released: latents from the prior (those in
+    ``fixed`` held at the given values), then the image site drawn.
+
+    Args:
+        template: ``[N, ...]`` rows shaped like the data (their values are not read).
+        fixed: site name → value ``[N, *event_shape]`` (or broadcastable to it).
+
+    Returns:
+        the image site's mean ``[N, ...]`` and a draw from it ``[N, ...]``.
+    """
+    # uncondition innermost: it releases the observations, then condition holds the fixed latents.
+    program = poutine.condition(poutine.uncondition(model), data=fixed or {})
+    trace = trace_program(program, template, batch)
+    site = trace.nodes[image_site(trace, template)]
+    return site_mean(site), site["value"]
+
+
+@torch.no_grad()
+def reconstruct(model: Callable, guide: Callable, x: Tensor, batch: Batch | None = None) -> Tensor:
+    """The image site's mean under the story with its latents at E_q[z | x]: ``[N, ...]``."""
+    latents = mean_latents(guide, x, batch)
+    trace = trace_program(poutine.condition(model, data=latents), x, batch)
+    return site_mean(trace.nodes[image_site(trace, x)])

@@ -1,0 +1,135 @@
+"""Stories from files: ``pyro-vae train --model story.py:NAME [--guide auto|guide.py:NAME]``.
+
+``NAME`` in the file is either
+
+- a story itself: a function whose first argument is ``x`` (``def model(x, y=None)``), or
+- a factory: a class or function called with the keywords it names among
+  ``data_dim`` (D, pixels per image), ``image_shape`` (e.g. ``(8, 8)``) and the
+  ``--model-arg key=value`` pairs, returning the story (an ``nn.Module`` or function).
+
+A guide file's factory may also name ``model`` (the story built above). ``auto``
+builds an :class:`~pyro_vae.guides.AutoAmortizedGuide` on an MLP encoder.
+
+Every way a file can fail (missing, a syntax error, an exception while importing,
+no such name, no observed site, a latent the guide cannot handle) is a
+:class:`StoryError`: one line naming the file, and the line where Python gives one.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import inspect
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import Tensor, nn
+
+from pyro_vae.traces import describe_latent, image_site, is_latent, trace_program
+
+
+class StoryError(ValueError):
+    """A story or guide file that cannot be used; the message names the file (and line)."""
+
+
+def parse_spec(spec: str, what: str = "--model") -> tuple[Path, str]:
+    """``"path/to/story.py:NAME"`` → (path, NAME)."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path.endswith(".py") or not name.isidentifier():
+        raise StoryError(f"{what} {spec!r}: expected FILE.py:NAME, e.g. stories/ink.py:InkStory")
+    return Path(path).expanduser(), name
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def parse_arg(text: str) -> tuple[str, Any]:
+    """``"key=value"`` → (key, value), the value read as a Python literal when it is one."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise StoryError(f"--model-arg {text!r}: expected key=value, e.g. latent_dim=4")
+    try:
+        return key, ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return key, raw
+
+
+def load_object(path: Path, name: str) -> Any:
+    """Import the file ``path`` as a fresh module and return its attribute ``name``."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoryError(f"{path}: no such story file")
+    module_name = f"pyro_vae_story_{sha256_of(path)[:16]}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    try:
+        sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except SyntaxError as err:
+        raise StoryError(f"{path}:{err.lineno}: syntax error: {err.msg}") from None
+    except Exception as err:  # noqa: BLE001 - any failure of a user's file is reported as one line
+        raise StoryError(f"{_where(path, err)}: importing the story file failed: "
+                         f"{type(err).__name__}: {err}") from None
+    if not hasattr(module, name):
+        found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                       and getattr(v, "__module__", None) == module_name)
+        raise StoryError(f"{path}: has no {name!r} (it defines {', '.join(found) or 'nothing callable'})")
+    return getattr(module, name)
+
+
+def _where(path: Path, err: BaseException) -> str:
+    """``path:line`` of the deepest frame of ``err`` in ``path``, else ``path``."""
+    lines = [f.lineno for f in traceback.extract_tb(err.__traceback__)
+             if Path(f.filename).resolve() == Path(path).resolve()]
+    return f"{path}:{lines[-1]}" if lines else str(path)
+
+
+def _is_story(obj: Any) -> bool:
+    """A function (not a class) whose first parameter is ``x``."""
+    if inspect.isclass(obj) or not callable(obj):
+        return False
+    try:
+        params = list(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == "x"
+
+
+def call_factory(obj: Any, path: Path, name: str, offered: dict[str, Any]) -> Any:
+    """``obj`` itself when it is a story, else ``obj(**the offered keywords it names)``."""
+    if _is_story(obj) or isinstance(obj, nn.Module):
+        return obj
+    if not callable(obj):
+        raise StoryError(f"{path}: {name!r} is a {type(obj).__name__}, not a story or a factory")
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
+    try:
+        return obj(**kwargs)
+    except Exception as err:  # noqa: BLE001
+        raise StoryError(f"{_where(path, err)}: {name}({', '.join(kwargs)}) failed: "
+                         f"{type(err).__name__}: {err}") from None
+
+
+def check_story(model: Callable, x: Tensor, batch: dict[str, Tensor], source: str) -> None:
+    """Trace the story once on rows ``x``: it must score x at an observed site and keep
+    every latent local to ``pyro.plate("data", N)``."""
+    try:
+        trace = trace_program(model, x, batch)
+    except Exception as err:  # noqa: BLE001
+        raise StoryError(f"{_where(Path(source.split(':')[0]), err)}: running the story on "
+                         f"{len(x)} rows failed: {type(err).__name__}: {err}") from None
+    try:
+        image_site(trace, x)
+        for name, site in trace.nodes.items():
+            if is_latent(site):
+                describe_latent(name, site, len(x), who="pyro-vae")
+    except ValueError as err:
+        raise StoryError(f"{source}: {err}") from None
