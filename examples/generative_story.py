@@ -21,6 +21,7 @@ import torch
 
 from pyro_vae import figures
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
+from pyro_vae.predictive import mean_latents, prior_predictive
 from pyro_vae.runs import load_or_train
 
 
@@ -47,13 +48,21 @@ def fitted_run(args: argparse.Namespace):
 
 
 @torch.no_grad()
+def decode(loaded, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the story with its latent site ``z`` held at the rows of ``z`` ``[N, 2]``: the
+    image site's means and one draw each, ``[N, D]`` (traces, not the VAE's methods)."""
+    template = loaded.data.eval_split("test")[:1].expand(len(z), -1)
+    return prior_predictive(loaded.model, template, fixed={"z": z})
+
+
+@torch.no_grad()
 def walk(loaded, start: int, end: int, steps: int = 10) -> torch.Tensor:
-    """Decoder means along the segment between two digits' mean encodings: ``[steps, D]``."""
+    """Image means along the segment between two digits' mean encodings: ``[steps, D]``."""
     x, labels = loaded.data.eval_split("test"), loaded.data.test.labels
-    z = loaded.guide.z_dist(x).mean
+    z = mean_latents(loaded.guide, x)["z"]  # E_q[z | x] read off the guide's trace
     a, b = z[labels == start].mean(0), z[labels == end].mean(0)
     t = torch.linspace(0, 1, steps).unsqueeze(1)
-    return loaded.model.x_dist((1 - t) * a + t * b).mean
+    return decode(loaded, (1 - t) * a + t * b)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def tell_story(loaded, args: argparse.Namespace) -> None:
     """Write the four figures and say what each shows."""
-    model, shape, z = loaded.model, loaded.data.image_shape, torch.tensor(args.z)
-    px = model.x_dist(z)
-    figures.save_grid(px.mean[None], shape, args.out / "blueprint.png", 1, f"f(z) at z = {list(args.z)}")
+    shape, z = loaded.data.image_shape, torch.tensor(args.z)
+    means, draws = decode(loaded, z.expand(32, 2))  # 32 rows, every one at the same z
+    figures.save_grid(means[:1], shape, args.out / "blueprint.png", 1, f"f(z) at z = {list(args.z)}")
     print(f"{args.out / 'blueprint.png'}: the mean image f(z) at z = {list(args.z)}, the blueprint")
-    figures.save_grid(px.sample((32,)), shape, args.out / "many_draws.png", 8, "32 draws x ~ p(x | z)")
+    figures.save_grid(draws, shape, args.out / "many_draws.png", 8, "32 draws x ~ p(x | z)")
     print(f"{args.out / 'many_draws.png'}: 32 images x ~ p(x | z) from that one z: "
           f"each pixel flips independently around the blueprint")
     figures.latent_map(loaded.guide, loaded.data.eval_split("test"), loaded.data.test.labels,

@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
-from pyro_vae.evaluate import evaluate, log_importance_weights, log_mean_exp, plot_k_curve
+from pyro_vae.evaluate import evaluate, log_importance_weights
+from pyro_vae.figures import plot_k_curve
 from pyro_vae.runs import load_or_train
+from pyro_vae.traces import log_mean_exp
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

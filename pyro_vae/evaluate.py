@@ -37,7 +37,6 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -405,47 +404,3 @@ def _curve(ks: tuple[int, ...], at_k: dict[str, list[Tensor]]) -> KCurve:
         stderr[name] = tuple(float(v) for v in (values.std(1) / math.sqrt(n) if n > 1
                                                   else torch.full((len(ks),), float("nan"))))
     return KCurve(ks, mean, stderr)
-
-
-LABELS = {"prior_mc": "prior Monte Carlo  log 1/K Σ p(x|z), z~p(z)",
-          "elbo": "ELBO  1/K Σ log w, z~q(z|x)",
-          "iwae": "IWAE  log 1/K Σ w, z~q(z|x)"}
-
-
-def plot_k_curve(curve: KCurve, path: Path, exact: float | None = None) -> Path:
-    """Each estimator's mean log p(x) (± 2 standard errors over points) against K, log-spaced."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    ks = np.asarray(curve.ks)
-    for name in ESTIMATORS:
-        mean, se = np.asarray(curve.mean[name]), np.asarray(curve.stderr[name])
-        line, = ax.plot(ks, mean, marker="o", ms=3, label=LABELS[name])
-        ax.fill_between(ks, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.15)
-    if exact is not None:
-        ax.axhline(exact, color="black", ls="--", lw=1, label="exact log p(x)")
-    ax.set_xscale("log")
-    ax.set_xlabel("K (samples of z per data point)")
-    ax.set_ylabel("mean log p(x) estimate (nats)")
-    ax.set_title("estimates of log p(x) against K (bands: ±2 s.e. over points)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path
-
-
-def plot_khat(psis: PSISDiagnostics, path: Path) -> Path:
-    """Histogram of the per-point PSIS k̂ of the guide's weights, with the 0.7 threshold."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    ax.hist(psis.khat.numpy(), bins=50, color="tab:blue", alpha=0.8)
-    ax.axvline(psis.threshold, color="tab:red", ls="--",
-               label=f"k̂ = {psis.threshold}: {100 * psis.fraction_above:.1f}% of points above")
-    ax.set_xlabel("PSIS Pareto k̂ of q(z|x) as proposal for p(z|x)")
-    ax.set_ylabel("data points")
-    ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import pyro
@@ -102,7 +102,11 @@ def make_optimizer(model: nn.Module, guide: nn.Module, cfg: TrainConfig,
     """Adam over every parameter once. On CPU and CUDA it is the fused kernel: the same
     update (tests/test_fit_speed_paths.py), one call instead of ~10 ops per tensor."""
     fused = device is not None and device.type in ("cpu", "cuda")
-    return torch.optim.Adam(unique_parameters(model, guide), lr=cfg.lr, fused=fused or None)
+    params = unique_parameters(model, guide)
+    if not params:
+        raise ValueError("the story and its guide have no parameters to train (no nn.Module "
+                         "parameters, pyro.param or pyro.module statements)")
+    return torch.optim.Adam(params, lr=cfg.lr, fused=fused or None)
 
 
 def kl_weight(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:

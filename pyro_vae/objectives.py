@@ -128,7 +128,9 @@ JIT_CHECK_CALLS = 2
 # Traced and untraced run the same float operations in the same order (optimized execution
 # is off), so they agree to rounding; a wrong branch differs by far more.
 JIT_RTOL, JIT_ATOL = 1e-4, 1e-5
-_LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, __import__("pyro")))
+# Code whose tensor reads are known to be shape reads, not branches on values.
+_LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep
+                   for m in (torch, __import__("pyro"), __import__("pyro_vae")))
 
 
 class JitFallbackWarning(UserWarning):
@@ -208,7 +210,10 @@ class Jit(Objective):
             warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(loss, (*params, *example), check_trace=False)
         for w in caught:
+            # Constants folded into the trace (torch.tensor(...)) are harmless; a tensor read
+            # as a Python bool or number means a branch on values.
             if issubclass(w.category, torch.jit.TracerWarning) and \
+                    "Converting a tensor to a Python" in str(w.message) and \
                     not w.filename.startswith(_LIBRARIES):
                 return None, (f"the program reads a tensor's value in Python at "
                               f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0]}")

@@ -85,6 +85,9 @@ def describe_latent(name: str, site: dict, n: int, who: str = "this guide") -> L
                          f"{who} needs every latent local to that plate, with batch shape "
                          f"[{n}] (one value per row of x): global latents cannot be amortized")
     support = fn.support
+    # A mixture lives on its components' support (torch's wrapper has no bijection).
+    while isinstance(support, constraints.MixtureSameFamilyConstraint):
+        support = support.base_constraint
     if support.is_discrete:
         raise ValueError(f"latent site {name!r} is discrete; {who} handles continuous latents "
                          f"only. Sum a discrete latent out exactly: mark it "

@@ -47,7 +47,7 @@ def test_resume_continues_to_more_epochs(run_dir):
 
 def test_wrong_latent_point_is_a_user_error(run_dir, capsys):
     assert main(["sample", str(run_dir), "--z", "0.1,0.2,0.3"]) == 2
-    assert "latent dimension is 2" in capsys.readouterr().err
+    assert "site 'z' has 2" in capsys.readouterr().err
 
 
 def test_unknown_name_lists_the_valid_ones(capsys):

@@ -74,12 +74,20 @@ def test_bad_arguments(tmp_path, capsys, args, match):
     (["--device", "gpu0"], "unknown device 'gpu0'; expected cpu, cuda, cuda:N or auto"),
     (["--prior", "vamp", "--guide", "iaf"], "the vamp prior cannot be used with the 'iaf' guide"),
     (["--objective", "iwae", "--particles", "1"], "the iwae objective needs particles >= 2"),
-    (["--resume", "nowhere"], "no config.json at nowhere/config.json"),
 ])
 def test_bad_names_and_combinations(tmp_path, capsys, monkeypatch, args, match):
     monkeypatch.chdir(tmp_path)
     code, line = cli([*BASE, "--out", str(tmp_path / "runs"), *args], capsys)
     assert code == 2 and match in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_of_a_missing_run(tmp_path, capsys, monkeypatch):
+    """Only the flags --resume takes (BASE's --hidden and --out would be refused first)."""
+    monkeypatch.chdir(tmp_path)
+    code, line = cli(["train", "--no-progress", "--epochs", "1", "--device", "cpu",
+                      "--resume", "nowhere"], capsys)
+    assert code == 2 and "no config.json at nowhere/config.json" in line, line
     assert not (tmp_path / "runs").exists()
 
 
@@ -216,7 +224,7 @@ def test_other_architecture_via_cli(copy, capsys):
     (copy / CONFIG).write_text(json.dumps(cfg))
     code, line = cli(["sample", str(copy)], capsys)
     assert code == 2
-    assert "parameter 'model.decoder.net.0.weight' has shape [8, 2] but this model expects [16, 2]" in line
+    assert "parameter 'model.story.decoder.net.0.weight' has shape [8, 2] but this model expects [16, 2]" in line
 
 
 @pytest.mark.parametrize("text, match", [

@@ -26,6 +26,7 @@ from pyro_vae.fit import unique_parameters
 from pyro_vae.guides import GUIDES
 from pyro_vae.models import LIKELIHOODS, PRIORS
 from pyro_vae.objectives import OBJECTIVES, build_objective
+from pyro_vae.programs import scale_latents
 
 REFUSED = {("vamp", "iaf")}
 PAIRS = [pg for pg in itertools.product(sorted(PRIORS), sorted(GUIDES)) if pg not in REFUSED]
@@ -54,8 +55,9 @@ def test_combination_trains(prior, guide, likelihood, objective):
     model, q = _build(prior, guide, likelihood)
     x = torch.bernoulli(torch.full((5, 6), 0.4))
     pyro.set_rng_seed(0)
-    guide_trace = poutine.trace(q).get_trace(x, 0.5)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, 0.5)
+    guide_trace = poutine.trace(scale_latents(q, 0.5)).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(scale_latents(model, 0.5),
+                                               trace=guide_trace)).get_trace(x)
     assert _sites(guide_trace) == ({"z"}, set())
     assert _sites(model_trace) == ({"z"}, {"x"})
     assert guide_trace.nodes["z"]["value"].shape == (5, 2)
@@ -64,7 +66,7 @@ def test_combination_trains(prior, guide, likelihood, objective):
     optimizer = torch.optim.Adam(params, lr=1e-2)
     before = [p.detach().clone() for p in params]
     loss = build_objective(TrainConfig(objective=objective, particles=2)).differentiable_loss(
-        model, q, x, 0.5)
+        model, q, x, beta=0.5)
     assert math.isfinite(float(loss.detach()))
     loss.backward()
     for (name, p) in _named(model, q):

@@ -26,8 +26,9 @@ def test_binarization_modes():
     dynamic = load_data(DataConfig(name="digits", binarize="dynamic"))
     index = torch.arange(64)
     torch.manual_seed(0)
-    first = dynamic.train_batch(index)
-    second = dynamic.train_batch(index)
+    first, fields = dynamic.train_batch(index)
+    second, _ = dynamic.train_batch(index)
+    assert set(fields) == {"y"} and torch.equal(fields["y"], dynamic.train.labels[index])
     assert set(first.unique().tolist()) <= {0.0, 1.0}
     assert not torch.equal(first, second), "dynamic binarization draws afresh"
     assert torch.equal(dynamic.eval_split("val", seed=3), dynamic.eval_split("val", seed=3))

@@ -46,8 +46,8 @@ def _poison(monkeypatch, at_call: int, target: str = "loss") -> list:
         inner, calls = real(cfg), [0]
 
         class Poisoned:
-            def differentiable_loss(self, model, guide, x, beta=1.0):
-                loss = inner.differentiable_loss(model, guide, x, beta)
+            def differentiable_loss(self, model, guide, x, *, beta=1.0, batch=None):
+                loss = inner.differentiable_loss(model, guide, x, beta=beta, batch=batch)
                 calls[0] += 1
                 if calls[0] != at_call:
                     return loss
@@ -85,7 +85,8 @@ def _params(*modules) -> dict[str, torch.Tensor]:
 def test_divergence_restores_last_good_epoch(monkeypatch, target, at_call, where):
     cfg, data, model, guide = _tiny_fit_inputs(epochs=3)
     good: dict = {}
-    record = lambda session, state, rec: good.update(_params(session.model, session.guide))  # noqa: E731
+    # session.model/guide are Programs wrapping model/guide: record the wrapped modules' own keys
+    record = lambda session, state, rec: good.update(_params(session.model.fn, session.guide.fn))  # noqa: E731
     _poison(monkeypatch, at_call, target)
     with pytest.raises(DivergenceError) as err:
         fit(model, guide, data, cfg.train, callbacks=[record], progress=False)
@@ -132,7 +133,8 @@ def _reference(cfg: RunConfig):
     model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
     result = fit(model, guide, data, cfg.train, progress=False)
     rows = [(r.epoch, r.train_elbo, r.val_elbo, r.beta) for r in result.history]
-    return rows, torch.nn.ModuleDict({"model": model, "guide": guide}).state_dict()
+    # result.model/guide are the Programs whose state the run folder checkpoints
+    return rows, torch.nn.ModuleDict({"model": result.model, "guide": result.guide}).state_dict()
 
 
 def _same_result(run: Path, reference) -> None:

@@ -77,7 +77,7 @@ def test_jit_objective_same_loss_and_gradients(tiny_config: RunConfig, name: str
         model, guide = build_vae(tiny_config.model, data.data_dim, seed=0)
         loss_fn = build_objective(TrainConfig(objective=objective))
         torch.manual_seed(7)
-        loss = loss_fn.differentiable_loss(model, guide, x, 0.5)
+        loss = loss_fn.differentiable_loss(model, guide, x, beta=0.5)
         loss.backward()
         grads[objective] = (loss.detach(), [p.grad for p in unique_parameters(model, guide)])
     (l0, g0), (l1, g1) = grads[name], grads[jit_name]
@@ -125,7 +125,7 @@ def test_jit_elbo_equals_elbo_for_every_prior_and_guide(prior: str, guide: str):
         model, guide_module = build_vae(cfg, 64, seed=0)
         torch.manual_seed(3)
         loss = build_objective(TrainConfig(objective=objective)).differentiable_loss(
-            model, guide_module, x, 0.7)
+            model, guide_module, x, beta=0.7)
         loss.backward()
         params = unique_parameters(model, guide_module)
         out.append((loss.detach(), [torch.zeros_like(p) if p.grad is None else p.grad for p in params]))

@@ -10,8 +10,10 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.build import build_vae
-from pyro_vae.config import ModelConfig
+from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.models import LIKELIHOODS
+from pyro_vae.objectives import build_objective
+from pyro_vae.programs import scale_latents
 
 
 def _sites(fn, *args):
@@ -47,16 +49,36 @@ def test_one_step_is_finite_and_reaches_every_parameter(likelihood):
 
 
 def test_beta_scales_only_the_latent_site():
-    """ELBO_β = E[log p(x|z)] + β E[log p(z) − log q(z|x)]: scaled site is z alone."""
+    """ELBO_β = E[log p(x|z)] + β E[log p(z) − log q(z|x)]: LatentScale, applied from
+    outside model and guide, scales the latent site z alone, never the observed x."""
     model, guide = build_vae(ModelConfig(hidden_sizes=(8,)), 6, seed=0)
     x = torch.bernoulli(torch.full((3, 6), 0.5))
-    guide_trace = poutine.trace(guide).get_trace(x, 0.25)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, 0.25)
+    guide_trace = poutine.trace(scale_latents(guide, 0.25)).get_trace(x)
+    model_trace = poutine.trace(
+        poutine.replay(scale_latents(model, 0.25), trace=guide_trace)).get_trace(x)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     assert model_trace.nodes["z"]["scale"] == 0.25
     assert guide_trace.nodes["z"]["scale"] == 0.25
     assert model_trace.nodes["x"]["scale"] == 1.0
+
+
+def test_beta_objective_is_likelihood_plus_beta_times_kl_term():
+    """Same seed, same z: −loss(β) from the objective equals log p(x|z) + β [log p(z) −
+    log q(z|x)], both terms read from unscaled traces of the story and its guide."""
+    model, guide = build_vae(ModelConfig(hidden_sizes=(8,)), 6, seed=0)
+    x = torch.bernoulli(torch.full((3, 6), 0.5))
+    with pyro.get_param_store().scope():
+        pyro.set_rng_seed(5)
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+        model_trace.compute_log_prob()
+        guide_trace.compute_log_prob()
+        log_lik = model_trace.nodes["x"]["log_prob_sum"]
+        kl_term = model_trace.nodes["z"]["log_prob_sum"] - guide_trace.nodes["z"]["log_prob_sum"]
+        pyro.set_rng_seed(5)
+        loss = build_objective(TrainConfig()).differentiable_loss(model, guide, x, beta=0.25)
+    assert torch.allclose(-loss, log_lik + 0.25 * kl_term, atol=1e-5)
 
 
 def test_gaussian_density_is_normalized():

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from pyro_vae.cli.common import COMMANDS, Command, UserError, positive_int
-from pyro_vae.evaluate import ESTIMATORS, Evaluation, evaluate, plot_k_curve, plot_khat
+from pyro_vae.evaluate import ESTIMATORS, Evaluation, evaluate
+from pyro_vae.figures import plot_k_curve, plot_khat
 from pyro_vae.runs import load_run
 
 SPLITS = ("test", "val", "train")

@@ -16,7 +16,7 @@ from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, Tra
 from pyro_vae.data import BINARIZE_MODES
 from pyro_vae.fit import DivergenceError
 from pyro_vae.guides import GUIDES
-from pyro_vae.models import ACTIVATIONS, LIKELIHOODS, PRIORS
+from pyro_vae.models import ACTIVATIONS, DECODERS, LIKELIHOODS, PRIORS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.runs import TrainResult, resume_run, train_run
 from pyro_vae.stories import parse_arg, parse_spec
@@ -47,6 +47,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sigma", type=positive_float, default=M.sigma,
                    help="Gaussian likelihoods: fixed σ, or starting σ when learned")
     g.add_argument("--prior", type=choice_of(PRIORS), default=M.prior, help=f"p(z): {', '.join(PRIORS)}")
+    g.add_argument("--decoder", type=choice_of(DECODERS), default=M.decoder,
+                   help=f"f_θ(z): {', '.join(DECODERS)} (linear with a Gaussian likelihood is pPCA)")
     g.add_argument("--guide", type=guide_choice, default=None,
                    help=f"q(z | x): {', '.join(GUIDES)} for the built-in VAE (default {M.guide}); "
                         f"with --model: auto (the default, an amortized Gaussian per latent site) "
@@ -135,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     guide = M.guide if story.model or args.guide is None else args.guide
     model = ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden),
                         activation=args.activation, prior=args.prior, likelihood=args.likelihood,
-                        guide=guide, sigma=args.sigma, components=args.components,
+                        decoder=args.decoder, guide=guide, sigma=args.sigma, components=args.components,
                         flow_layers=args.flow_layers)
     data = DataConfig(name=args.data, root=args.data_root, download=args.download,
                       binarize=args.binarize)
