@@ -23,6 +23,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_data
+from pyro_vae.build import with_options
 from pyro_vae.evaluate import log_importance_weights
 from pyro_vae.fit import mean_elbo
 from pyro_vae.traces import log_mean_exp
@@ -62,8 +63,9 @@ def fit_one(combo: str, data, args: argparse.Namespace) -> dict:
     """Build ``prior/guide/objective``, fit it, and measure it on the validation images."""
     prior, guide_name, objective = combo.split("/")
     hidden = tuple(int(h) for h in args.hidden.split(","))
-    mcfg = ModelConfig(latent_dim=args.latent_dim, hidden_sizes=hidden, prior=prior,
-                       guide=guide_name, components=args.components, flow_layers=args.flow_layers)
+    mcfg = with_options(ModelConfig(latent_dim=args.latent_dim, hidden_sizes=hidden, prior=prior,
+                                    guide=guide_name),
+                        components=args.components, flow_layers=args.flow_layers)
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                        device="cpu", objective=objective,
                        particles=args.particles if "iwae" in objective else 1)

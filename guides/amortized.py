@@ -9,6 +9,8 @@ points it sampled itself (an inverse-autoregressive flow).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pyro
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -133,22 +135,44 @@ class IAFHead(nn.Module):
         return IAFPosterior(self.base(h), transforms, validate_args=False)
 
 
-@GUIDES.register("diagonal")
-def diagonal_normal(cfg: ModelConfig, encoder: nn.Module) -> nn.Module:
+def _floor() -> float:
+    return field(default=1e-3, metadata={"help": "the posterior scale is softplus(·) plus this",
+                                         "parse": "positive_float", "alias": "scale_floor"})
+
+
+@dataclass(frozen=True)
+class NormalOptions:
+    """Settings of the Gaussian guides."""
+
+    scale_floor: float = _floor()
+
+
+@dataclass(frozen=True)
+class IAFOptions:
+    """Settings of the ``iaf`` guide."""
+
+    layers: int = field(default=2, metadata={
+        "help": "inverse-autoregressive transforms", "parse": "positive_int",
+        "alias": "flow_layers"})
+    scale_floor: float = _floor()
+
+
+@GUIDES.register("diagonal", options=NormalOptions)
+def diagonal_normal(cfg: ModelConfig, opts: NormalOptions, encoder: nn.Module) -> nn.Module:
     """q(z | x) = N(μ_φ(x), diag σ_φ(x)²)."""
     return AmortizedGuide(encoder, DiagonalNormalHead(encoder.out_features, cfg.latent_dim,
-                                                       cfg.scale_floor))
+                                                       opts.scale_floor))
 
 
-@GUIDES.register("full-rank")
-def full_rank_normal(cfg: ModelConfig, encoder: nn.Module) -> nn.Module:
+@GUIDES.register("full-rank", options=NormalOptions)
+def full_rank_normal(cfg: ModelConfig, opts: NormalOptions, encoder: nn.Module) -> nn.Module:
     """q(z | x) = N(μ_φ(x), L_φ(x) L_φ(x)ᵀ), the encoder giving the Cholesky factor."""
     return AmortizedGuide(encoder, FullRankNormalHead(encoder.out_features, cfg.latent_dim,
-                                                      cfg.scale_floor))
+                                                      opts.scale_floor))
 
 
-@GUIDES.register("iaf")
-def iaf(cfg: ModelConfig, encoder: nn.Module) -> nn.Module:
-    """A diagonal Normal followed by ``cfg.flow_layers`` conditional IAF transforms."""
-    return AmortizedGuide(encoder, IAFHead(encoder.out_features, cfg.latent_dim, cfg.flow_layers,
-                                           cfg.scale_floor))
+@GUIDES.register("iaf", options=IAFOptions)
+def iaf(cfg: ModelConfig, opts: IAFOptions, encoder: nn.Module) -> nn.Module:
+    """A diagonal Normal followed by ``opts.layers`` conditional IAF transforms."""
+    return AmortizedGuide(encoder, IAFHead(encoder.out_features, cfg.latent_dim, opts.layers,
+                                           opts.scale_floor))

@@ -27,5 +27,5 @@ class MLPEncoder(nn.Module):
 
 
 @ENCODERS.register("mlp")
-def mlp_encoder(cfg: ModelConfig, data_dim: int) -> nn.Module:
+def mlp_encoder(cfg: ModelConfig, opts: object, data_dim: int) -> nn.Module:
     return MLPEncoder(data_dim, cfg.hidden_sizes, cfg.activation)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from torch import Tensor, nn
 
 from pyro_vae.config import ModelConfig
@@ -25,7 +27,17 @@ class MLPDecoder(nn.Module):
         return self.net(z)
 
 
-@DECODERS.register("mlp")
-def mlp_decoder(cfg: ModelConfig, data_dim: int) -> nn.Module:
-    """Hidden sizes mirror the encoder's: ``cfg.hidden_sizes`` reversed."""
-    return MLPDecoder(cfg.latent_dim, tuple(reversed(cfg.hidden_sizes)), data_dim, cfg.activation)
+@dataclass(frozen=True)
+class MLPDecoderOptions:
+    """Settings of the ``mlp`` decoder."""
+
+    hidden: tuple[int, ...] = field(default=(), metadata={
+        "help": "hidden widths, comma-separated (default: the encoder's, reversed)",
+        "parse": "int_list"})
+
+
+@DECODERS.register("mlp", options=MLPDecoderOptions)
+def mlp_decoder(cfg: ModelConfig, opts: MLPDecoderOptions, data_dim: int) -> nn.Module:
+    """Hidden sizes ``opts.hidden``, or the encoder's (``cfg.hidden_sizes``) reversed."""
+    hidden = opts.hidden or tuple(reversed(cfg.hidden_sizes))
+    return MLPDecoder(cfg.latent_dim, hidden, data_dim, cfg.activation)

@@ -4,6 +4,7 @@ numbers compare across likelihoods (for continuous x they are densities)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 
 import pyro.distributions as dist
 import torch
@@ -57,21 +58,47 @@ class Gaussian(nn.Module):
 
 
 @LIKELIHOODS.register("bernoulli")
-def bernoulli(cfg: ModelConfig, data_dim: int) -> nn.Module:
+def bernoulli(cfg: ModelConfig, opts: object, data_dim: int) -> nn.Module:
     return Bernoulli()
 
 
-@LIKELIHOODS.register("gaussian")
-def gaussian_global(cfg: ModelConfig, data_dim: int) -> nn.Module:
-    """One learned σ shared by every pixel, starting at ``cfg.sigma``."""
-    return Gaussian(data_dim, cfg.sigma, "global", cfg.sigma_floor)
+def _sigma(help_text: str) -> float:
+    return field(default=0.1, metadata={"help": help_text, "parse": "positive_float",
+                                        "alias": "sigma"})
 
 
-@LIKELIHOODS.register("gaussian-fixed")
-def gaussian_fixed(cfg: ModelConfig, data_dim: int) -> nn.Module:
-    return Gaussian(data_dim, cfg.sigma, "fixed", cfg.sigma_floor)
+def _floor() -> float:
+    return field(default=0.01, metadata={"help": "a learned σ never falls below this",
+                                         "parse": "positive_float", "alias": "sigma_floor"})
 
 
-@LIKELIHOODS.register("gaussian-pixel")
-def gaussian_pixel(cfg: ModelConfig, data_dim: int) -> nn.Module:
-    return Gaussian(data_dim, cfg.sigma, "pixel", cfg.sigma_floor)
+@dataclass(frozen=True)
+class LearnedSigmaOptions:
+    """Settings of the Gaussian likelihoods whose σ is learned."""
+
+    sigma: float = _sigma("starting σ")
+    floor: float = _floor()
+
+
+@dataclass(frozen=True)
+class FixedSigmaOptions:
+    """Settings of the Gaussian likelihood with a fixed σ."""
+
+    sigma: float = _sigma("the fixed σ")
+
+
+@LIKELIHOODS.register("gaussian", options=LearnedSigmaOptions)
+def gaussian_global(cfg: ModelConfig, opts: LearnedSigmaOptions, data_dim: int) -> nn.Module:
+    """One learned σ shared by every pixel, starting at ``opts.sigma``."""
+    return Gaussian(data_dim, opts.sigma, "global", opts.floor)
+
+
+@LIKELIHOODS.register("gaussian-fixed", options=FixedSigmaOptions)
+def gaussian_fixed(cfg: ModelConfig, opts: FixedSigmaOptions, data_dim: int) -> nn.Module:
+    return Gaussian(data_dim, opts.sigma, "fixed", 0.0)
+
+
+@LIKELIHOODS.register("gaussian-pixel", options=LearnedSigmaOptions)
+def gaussian_pixel(cfg: ModelConfig, opts: LearnedSigmaOptions, data_dim: int) -> nn.Module:
+    """One learned σ per pixel, each starting at ``opts.sigma``."""
+    return Gaussian(data_dim, opts.sigma, "pixel", opts.floor)

@@ -35,7 +35,7 @@ class LinearDecoder(nn.Module):
 
 
 @DECODERS.register("linear")
-def linear_decoder(cfg: ModelConfig, data_dim: int) -> nn.Module:
+def linear_decoder(cfg: ModelConfig, opts: object, data_dim: int) -> nn.Module:
     return LinearDecoder(cfg.latent_dim, data_dim)
 
 

@@ -2,7 +2,8 @@
 ``batch_shape == []`` and ``event_shape == [latent_dim]``, so that it broadcasts
 over the data plate (and over a particle plate when one is added).
 
-Builders have the signature ``PRIORS[name](cfg, data_dim, guide)``. A prior that
+Builders have the signature ``PRIORS[name](cfg, options, data_dim, guide)``, where
+``options`` is the part's own settings (the dataclass registered with it). A prior that
 cannot work with the given guide refuses it here, in its builder, with a
 sentence saying why; the refusal happens when the model is built, before any
 training.
@@ -10,6 +11,7 @@ training.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -142,29 +144,56 @@ class FlowPrior(nn.Module):
 
 
 @PRIORS.register("normal")
-def standard_normal(cfg: ModelConfig, data_dim: int, guide: nn.Module) -> nn.Module:
+def standard_normal(cfg: ModelConfig, opts: object, data_dim: int, guide: nn.Module) -> nn.Module:
     return StandardNormal(cfg.latent_dim)
 
 
-@PRIORS.register("mixture")
-def gaussian_mixture(cfg: ModelConfig, data_dim: int, guide: nn.Module) -> nn.Module:
-    """A mixture of ``cfg.components`` diagonal Gaussians, all of it learned."""
-    return GaussianMixture(cfg.latent_dim, cfg.components, cfg.scale_floor)
+@dataclass(frozen=True)
+class MixtureOptions:
+    """Settings of the ``mixture`` prior."""
+
+    components: int = field(default=10, metadata={
+        "help": "number of Gaussian components", "parse": "positive_int", "alias": "components"})
+    scale_floor: float = field(default=1e-3, metadata={
+        "help": "each component's σ is softplus(·) plus this", "parse": "positive_float"})
 
 
-@PRIORS.register("vamp")
-def vamp_prior(cfg: ModelConfig, data_dim: int, guide: nn.Module) -> nn.Module:
-    """The VampPrior with ``cfg.components`` pseudo-inputs; the guide must score any z."""
+@PRIORS.register("mixture", options=MixtureOptions)
+def gaussian_mixture(cfg: ModelConfig, opts: MixtureOptions, data_dim: int,
+                     guide: nn.Module) -> nn.Module:
+    """A mixture of ``opts.components`` diagonal Gaussians, all of it learned."""
+    return GaussianMixture(cfg.latent_dim, opts.components, opts.scale_floor)
+
+
+@dataclass(frozen=True)
+class VampOptions:
+    """Settings of the ``vamp`` prior."""
+
+    components: int = field(default=10, metadata={
+        "help": "number of learned pseudo-inputs", "parse": "positive_int", "alias": "components"})
+
+
+@PRIORS.register("vamp", options=VampOptions)
+def vamp_prior(cfg: ModelConfig, opts: VampOptions, data_dim: int, guide: nn.Module) -> nn.Module:
+    """The VampPrior with ``opts.components`` pseudo-inputs; the guide must score any z."""
     if not getattr(guide, "scores_any_z", False):
         raise ValueError(
             f"the vamp prior cannot be used with the {cfg.guide!r} guide: the VampPrior scores "
             f"every z under the guide's posterior at each pseudo-input, and this guide's q(z | x) "
             f"has no density in closed form for points it did not sample itself; choose a "
             f"diagonal or full-rank guide")
-    return VampPrior(guide, data_dim, cfg.components)
+    return VampPrior(guide, data_dim, opts.components)
 
 
-@PRIORS.register("flow")
-def flow_prior(cfg: ModelConfig, data_dim: int, guide: nn.Module) -> nn.Module:
-    """N(0, I) pushed through ``cfg.flow_layers`` spline (coupling) layers."""
-    return FlowPrior(cfg.latent_dim, cfg.flow_layers)
+@dataclass(frozen=True)
+class FlowOptions:
+    """Settings of the ``flow`` prior."""
+
+    layers: int = field(default=2, metadata={
+        "help": "spline (coupling) layers", "parse": "positive_int", "alias": "flow_layers"})
+
+
+@PRIORS.register("flow", options=FlowOptions)
+def flow_prior(cfg: ModelConfig, opts: FlowOptions, data_dim: int, guide: nn.Module) -> nn.Module:
+    """N(0, I) pushed through ``opts.layers`` spline (coupling) layers."""
+    return FlowPrior(cfg.latent_dim, opts.layers)

@@ -4,6 +4,7 @@ the registries, or a story (and guide) from a file (:mod:`pyro_vae.stories`)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Iterator
 
@@ -22,11 +23,24 @@ from pyro_vae.stories import (StoryError, call_factory, check_story, load_object
 from pyro_vae.traces import image_site, trace_program
 
 
+PARTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "decoder": DECODERS, "encoder": ENCODERS,
+         "guide": GUIDES}
+
+
+def part_options(cfg: ModelConfig, kind: str) -> object:
+    """The options of the ``kind`` part that ``cfg`` chose: its defaults and what ``cfg.options``
+    gives for it (checked)."""
+    name = getattr(cfg, kind)
+    return PARTS[kind].options(name, cfg.options.get(kind, {}).get(name))
+
+
 def check_model_config(cfg: ModelConfig) -> None:
-    """Refuse unknown names and impossible sizes before anything is built."""
-    for registry, name in ((PRIORS, cfg.prior), (LIKELIHOODS, cfg.likelihood),
-                           (DECODERS, cfg.decoder), (ENCODERS, cfg.encoder), (GUIDES, cfg.guide)):
-        registry.lookup(name)
+    """Refuse unknown names, options and impossible sizes before anything is built."""
+    for kind, registry in PARTS.items():
+        registry.lookup(getattr(cfg, kind))
+        part_options(cfg, kind)
+        for name in cfg.options.get(kind, {}):
+            registry.lookup(name)
     if cfg.latent_dim < 1:
         raise ValueError(f"latent_dim must be a positive integer, got {cfg.latent_dim}")
     if any(h < 1 for h in cfg.hidden_sizes):
@@ -44,12 +58,17 @@ def build_vae(cfg: ModelConfig, data_dim: int, seed: int | None = None) -> tuple
     """
     check_model_config(cfg)
     with _seeded(seed):
-        encoder = ENCODERS.lookup(cfg.encoder)(cfg, data_dim)
-        guide = GUIDES.lookup(cfg.guide)(cfg, encoder)
-        prior = PRIORS.lookup(cfg.prior)(cfg, data_dim, guide)
-        decoder = DECODERS.lookup(cfg.decoder)(cfg, data_dim)
-        likelihood = LIKELIHOODS.lookup(cfg.likelihood)(cfg, data_dim)
+        encoder = build_part(cfg, "encoder", data_dim)
+        guide = build_part(cfg, "guide", encoder)
+        prior = build_part(cfg, "prior", data_dim, guide)
+        decoder = build_part(cfg, "decoder", data_dim)
+        likelihood = build_part(cfg, "likelihood", data_dim)
     return VAE(prior, decoder, likelihood), guide
+
+
+def build_part(cfg: ModelConfig, kind: str, *args) -> nn.Module:
+    """The chosen ``kind`` part, built by its registered builder with its own options."""
+    return PARTS[kind].lookup(getattr(cfg, kind))(cfg, part_options(cfg, kind), *args)
 
 
 def build_story(cfg: RunConfig, folder: Path | None, data_dim: int,
@@ -112,3 +131,27 @@ def _seeded(seed: int | None) -> Iterator[None]:
         if seed is not None:
             torch.manual_seed(seed)
         yield
+
+
+def option_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
+    """Every declared option: (kind, part name, dataclass field), in registry order."""
+    for kind, registry in PARTS.items():
+        for name, cls in registry.options_of.items():
+            for f in dataclasses.fields(cls):
+                yield kind, name, f
+
+
+def with_options(cfg: ModelConfig, **shared: object) -> ModelConfig:
+    """``cfg`` with shared settings applied to every part that declares them under that
+    alias (``components=3`` sets the mixture's and the VampPrior's), chosen or not;
+    settings ``cfg.options`` already holds are kept."""
+    options = {kind: {name: dict(v) for name, v in parts.items()}
+               for kind, parts in cfg.options.items()}
+    for kind, name, f in option_fields():
+        alias = f.metadata.get("alias")
+        if alias in shared:
+            options.setdefault(kind, {}).setdefault(name, {}).setdefault(f.name, shared[alias])
+    unknown = set(shared) - {f.metadata.get("alias") for _, _, f in option_fields()}
+    if unknown:
+        raise ValueError(f"no part declares the shared settings {sorted(unknown)}")
+    return dataclasses.replace(cfg, options=options)

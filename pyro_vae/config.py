@@ -22,7 +22,8 @@ class ModelConfig:
     latent_dim: int = 2
     """Dimension of z."""
     hidden_sizes: tuple[int, ...] = (256, 128)
-    """Encoder MLP widths; the decoder uses them reversed."""
+    """Encoder MLP widths (also the automatic guide's); the MLP decoder mirrors them unless
+    its own ``hidden`` option is given."""
     activation: str = "relu"
     """Nonlinearity between hidden layers (a name in ``ACTIVATIONS``)."""
     prior: str = "normal"
@@ -35,16 +36,10 @@ class ModelConfig:
     """Encoder body of the guide, a name in ``ENCODERS``."""
     guide: str = "diagonal"
     """q_φ(z | x), a name in ``GUIDES``."""
-    sigma: float = 0.1
-    """Gaussian likelihoods: the fixed σ, or the starting σ when it is learned."""
-    sigma_floor: float = 0.01
-    """Gaussian likelihoods with learned σ: σ never falls below this."""
-    scale_floor: float = 1e-3
-    """Guides: the posterior scale is softplus(·) plus this floor."""
-    components: int = 10
-    """Mixture-type priors: number of components (or pseudo-inputs)."""
-    flow_layers: int = 2
-    """Flow priors and guides: number of transforms."""
+    options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Settings of the parts, by kind and part name, e.g. ``{"prior": {"mixture":
+    {"components": 10}}}``. Each part declares its settings and their defaults beside its
+    builder (``Registry.register(name, options=...)``); what is not given takes the default."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +175,11 @@ def _from_dict(cls: Type[C], raw: dict[str, Any], where: str = "config") -> C:
             value = _check_value(f"{where}.{name}", str(known[name].type), value)
         values[name] = value
     return cls(**values)  # type: ignore[call-arg]
+
+
+def options_from_dict(cls: Type[C], raw: dict[str, Any], where: str) -> C:
+    """A part's options dataclass from JSON-like ``raw`` (unknown keys refused)."""
+    return _from_dict(cls, raw, where)
 
 
 def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:

@@ -245,6 +245,8 @@ def _checked(untraced: Callable[[], Tensor], traced: Callable[[], Tensor],
 
 
 def _loss_and_grads(loss: Tensor, params: list[Tensor], retain: bool) -> list[Tensor]:
+    if not params or not loss.requires_grad:  # a program with nothing to train
+        return [loss.detach()]
     grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
     return [loss.detach()] + [torch.zeros_like(p) if g is None else g.detach()
                               for p, g in zip(params, grads)]

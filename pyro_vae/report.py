@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pyro_vae.diagnose import ACTIVE_THRESHOLD, RHAT_OK, Diagnostics
+from pyro_vae.traces import is_real
 
 KHAT_OK = 0.7
 
@@ -35,7 +36,7 @@ def verdicts(s: dict[str, Any]) -> list[Verdict]:
     n, g, c, p = s["nuts"], s["gaps"], s["collapse"], s["ppc"]
     ess_needed = 100 * s["config"]["chains"]
     return [
-        Verdict("NUTS converged (max r̂ over all points and dimensions)",
+        Verdict("NUTS converged (max r̂ over all points, sites and dimensions)",
                 f"{n['rhat_max']:.3f} ({n['fraction_rhat_above_1.01']:.0%} of coordinates above {RHAT_OK})",
                 n["rhat_max"] < RHAT_OK,
                 f"below {RHAT_OK}: the chains agree, so the 'true posterior' below can be believed; "
@@ -64,13 +65,24 @@ def verdicts(s: dict[str, Any]) -> list[Verdict]:
                 g["approximation_gap"] < 1.0,
                 "nats per image lost to the Gaussian family itself (diagonal, or full-rank for a full-rank "
                 "guide); large means a richer guide (full-rank, flows) would help"),
-        Verdict("Active units (Cov_x E_q[z_d] > 0.01)", f"{c['active_units']} of {c['latent_dim']}",
+        Verdict("Active units, all latent sites (Cov_x E_q[u_d] > 0.01)", active_units_text(c),
                 c["active_units"] == c["latent_dim"],
                 "inactive dimensions have collapsed to the prior and carry no information"),
         Verdict("Posterior predictive p-value of log p(x | z)", f"{p['p_value']:.2f}",
                 0.05 < p["p_value"] < 0.95,
                 "near 0 or 1, held-out images are scored unlike the model's own replicates"),
     ]
+
+
+def active_units_text(c: dict[str, Any]) -> str:
+    """Active units of a summary's ``collapse``: ``3 of 4`` (one site), or
+    ``3 of 5 (z 2/4, ink 1/1)`` (summed over sites, then per site)."""
+    total = f"{c['active_units']} of {c['latent_dim']}"
+    sites = c.get("sites", {})
+    if len(sites) < 2:
+        return total
+    return total + " (" + ", ".join(f"{name} {s['active_units']}/{s['dim']}"
+                                    for name, s in sites.items()) + ")"
 
 
 def gap_figure(d: Diagnostics, path: Path) -> Path:
@@ -96,22 +108,29 @@ def gap_figure(d: Diagnostics, path: Path) -> Path:
 
 
 def collapse_figure(d: Diagnostics, path: Path) -> Path:
-    """Bars per latent dimension: average KL(q ‖ p) and Cov_x(E_q[z_d]) with the 0.01 line."""
-    c = d.collapse
-    dims = np.arange(len(c.kl))
-    fig = Figure(figsize=(max(6, 0.35 * len(dims)), 5))
-    ax_kl, ax_var = fig.subplots(2, 1, sharex=True)
-    ax_kl.bar(dims, c.kl.numpy(), color="tab:blue")
-    ax_kl.set_ylabel("KL(q(z_d|x) ‖ p(z_d)) (nats)")
-    ax_kl.set_title(f"{int(c.active.sum())} of {len(dims)} units active")
-    colours = np.where(c.active.numpy(), "tab:green", "tab:red")
-    ax_var.bar(dims, c.mean_variance.numpy(), color=colours)
-    ax_var.axhline(ACTIVE_THRESHOLD, color="k", ls="--", lw=1, label="0.01 (Burda et al.)")
-    ax_var.set_yscale("log")
-    ax_var.set_ylabel("Cov_x(E_q[z_d])")
-    ax_var.set_xlabel("latent dimension d")
-    ax_var.set_xticks(dims)
-    ax_var.legend(fontsize=8)
+    """Per latent site, a column of bars per unconstrained dimension: average
+    KL(q(z_d | x) ‖ p(z_d | parents)) above, Cov_x(E_q[u_d]) below with the 0.01 line."""
+    sites = d.collapse.sites
+    widths = [max(c.dim, 2) for c in sites.values()]
+    fig = Figure(figsize=(max(6, 0.35 * sum(widths) + 1.5 * len(sites)), 5))
+    # One scale per row, so that sites compare at a glance.
+    axes = fig.subplots(2, len(sites), squeeze=False, sharex="col", sharey="row",
+                        gridspec_kw={"width_ratios": widths})
+    for (name, c), (ax_kl, ax_var) in zip(sites.items(), axes.T):
+        dims = np.arange(c.dim)
+        ax_kl.bar(dims, c.kl.numpy(), color="tab:blue")
+        ax_kl.set_title(f"{name}: {int(c.active.sum())} of {c.dim} units active", fontsize=9)
+        colours = np.where(c.active.numpy(), "tab:green", "tab:red")
+        ax_var.bar(dims, c.mean_variance.numpy(), color=colours)
+        ax_var.axhline(ACTIVE_THRESHOLD, color="k", ls="--", lw=1, label="0.01 (Burda et al.)")
+        ax_var.set_yscale("log")
+        ax_var.set_xlabel(f"dimension d of {name}")
+        ax_var.set_xticks(dims)
+    axes[0, 0].set_ylabel("KL(q(z_d|x) ‖ p(z_d|pa)) (nats)")
+    axes[1, 0].set_ylabel("Cov_x(E_q[u_d])")
+    axes[1, 0].legend(fontsize=8)
+    fig.suptitle(f"{d.collapse.active_units} of {d.collapse.latent_dim} units active "
+                 f"(u: unconstrained coordinates)")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
@@ -159,25 +178,37 @@ def loglik_figure(d: Diagnostics, path: Path) -> Path:
     return path
 
 
+def pair_site(d: Diagnostics) -> str | None:
+    """The one latent site when the story has a single 2-D site on ℝ² (pair plots show it
+    all), else None."""
+    if len(d.sites) != 1:
+        return None
+    site = d.sites[0]
+    return site.name if tuple(site.event_shape) == (2,) and is_real(site.support) else None
+
+
 def pair_figure(d: Diagnostics, path: Path, n: int = 8) -> Path:
-    """For 2-D latents: ArviZ pair plots of NUTS (grey) against the amortized guide (orange)
-    and the local optimum (blue), for the ``n`` points whose chains agree least (largest r̂)."""
+    """For a single 2-D latent site: ArviZ pair plots of NUTS (grey) against the amortized
+    guide (orange) and the local optimum (blue), for the ``n`` points whose chains agree
+    least (largest r̂)."""
     import arviz as az
 
-    worst = np.argsort(-np.nanmax(d.convergence.rhat, axis=1))[:n]
+    name = pair_site(d)
+    rhat_per_point = d.convergence.worst_rhat_per_point()
+    worst = np.argsort(-rhat_per_point)[:n]
     points = d.idata.posterior.point.values[worst]
-    rhat = np.nanmax(d.convergence.rhat, axis=1)[worst]
+    rhat = rhat_per_point[worst]
     cols = min(4, len(points))
     fig = Figure(figsize=(3.2 * cols, 3.2 * int(np.ceil(len(points) / cols)) + 0.4))
     axes = np.atleast_1d(fig.subplots(int(np.ceil(len(points) / cols)), cols, squeeze=False)).ravel()
     for ax, point, r in zip(axes, points, rhat):
         for group, colour in (("posterior", "0.3"), ("guide", "tab:orange"), ("local_guide", "tab:blue")):
-            az.plot_pair(d.idata, group=group, var_names=["z"], coords={"point": [point]}, ax=ax,
+            az.plot_pair(d.idata, group=group, var_names=[name], coords={"point": [point]}, ax=ax,
                          textsize=8, scatter_kwargs={"color": colour, "alpha": 0.3, "s": 4})
         ax.set_title(f"image {point}, r̂ {r:.3f}", fontsize=9)
     for ax in axes[len(points):]:
         ax.set_axis_off()
-    fig.suptitle("z | x: NUTS (grey), amortized guide (orange), best local Gaussian (blue); "
+    fig.suptitle(f"{name} | x: NUTS (grey), amortized guide (orange), best local Gaussian (blue); "
                  "points with the largest r̂ first")
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -190,7 +221,7 @@ def write_figures(d: Diagnostics, image_shape: Sequence[int], folder: Path) -> l
            collapse_figure(d, folder / "diagnose_collapse.png"),
            pixel_maps_figure(d, image_shape, folder / "diagnose_pixel_maps.png"),
            loglik_figure(d, folder / "diagnose_loglik.png")]
-    if d.nuts.z.shape[-1] == 2:
+    if pair_site(d) is not None:
         out.append(pair_figure(d, folder / "diagnose_pairs.png"))
     return out
 

@@ -22,13 +22,12 @@ import torch
 from torch import nn
 
 from pyro_vae import figures
-from pyro_vae.build import build_story, build_story_guide, build_vae, story_is_binary
+from pyro_vae.build import build_part, build_story, build_story_guide, build_vae, story_is_binary
 from pyro_vae.checkpoint import load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
 from pyro_vae.data import Data, RawImages, load_raw, resolve_binarize, split_images
 from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_train_config, fit,
                           materialize, resolve_device)
-from pyro_vae.models import LIKELIHOODS
 from pyro_vae.objectives import build_objective
 from pyro_vae.programs import Program, as_program
 from pyro_vae.stories import parse_spec, sha256_of
@@ -70,7 +69,7 @@ def default_run_name(cfg: RunConfig) -> str:
 
 def is_binary_likelihood(cfg: RunConfig) -> bool:
     """Whether the configured likelihood scores x in {0, 1} only."""
-    likelihood = LIKELIHOODS.lookup(cfg.model.likelihood)(cfg.model, 1)
+    likelihood = build_part(cfg.model, "likelihood", 1)
     return bool(getattr(likelihood, "binary", False))
 
 

@@ -13,7 +13,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 
-from pyro_vae.build import build_vae
+from pyro_vae.build import build_vae, with_options
 from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
 from pyro_vae.data import load_data
 from pyro_vae.diagnose import DiagnoseConfig, diagnose
@@ -186,7 +186,8 @@ def test_ppca_guide_reaches_the_exact_posterior():
     """On pPCA (model held fixed, 256 points drawn from it) the best diagonal Gaussian has
     the exact posterior mean, sds 1/√Λ_ii for posterior precision Λ, and misses log p(x)
     by exactly ½(Σ log Λ_ii − log det Λ) nats (about 0.15 here)."""
-    cfg = ModelConfig(latent_dim=2, decoder="linear", likelihood="gaussian-fixed", sigma=0.5)
+    cfg = with_options(ModelConfig(latent_dim=2, decoder="linear", likelihood="gaussian-fixed"),
+                       sigma=0.5)
     model, _ = build_vae(cfg, data_dim=4, seed=0)
     model.requires_grad_(False)
     lg = LinearGaussian.of(model)

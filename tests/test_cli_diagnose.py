@@ -29,12 +29,16 @@ def tiny_run(tmp_path_factory):
 def test_diagnose_writes_json_netcdf_figures_and_page(tiny_run, tmp_path, capsys):
     out = tmp_path / "diag"
     assert main(["diagnose", str(tiny_run), *TINY, "--out", str(out)]) == 0
-    assert capsys.readouterr().out.strip() == str(out / "diagnostics.html")
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out / "diagnostics.html")
+    assert "active units" in captured.err
     summary = json.loads((out / "diagnostics.json").read_text())
     assert summary["config"]["points"] == 2 and summary["collapse"]["latent_dim"] == 2
+    assert summary["collapse"]["sites"]["z"]["dim"] == 2 and summary["image_site"] == "x"
     assert {"approximation_gap", "amortization_gap", "log_px"} <= set(summary["gaps"])
     assert len(summary["verdicts"]) >= 6
-    assert az.from_netcdf(out / "diagnostics.nc").posterior.z.shape == (2, 15, 2, 2)
+    posterior = az.from_netcdf(out / "diagnostics.nc").posterior
+    assert posterior.z.shape == (2, 15, 2, 2) and posterior.z.dims[-1] == "z_dim"
     assert (out / "diagnose_pairs.png").exists() and (out / "diagnose_pixel_maps.png").exists()
 
 

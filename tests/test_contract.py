@@ -19,7 +19,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.build import build_vae
+from pyro_vae.build import build_vae, with_options
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.fit import unique_parameters
@@ -38,8 +38,8 @@ CASES += [("normal", "diagonal", lik, o) for lik, o in itertools.product(LIKS, T
 
 
 def _build(prior: str, guide: str, likelihood: str = "bernoulli"):
-    cfg = ModelConfig(latent_dim=2, hidden_sizes=(8,), activation="tanh", prior=prior, guide=guide,
-                      likelihood=likelihood, components=3, flow_layers=1)
+    cfg = with_options(ModelConfig(latent_dim=2, hidden_sizes=(8,), activation="tanh", prior=prior,
+                                   guide=guide, likelihood=likelihood), components=3, flow_layers=1)
     return build_vae(cfg, data_dim=6, seed=0)
 
 
@@ -102,7 +102,7 @@ def test_refused_pairs_are_exactly_the_listed_ones():
             assert pair not in REFUSED
 
 
-CHOICES = ["--prior", "mixture", "--guide", "full-rank", "--objective", "iwae", "--particles", "2",
+CHOICES = ["--prior", "mixture", "--guide", "iaf", "--objective", "iwae", "--particles", "2",
            "--beta", "0.5", "--kl-warmup", "1", "--components", "3", "--flow-layers", "1"]
 
 
@@ -112,8 +112,10 @@ def test_cli_records_the_choices_and_resume_restores_them(tmp_path, capsys):
                  *CHOICES]) == 0
     run = tmp_path / "r"
     saved = json.loads((run / "config.json").read_text())
-    assert (saved["model"]["prior"], saved["model"]["guide"]) == ("mixture", "full-rank")
-    assert saved["model"]["components"] == 3 and saved["model"]["flow_layers"] == 1
+    assert (saved["model"]["prior"], saved["model"]["guide"]) == ("mixture", "iaf")
+    options = saved["model"]["options"]
+    assert options["prior"] == {"mixture": {"components": 3, "scale_floor": 1e-3}}
+    assert options["guide"] == {"iaf": {"layers": 1, "scale_floor": 1e-3}}
     assert (saved["train"]["objective"], saved["train"]["particles"]) == ("iwae", 2)
     assert (saved["train"]["beta"], saved["train"]["kl_warmup"]) == (0.5, 1)
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
@@ -123,6 +125,23 @@ def test_cli_records_the_choices_and_resume_restores_them(tmp_path, capsys):
         {k: v for k, v in saved["train"].items() if k != "epochs"}
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2] and history[1]["beta"] == 0.5
+
+
+def test_part_settings_are_flags_generated_from_each_parts_options(tmp_path, capsys):
+    """--KIND-PART-FIELD sets one part's option; a setting of a part that is not chosen is
+    refused with a sentence, before anything is written."""
+    common = ["--hidden", "16", "--batch-size", "512", "--no-progress", "--out", str(tmp_path)]
+    assert main(["train", "--epochs", "1", "--name", "d", "--decoder-mlp-hidden", "8,12",
+                 "--prior", "flow", "--prior-flow-layers", "3", *common]) == 0
+    options = json.loads((tmp_path / "d" / "config.json").read_text())["model"]["options"]
+    assert options["decoder"] == {"mlp": {"hidden": [8, 12]}}
+    assert options["prior"] == {"flow": {"layers": 3}}
+    capsys.readouterr()
+    assert main(["train", "--epochs", "1", "--name", "e", "--prior-vamp-components", "4",
+                 *common]) == 2
+    err = capsys.readouterr().err
+    assert "--prior-vamp-components is a setting of the vamp prior, but the prior is normal" in err
+    assert not (tmp_path / "e").exists()
 
 
 @pytest.mark.parametrize("argv,reason", [

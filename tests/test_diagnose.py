@@ -9,12 +9,13 @@ import math
 import arviz as az
 import matplotlib
 import numpy as np
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from torch import nn
 
-from pyro_vae.build import build_vae
+from pyro_vae.build import build_vae, with_options
 from pyro_vae.config import ModelConfig
 from pyro_vae.diagnose import (DiagnoseConfig, PosteriorProposal, diagnose, fit_local, inference_gaps,
                                kl_per_dimension, posterior_collapse, predictive_check, run_nuts)
@@ -22,6 +23,7 @@ from pyro_vae.evaluate import log_importance_weights, log_mean_exp, psis_diagnos
 from pyro_vae.guides import GUIDES
 from pyro_vae.models import PRIORS, LinearGaussian
 from pyro_vae.report import verdicts, write_diagnostics
+from pyro_vae.traces import latent_sites
 
 matplotlib.use("Agg")
 D, LATENT, SIGMA = 5, 2, 0.5
@@ -30,8 +32,8 @@ D, LATENT, SIGMA = 5, 2, 0.5
 def ppca(seed: int = 0, orthogonal: bool = False, correlated: bool = False):
     """A pPCA model (and its untrained guide); ``orthogonal`` W makes p(z | x) diagonal,
     ``correlated`` (nearly parallel columns) makes it strongly correlated."""
-    cfg = ModelConfig(latent_dim=LATENT, decoder="linear", likelihood="gaussian-fixed", sigma=SIGMA,
-                      hidden_sizes=(16,))
+    cfg = with_options(ModelConfig(latent_dim=LATENT, decoder="linear", likelihood="gaussian-fixed",
+                                   hidden_sizes=(16,)), sigma=SIGMA)
     model, guide = build_vae(cfg, data_dim=D, seed=seed)
     if orthogonal:
         with torch.no_grad():
@@ -73,7 +75,7 @@ def test_nuts_recovers_the_exact_posterior():
     cfg = DiagnoseConfig(chains=2, warmup=150, samples=250, seed=0)
     nuts = run_nuts(model, guide, x, cfg)
     mean, cov = lg.posterior(x)
-    z = nuts.z.double()
+    z = nuts.z["z"].double()
     ess = torch.as_tensor(az.ess(az.convert_to_dataset(z.numpy())).x.values)  # [N, d]
     assert float(az.rhat(az.convert_to_dataset(z.numpy())).x.max()) < 1.05
     # Monte Carlo standard error of a mean is sd / sqrt(ESS); of a covariance entry of a
@@ -103,7 +105,7 @@ def test_local_gaussian_reaches_the_best_elbo_of_its_family(orthogonal, guide_na
     if guide_name == "full-rank":
         exact_gap = torch.zeros(())
     with torch.no_grad():
-        elbo = analytic_elbo(lg, x, *moments(local.z_dist()))
+        elbo = analytic_elbo(lg, x, *moments(local.joint()))
     # Optimization error: the ELBO is flat (quadratic) at the optimum, so a few 1e-3 nats.
     assert torch.allclose(lg.log_marginal(x) - elbo, exact_gap.expand(len(x)), atol=0.01)
     # log p(x) comes, as in diagnose(), from a Student-t matched to posterior draws (here
@@ -111,7 +113,8 @@ def test_local_gaussian_reaches_the_best_elbo_of_its_family(orthogonal, guide_na
     # posterior puts the IWAE error above the ELBO's SE (7 failures in 12 seeds).
     mean, cov = lg.posterior(x)
     draws = dist.MultivariateNormal(mean, covariance_matrix=cov).sample((2, 500))
-    gaps = inference_gaps(model, guide, local, x, samples=4000, proposal=PosteriorProposal(draws))
+    proposal = PosteriorProposal(latent_sites(model, x), {"z": draws})
+    gaps = inference_gaps(model, guide, local, x, samples=4000, proposal=proposal)
     # log p(x) by IWAE: 4.5 of its own standard errors, which hold while k̂ < 0.5. The gap,
     # log p(x) minus the Monte Carlo ELBO, adds 4.5 of the ELBO's and the optimization error.
     assert torch.all(gaps.khat_log_px < 0.5)
@@ -140,14 +143,19 @@ class ScaledGuide(nn.Module):
     def z_dist(self, x: torch.Tensor) -> dist.Distribution:
         return dist.Normal(x[:, :4] * self.scales, 0.5).to_event(1)
 
+    def forward(self, x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.z_dist(x))
+
 
 def test_active_units_and_kl_per_dimension_on_a_constructed_case():
-    model, _, _, _ = ppca(0)
-    model.prior = type(model.prior)(4)
+    cfg = with_options(ModelConfig(latent_dim=4, decoder="linear", likelihood="gaussian-fixed",
+                                   hidden_sizes=(16,)), sigma=SIGMA)
+    model, _ = build_vae(cfg, data_dim=D, seed=0)  # p(z) = N(0, I) on four dimensions
     x = torch.randn(500, D, generator=torch.Generator().manual_seed(0))
     x = (x - x.mean(0)) / x.std(0)  # unit sample variance: Cov_x(E_q[z_d]) = scales_d² exactly
     scales = [1.0, 0.2, 0.05, 0.0]  # variances 1, 0.04, 0.0025, 0 around the 0.01 threshold
-    collapse = posterior_collapse(model, ScaledGuide(scales), x)
+    collapse = posterior_collapse(model, ScaledGuide(scales), x).sites["z"]
     assert torch.allclose(collapse.mean_variance, torch.tensor(scales) ** 2, atol=1e-5)
     assert collapse.active.tolist() == [True, True, False, False]
     m = x[:, :4] * torch.tensor(scales)
@@ -177,6 +185,10 @@ class ExactGuide(nn.Module):
     def z_dist(self, x: torch.Tensor) -> dist.Distribution:
         mean, cov = self.lg.posterior(x)
         return dist.Normal(mean, cov.diag().sqrt()).to_event(1)
+
+    def forward(self, x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.z_dist(x))
 
 
 def test_predictive_check_is_calibrated_under_the_exact_posterior():
@@ -209,6 +221,7 @@ def test_inference_data_round_trips_and_arviz_plots_work(small_diagnosis, tmp_pa
     assert {"posterior", "guide", "local_guide", "log_likelihood", "observed_data",
             "sample_stats"} <= set(idata.groups())
     assert idata.posterior.z.shape == (2, 60, 3, LATENT)
+    assert idata.posterior.z.dims == ("chain", "draw", "point", "z_dim")
     assert idata.guide.z.shape == idata.posterior.z.shape
     assert idata.log_likelihood.x.shape == (2, 60, 3)
     assert idata.observed_data.x.shape == (3, D)
@@ -242,7 +255,7 @@ def test_posterior_matched_proposal_gives_log_px():
     mean, cov = lg.posterior(x)
     torch.manual_seed(0)
     draws = dist.MultivariateNormal(mean, covariance_matrix=cov).sample((2, 500))  # [chains, draws, N, d]
-    proposal = PosteriorProposal(draws)
+    proposal = PosteriorProposal(latent_sites(model, x), {"z": draws})
     lw = log_importance_weights(model, proposal, x, 4000)
     khat = psis_diagnostics(lw).khat
     # With k̂ < 0.5 the weights have finite variance, and the error of log (mean w) is

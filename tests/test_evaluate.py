@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.build import build_vae
+from pyro_vae.build import build_vae, with_options
 from pyro_vae.config import ModelConfig
 from pyro_vae.evaluate import (Estimate, bits_per_dim, evaluate, log_importance_weights,
                                log_mean_exp, psis_diagnostics)
@@ -25,8 +25,8 @@ D, N = 8, 200
 
 def ppca(latent_dim: int, sigma: float = 0.5, seed: int = 0):
     """A pPCA ``VAE`` from ``build_vae`` with W ~ N(0, 1) (so z carries real signal), and its closed form."""
-    cfg = ModelConfig(latent_dim=latent_dim, hidden_sizes=(8,), decoder="linear",
-                      likelihood="gaussian-fixed", sigma=sigma)
+    cfg = with_options(ModelConfig(latent_dim=latent_dim, hidden_sizes=(8,), decoder="linear",
+                                   likelihood="gaussian-fixed"), sigma=sigma)
     model, _ = build_vae(cfg, D, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

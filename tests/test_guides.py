@@ -7,13 +7,14 @@ import pytest
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.build import build_vae
+from pyro_vae.build import build_vae, with_options
 from pyro_vae.config import ModelConfig
 from pyro_vae.guides import GUIDES, FullRankNormalHead, IAFHead
 
 
 def _guide(name: str, latent_dim: int = 3):
-    cfg = ModelConfig(latent_dim=latent_dim, hidden_sizes=(8,), guide=name, flow_layers=2)
+    cfg = with_options(ModelConfig(latent_dim=latent_dim, hidden_sizes=(8,), guide=name),
+                       flow_layers=2)
     return build_vae(cfg, data_dim=5, seed=0)[1]
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from pyro_vae.build import build_vae
+from pyro_vae.build import build_vae, with_options
 from pyro_vae.config import ModelConfig
 from pyro_vae.models import LinearGaussian
 
 
 def _ppca(seed: int = 0):
-    cfg = ModelConfig(latent_dim=2, decoder="linear", likelihood="gaussian-fixed", sigma=0.5)
+    cfg = with_options(ModelConfig(latent_dim=2, decoder="linear", likelihood="gaussian-fixed"),
+                       sigma=0.5)
     model, _ = build_vae(cfg, data_dim=3, seed=seed)
     return model, LinearGaussian.of(model)
 

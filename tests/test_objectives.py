@@ -11,7 +11,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from pyro_vae.build import build_vae
+from pyro_vae.build import build_vae, with_options
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.data import from_tensor
 from pyro_vae.fit import fit, kl_weight, unique_parameters
@@ -19,8 +19,8 @@ from pyro_vae.objectives import build_objective
 
 
 def _vae(prior: str = "normal", guide: str = "diagonal", latent_dim: int = 2):
-    cfg = ModelConfig(latent_dim=latent_dim, hidden_sizes=(8,), activation="tanh", prior=prior,
-                      guide=guide, components=3, flow_layers=1)
+    cfg = with_options(ModelConfig(latent_dim=latent_dim, hidden_sizes=(8,), activation="tanh",
+                                   prior=prior, guide=guide), components=3, flow_layers=1)
     return build_vae(cfg, data_dim=6, seed=0)
 
 

@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
-from pyro_vae.build import build_vae
+from pyro_vae.build import build_vae, with_options
 from pyro_vae.config import ModelConfig
 from pyro_vae.models import PRIORS, FlowPrior, GaussianMixture
 
 
 def _prior(name: str, latent_dim: int = 3, **kw):
-    cfg = ModelConfig(latent_dim=latent_dim, hidden_sizes=(8,), prior=name, components=4, **kw)
+    cfg = with_options(ModelConfig(latent_dim=latent_dim, hidden_sizes=(8,), prior=name, **kw),
+                       components=4)
     model, guide = build_vae(cfg, data_dim=5, seed=0)
     return model.prior, guide
 
@@ -104,7 +105,7 @@ def test_vamp_prior_is_the_mean_of_guide_posteriors_at_pseudo_inputs():
 
 def test_vamp_prior_shares_the_guide_without_owning_it():
     """The guide's parameters get the prior's gradient but are stored (and checkpointed) once."""
-    cfg = ModelConfig(latent_dim=2, hidden_sizes=(8,), prior="vamp", components=3)
+    cfg = with_options(ModelConfig(latent_dim=2, hidden_sizes=(8,), prior="vamp"), components=3)
     model, guide = build_vae(cfg, data_dim=5, seed=0)
     assert not any(k.startswith("prior.guide") for k in model.state_dict())
     model.z_dist().log_prob(torch.randn(4, 2)).sum().backward()

@@ -9,7 +9,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.build import build_vae
+from pyro_vae.build import build_part, build_vae, with_options
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.models import LIKELIHOODS
 from pyro_vae.objectives import build_objective
@@ -83,16 +83,16 @@ def test_beta_objective_is_likelihood_plus_beta_times_kl_term():
 
 def test_gaussian_density_is_normalized():
     """A Gaussian likelihood scores continuous x as a proper density: ∫ p(x) dx = 1 in 1-D."""
-    cfg = ModelConfig(likelihood="gaussian-fixed", sigma=0.3)
-    likelihood = LIKELIHOODS.lookup(cfg.likelihood)(cfg, 1)
+    cfg = with_options(ModelConfig(likelihood="gaussian-fixed"), sigma=0.3)
+    likelihood = build_part(cfg, "likelihood", 1)
     grid = torch.linspace(-3, 3, 6001).unsqueeze(1)
     density = likelihood(torch.zeros(1)).log_prob(grid).exp()
     assert torch.trapezoid(density, grid.squeeze(1)).item() == pytest.approx(1.0, abs=1e-4)
 
 
 def test_learned_sigma_respects_its_floor():
-    cfg = ModelConfig(likelihood="gaussian-pixel", sigma=0.1, sigma_floor=0.05)
-    likelihood = LIKELIHOODS.lookup(cfg.likelihood)(cfg, 4)
+    cfg = with_options(ModelConfig(likelihood="gaussian-pixel"), sigma=0.1, sigma_floor=0.05)
+    likelihood = build_part(cfg, "likelihood", 4)
     with torch.no_grad():
         likelihood.raw_sigma.fill_(-50.0)
     assert torch.all(likelihood.sigma() >= 0.05)

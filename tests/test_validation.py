@@ -119,8 +119,10 @@ def test_fractional_labels_are_named(y):
 names = st.text("abcdefghij-_", min_size=1, max_size=8)
 model_configs = st.builds(
     ModelConfig, latent_dim=st.integers(1, 64), hidden_sizes=st.lists(st.integers(1, 512), max_size=3).map(tuple),
-    activation=names, prior=names, likelihood=names, sigma=st.floats(1e-3, 10),
-    components=st.integers(1, 50), flow_layers=st.integers(1, 8))
+    activation=names, prior=names, likelihood=names,
+    options=st.fixed_dictionaries({"prior": st.fixed_dictionaries({"mixture": st.fixed_dictionaries(
+        {"components": st.integers(1, 50)})}), "likelihood": st.fixed_dictionaries(
+        {"gaussian": st.fixed_dictionaries({"sigma": st.floats(1e-3, 10)})})}))
 data_configs = st.builds(DataConfig, name=names, root=st.none() | names, download=st.booleans(),
                          binarize=st.sampled_from(["auto", "dynamic", "threshold", "none"]),
                          val_fraction=st.floats(0, 0.5), split_seed=st.integers(0, 2**31))

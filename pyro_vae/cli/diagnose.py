@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pyro_vae.cli.common import COMMANDS, Command, positive_int
 from pyro_vae.diagnose import DiagnoseConfig, diagnose
-from pyro_vae.report import write_diagnostics
+from pyro_vae.report import active_units_text, write_diagnostics
 from pyro_vae.runs import load_run
 
 C = DiagnoseConfig()
@@ -39,14 +39,16 @@ def run(args: argparse.Namespace) -> int:
                               samples=args.samples, local_steps=args.local_steps,
                               elbo_samples=args.elbo_samples, seed=args.seed)
     heldout = loaded.data.eval_split("test", seed=loaded.config.train.seed)
-    result = diagnose(loaded.model, loaded.guide, heldout, cfg, progress=not args.no_progress)
+    # The per-row extras (labels y) of the same rows: a conditional story reads them.
+    result = diagnose(loaded.model, loaded.guide, heldout, cfg, progress=not args.no_progress,
+                      batch=loaded.data.test.fields())
     written = write_diagnostics(result, args.out or loaded.path, loaded.data.image_shape,
                                 title=loaded.path.name)
     s = result.summary()
     g = s["gaps"]
     print(f"max r̂ {s['nuts']['rhat_max']:.3f}; approximation gap {g['approximation_gap']:.2f} nats, "
           f"amortization gap {g['amortization_gap']:.2f} nats; active units "
-          f"{s['collapse']['active_units']} of {s['collapse']['latent_dim']}", file=sys.stderr)
+          f"{active_units_text(s['collapse'])}", file=sys.stderr)
     print(written.html)
     return 0
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from pyro_vae.cli.options import add_option_arguments, options_from_args
 from pyro_vae.cli.common import (COMMANDS, EXIT_DIVERGED, EXIT_INTERRUPTED, Command, UserError,
                                  choice_of, int_list, non_negative_float, non_negative_int,
                                  positive_float, positive_int)
@@ -44,8 +45,6 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"hidden nonlinearity: {', '.join(ACTIVATIONS)}")
     g.add_argument("--likelihood", type=choice_of(LIKELIHOODS), default=M.likelihood,
                    help=f"p(x | z): {', '.join(LIKELIHOODS)}")
-    g.add_argument("--sigma", type=positive_float, default=M.sigma,
-                   help="Gaussian likelihoods: fixed σ, or starting σ when learned")
     g.add_argument("--prior", type=choice_of(PRIORS), default=M.prior, help=f"p(z): {', '.join(PRIORS)}")
     g.add_argument("--decoder", type=choice_of(DECODERS), default=M.decoder,
                    help=f"f_θ(z): {', '.join(DECODERS)} (linear with a Gaussian likelihood is pPCA)")
@@ -53,10 +52,6 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"q(z | x): {', '.join(GUIDES)} for the built-in VAE (default {M.guide}); "
                         f"with --model: auto (the default, an amortized Gaussian per latent site) "
                         f"or FILE.py:NAME")
-    g.add_argument("--components", type=positive_int, default=M.components,
-                   help="mixture-type priors: number of components or pseudo-inputs")
-    g.add_argument("--flow-layers", type=positive_int, default=M.flow_layers,
-                   help="flow priors and guides: number of transforms")
 
 
 def add_story_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,6 +95,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     add_model_arguments(p)
+    add_option_arguments(p)
     add_story_arguments(p)
     add_train_arguments(p)
     g = p.add_argument_group("output")
@@ -135,10 +131,11 @@ def story_from_args(args: argparse.Namespace) -> StoryConfig:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     story = story_from_args(args)
     guide = M.guide if story.model or args.guide is None else args.guide
+    chosen = dict(prior=args.prior, likelihood=args.likelihood, decoder=args.decoder,
+                  encoder=M.encoder, guide=guide)
     model = ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden),
-                        activation=args.activation, prior=args.prior, likelihood=args.likelihood,
-                        decoder=args.decoder, guide=guide, sigma=args.sigma, components=args.components,
-                        flow_layers=args.flow_layers)
+                        activation=args.activation, **chosen,
+                        options=options_from_args(args, chosen))
     data = DataConfig(name=args.data, root=args.data_root, download=args.download,
                       binarize=args.binarize)
     train = TrainConfig(epochs=args.epochs or T.epochs, batch_size=args.batch_size, lr=args.lr,
