@@ -155,3 +155,20 @@ def with_options(cfg: ModelConfig, **shared: object) -> ModelConfig:
     if unknown:
         raise ValueError(f"no part declares the shared settings {sorted(unknown)}")
     return dataclasses.replace(cfg, options=options)
+
+
+def migrate_model_config(raw: dict) -> dict:
+    """A run config's JSON from pyro-vae 0.1.0, whose model section held the parts' settings as
+    shared fields (``components``, ``flow_layers``, ``sigma``, ``sigma_floor``, ``scale_floor``):
+    each becomes the option of the chosen parts that declare it under that alias."""
+    model = raw.get("model")
+    aliases = {f.metadata.get("alias") for _, _, f in option_fields()} - {None}
+    if not isinstance(model, dict) or not aliases & set(model):
+        return raw
+    model = dict(model)
+    shared = {k: model.pop(k) for k in sorted(aliases & set(model))}
+    options: dict = {}
+    for kind, name, f in option_fields():
+        if model.get(kind, getattr(ModelConfig(), kind)) == name and f.metadata.get("alias") in shared:
+            options.setdefault(kind, {}).setdefault(name, {})[f.name] = shared[f.metadata["alias"]]
+    return {**raw, "model": {**model, "options": options}}

@@ -178,9 +178,19 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path} has a malformed header ({type(err).__name__}: {err})") from None
 
 
+def _legacy_names(saved: dict[str, Tensor], expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """pyro-vae 0.1.0 saved the built-in modules without the ``story.`` level that
+    :class:`~pyro_vae.programs.Program` adds (``model.decoder...`` for ``model.story.decoder...``)."""
+    if any(k in expected for k in saved):
+        return saved
+    renamed = {k.replace(".", ".story.", 1): v for k, v in saved.items()}
+    return renamed if set(renamed) <= set(expected) else saved
+
+
 def load_modules(target: nn.Module, saved: dict[str, Tensor], source: str) -> None:
     """``target.load_state_dict(saved)``, with an error that names the first mismatch."""
     expected = target.state_dict()
+    saved = _legacy_names(saved, expected)
     for name, value in expected.items():
         if name not in saved:
             raise CheckpointError(f"{source} lacks parameter {name!r} (shape {list(value.shape)}): "

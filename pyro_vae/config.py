@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Type, TypeVar
+from typing import Any, Callable, Type, TypeVar
 
 C = TypeVar("C")
 
@@ -191,7 +191,8 @@ def save_run_config(config: RunConfig, path: Path) -> None:
     path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
-def load_run_config(path: Path) -> RunConfig:
+def load_run_config(path: Path, migrate: Callable[[dict], dict] | None = None) -> RunConfig:
+    """The run config in ``path``; ``migrate`` rewrites the raw JSON of an older version first."""
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -199,6 +200,6 @@ def load_run_config(path: Path) -> RunConfig:
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
     try:
-        return run_config_from_dict(raw)
+        return run_config_from_dict(migrate(raw) if migrate and isinstance(raw, dict) else raw)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None

@@ -181,9 +181,14 @@ def plot_khat(psis: PSISDiagnostics, path: Path) -> Path:
     """Histogram of the per-point PSIS k̂ of the guide's weights, with the 0.7 threshold."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    ax.hist(psis.khat.numpy(), bins=50, color="tab:blue", alpha=0.8)
+    khat = psis.khat.numpy()
+    finite = khat[np.isfinite(khat)]  # ±∞: equal weights, or too few draws for a tail fit
+    if len(finite):
+        ax.hist(finite, bins=50, color="tab:blue", alpha=0.8)
     ax.axvline(psis.threshold, color="tab:red", ls="--",
                label=f"k̂ = {psis.threshold}: {100 * psis.fraction_above:.1f}% of points above")
+    if len(finite) < len(khat):
+        ax.set_title(f"{len(khat) - len(finite)} of {len(khat)} points have an infinite k̂ (not shown)")
     ax.set_xlabel("PSIS Pareto k̂ of q(z|x) as proposal for p(z|x)")
     ax.set_ylabel("data points")
     ax.legend()

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from pyro_vae import figures
-from pyro_vae.build import build_part, build_story, build_story_guide, build_vae, story_is_binary
+from pyro_vae.build import (build_part, build_story, build_story_guide, build_vae,
+                            migrate_model_config, story_is_binary)
 from pyro_vae.checkpoint import load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
 from pyro_vae.data import Data, RawImages, load_raw, resolve_binarize, split_images
@@ -252,7 +253,7 @@ def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = 
     ``epochs`` and new values of the :data:`RESUMABLE` training settings in ``changes``
     (applied and recorded in config.json)."""
     path = Path(path)
-    cfg = load_run_config(path / CONFIG)
+    cfg = load_run_config(path / CONFIG, migrate_model_config)
     changes = dict(changes or {})
     if epochs is not None:
         changes["epochs"] = epochs
@@ -290,7 +291,7 @@ def load_run(path: Path, device: str = "cpu") -> LoadedRun:
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"run folder {path} does not exist")
-    cfg = load_run_config(path / CONFIG)
+    cfg = load_run_config(path / CONFIG, migrate_model_config)
     data, model, guide = prepare(cfg, path)
     _load_into(path, model, guide, data)
     dev = resolve_device(device)
