@@ -117,6 +117,8 @@ class StoryConfig:
     """SHA-256 of the story file as copied into the run folder."""
     guide_sha256: str = ""
     """SHA-256 of the guide file as copied into the run folder."""
+    map_site: str = ""
+    """The latent site the latent-map figure shows; empty: the guide's first."""
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ def save_state(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
-                  history: list[EpochRecord], seed: int) -> list[Path]:
+                  history: list[EpochRecord], seed: int, map_site: str | None = None) -> list[Path]:
     """The run's PNGs: ELBO curves, reconstructions, prior samples, the latent map of the
     guide's first latent site, and the manifold when the story's only latent is 2-D and real."""
     x_test, batch = data.eval_split("test", seed=seed), data.test.fields()
@@ -140,7 +140,8 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
                                        batch=batch),
                figures.prior_samples(model, x_test, shape, path / "prior_samples.png", batch=batch),
                figures.latent_map(guide, x_test[:2000], _labels(data.test, 2000),
-                                  path / "latent_map.png", batch=_first(batch, 2000))]
+                                  path / "latent_map.png", site=map_site or None,
+                                  batch=_first(batch, 2000))]
         sites = latent_sites(model, x_test[:2], _first(batch, 2), who="the manifold figure")
         if len(sites) == 1 and sites[0].event_shape == (2,) and is_real(sites[0].support):
             out.append(figures.manifold(model, sites[0].name, x_test, shape, path / "manifold.png",
@@ -185,7 +186,7 @@ def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn
     pictures: list[Path] = []
     if not result.interrupted:
         pictures = write_figures(path, result.model, result.guide, data.to(result.model.device),
-                                 result.history, cfg.train.seed)
+                                 result.history, cfg.train.seed, cfg.story.map_site)
     return TrainResult(path, result, pictures)
 
 
@@ -198,6 +199,7 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     build_objective(cfg.train)
     sources = _story_sources(cfg.story)
     data, model, guide = prepare(cfg, None, seed=cfg.train.seed)
+    _check_map_site(cfg.story.map_site, model, data)
     cfg = dataclasses.replace(cfg, image_shape=tuple(data.image_shape))
     path = Path(out) / (name or default_run_name(cfg))
     if (path / CHECKPOINT).exists():
@@ -208,6 +210,13 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     save_run_config(cfg, path / CONFIG)
     (path / METRICS).write_text("")
     return _run_fit(path, cfg, data, model, guide, progress=progress, stop=stop)
+
+
+def _check_map_site(site: str, model: Program, data: Data) -> None:
+    names = [s.name for s in latent_sites(model, data.train.x[:2], _first(data.train.fields(), 2),
+                                          who="the latent map")]
+    if site and site not in names:
+        raise ValueError(f"--map-site {site}: the story's latent sites are {names}")
 
 
 STORY_COPY, GUIDE_COPY = "story.py", "guide.py"

@@ -49,3 +49,17 @@ def test_a_run_folder_of_pyro_vae_0_1_0_still_loads_and_resumes(tiny_config, tmp
     x = loaded.data.eval_split("test")
     assert torch.equal(loaded.guide.z_dist(x).mean, fitted.guide.z_dist(x).mean)
     assert len(resume_run(tmp_path / "old", 3, progress=False).fit.history) == 3
+
+
+def test_an_unknown_map_site_is_refused_before_the_folder_exists(tiny_config, tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from pyro_vae.runs import train_run
+
+    cfg = dataclasses.replace(tiny_config, story=dataclasses.replace(tiny_config.story,
+                                                                     map_site="w"))
+    with pytest.raises(ValueError, match=r"--map-site w: the story's latent sites are \['z'\]"):
+        train_run(cfg, tmp_path, "r", progress=False)
+    assert not (tmp_path / "r").exists()

@@ -62,6 +62,9 @@ def add_story_arguments(p: argparse.ArgumentParser) -> None:
                         "built-in VAE; the file is copied into the run folder")
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword argument for the story's (and guide's) factory; repeatable")
+    g.add_argument("--map-site", default="", metavar="SITE",
+                   help="the latent site the latent-map figure shows (default: the guide's "
+                        "first; PCA above 2-D)")
 
 
 def guide_choice(text: str) -> str:
@@ -117,7 +120,7 @@ def story_from_args(args: argparse.Namespace) -> StoryConfig:
                             f"{', '.join(GUIDES)}")
         if story_args:
             raise UserError("--model-arg is for a story file's factory; give --model FILE.py:NAME")
-        return StoryConfig()
+        return StoryConfig(map_site=args.map_site)
     parse_spec(args.model, "--model")
     guide = args.guide or "auto"
     if guide != "auto" and guide in GUIDES:
@@ -125,7 +128,7 @@ def story_from_args(args: argparse.Namespace) -> StoryConfig:
                         f"VAE's single site z; a story file takes auto or FILE.py:NAME")
     if guide != "auto":
         parse_spec(guide, "--guide")
-    return StoryConfig(model=args.model, guide=guide, args=story_args)
+    return StoryConfig(model=args.model, guide=guide, args=story_args, map_site=args.map_site)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
