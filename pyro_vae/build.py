@@ -20,7 +20,7 @@ from pyro_vae.models import DECODERS, LIKELIHOODS, PRIORS, VAE
 from pyro_vae.programs import Program, as_program
 from pyro_vae.stories import (StoryError, call_factory, check_story, load_object, parse_spec,
                               sha256_of)
-from pyro_vae.traces import image_site, trace_program
+from pyro_vae.traces import image_site
 
 
 PARTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "decoder": DECODERS, "encoder": ENCODERS,
@@ -79,7 +79,7 @@ def build_story(cfg: RunConfig, folder: Path | None, data_dim: int,
     offered = {"data_dim": data_dim, "image_shape": tuple(image_shape), **cfg.story.args}
     with _seeded(seed):
         story = call_factory(load_object(path, name), path, name, offered)
-    return as_program(story, name=f"{path.name}:{name}")
+    return as_program(story, name=f"{path}:{name}")
 
 
 def build_story_guide(cfg: RunConfig, folder: Path | None, model: Program, data: Data,
@@ -100,14 +100,14 @@ def build_story_guide(cfg: RunConfig, folder: Path | None, model: Program, data:
         offered = {"model": model, "data_dim": data.data_dim,
                    "image_shape": tuple(data.image_shape), **cfg.story.args}
         guide = call_factory(load_object(path, name), path, name, offered)
-    return as_program(guide, name=f"{path.name}:{name}")
+    return as_program(guide, name=f"{path}:{name}")
 
 
 def story_is_binary(model: Program, data_dim: int, batch: dict) -> bool:
     """Whether the story's image site scores x in {0, 1} only (so ``--binarize auto`` draws)."""
     x = torch.zeros(2, data_dim)
-    with pyro.validation_enabled(False):
-        trace = trace_program(model, x, batch)
+    with pyro.validation_enabled(False):  # zeros stand in for pixels of unknown range
+        trace = check_story(model, x, batch, model.name)
     support = trace.nodes[image_site(trace, x)]["fn"].support
     while isinstance(support, constraints.independent):
         support = support.base_constraint

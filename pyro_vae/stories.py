@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from pyro import poutine
 from torch import Tensor, nn
 
 from pyro_vae.traces import describe_latent, image_site, is_latent, trace_program
@@ -118,14 +119,17 @@ def call_factory(obj: Any, path: Path, name: str, offered: dict[str, Any]) -> An
                          f"{type(err).__name__}: {err}") from None
 
 
-def check_story(model: Callable, x: Tensor, batch: dict[str, Tensor], source: str) -> None:
-    """Trace the story once on rows ``x``: it must score x at an observed site and keep
-    every latent local to ``pyro.plate("data", N)``."""
+def check_story(model: Callable, x: Tensor, batch: dict[str, Tensor], source: str
+                ) -> poutine.Trace:
+    """Trace the story once on rows ``x``: it must score x at an observed site and keep every
+    latent local to ``pyro.plate("data", N)``. Returns the trace."""
     try:
         trace = trace_program(model, x, batch)
     except Exception as err:  # noqa: BLE001
+        # Pyro appends a table of trace shapes to the message: keep its first line.
+        message = str(err).splitlines()[0] if str(err) else ""
         raise StoryError(f"{_where(Path(source.split(':')[0]), err)}: running the story on "
-                         f"{len(x)} rows failed: {type(err).__name__}: {err}") from None
+                         f"{len(x)} rows failed: {type(err).__name__}: {message}") from None
     try:
         image_site(trace, x)
         for name, site in trace.nodes.items():
@@ -133,3 +137,4 @@ def check_story(model: Callable, x: Tensor, batch: dict[str, Tensor], source: st
                 describe_latent(name, site, len(x), who="pyro-vae")
     except ValueError as err:
         raise StoryError(f"{source}: {err}") from None
+    return trace
