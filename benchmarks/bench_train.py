@@ -139,7 +139,8 @@ def make_runner(kind: str, data: Data, batch: int, device: str,
     """A function running one epoch of ``kind`` over its data with a clock.
 
     Kinds: ``floor``, ``floor-fused`` (the floor with fused Adam, for reference),
-    ``fit:<objective>``, ``fit:<objective>+compile`` and ``fit:<objective>+plain-adam``.
+    ``fit:<objective>``, ``fit:<objective>+compile``, ``fit:<objective>+plain-adam`` and
+    ``fit:<objective>+beta`` (β = 0.5, so the engine's latent-scaling handler is at work).
     """
     model, guide = _network(data)
     if kind.startswith("floor"):
@@ -156,7 +157,7 @@ def make_runner(kind: str, data: Data, batch: int, device: str,
 
     def run(d: Data, seed: int, clock: Clock) -> None:
         cfg = TrainConfig(epochs=epochs, batch_size=batch, device=device, seed=seed,
-                          objective=objective)
+                          objective=objective, beta=0.5 if extra == "beta" else 1.0)
         with _plain_adam(extra == "plain-adam"):
             fit(model, guide, d, cfg, stop=clock, progress=False,
                 callbacks=[lambda *_: clock.epoch_end()])
@@ -411,6 +412,9 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--profile", action="store_true", help="print a per-step profile")
     p.add_argument("--before", action="store_true",
                    help="also time fit with the per-tensor Adam it used before (fit:elbo+plain-adam)")
+    p.add_argument("--beta", action="store_true",
+                   help="also time fit with β = 0.5 (fit:elbo+beta, fit:elbo-jit+beta): the cost "
+                        "of weighting the latent sites from outside")
     p.add_argument("--quick", action="store_true", help="3 repeats, 1 epoch repeat, 2-epoch memory fit")
     p.add_argument("--skip", nargs="*", default=[], choices=("steps", "epochs", "memory"))
     p.add_argument("--memory-epochs", type=int, default=10)
@@ -437,6 +441,7 @@ def main(args) -> None:
     kinds = ["floor", "floor-fused", "fit:elbo", "fit:elbo-jit"]
     kinds += ["fit:elbo+compile"] if args.compile else []
     kinds += ["fit:elbo+plain-adam"] if args.before else []
+    kinds += ["fit:elbo+beta", "fit:elbo-jit+beta"] if args.beta else []
     ratios = {}
     for batch in args.batch_sizes:
         if "steps" not in args.skip:

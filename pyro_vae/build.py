@@ -83,11 +83,16 @@ def build_story(cfg: RunConfig, folder: Path | None, data_dim: int,
 
 
 def build_story_guide(cfg: RunConfig, folder: Path | None, model: Program, data: Data,
-                      seed: int | None = None) -> Program:
-    """``auto`` (an :class:`AutoAmortizedGuide` on an MLP encoder of ``cfg.model.hidden_sizes``)
-    or the guide file's object, built on rows of the training data."""
+                      seed: int | None = None, own: nn.Module | None = None) -> Program:
+    """``auto`` (an :class:`AutoAmortizedGuide` on an MLP encoder of ``cfg.model.hidden_sizes``),
+    ``story`` (``own``, the guide a shipped story comes with) or the guide file's object,
+    built on rows of the training data."""
     x, batch = data.train.x[:8], {k: v[:8] for k, v in data.train.fields().items()}
     check_story(model, x, batch, model.name)
+    if cfg.story.guide == "story":
+        if own is None:
+            raise StoryError(f"{model.name} comes with no guide of its own; use --guide auto")
+        return as_program(own, name=f"{model.name} guide")
     with _seeded(seed):
         if cfg.story.guide == "auto":
             encoder = MLPEncoder(data.data_dim, cfg.model.hidden_sizes, cfg.model.activation)

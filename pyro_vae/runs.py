@@ -27,13 +27,14 @@ from pyro_vae.build import (build_part, build_story, build_story_guide, build_va
 from pyro_vae.checkpoint import load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
 from pyro_vae.data import Data, RawImages, load_raw, resolve_binarize, split_images
-from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_train_config, fit,
-                          materialize, resolve_device)
+from pyro_vae.catalog import STORIES, is_named
+from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_fields,
+                          check_train_config, fit, materialize, resolve_device)
 from pyro_vae.objectives import build_objective
 from pyro_vae.programs import Program, as_program
 from pyro_vae.stories import parse_spec, sha256_of
 from pyro_vae.traces import is_real, latent_sites
-from pyro_vae.validation import check_image_shape
+from pyro_vae.validation import check_image_shape, check_label_range
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
 
@@ -63,8 +64,11 @@ def default_run_name(cfg: RunConfig) -> str:
     data = Path(cfg.data.name).stem
     m = cfg.model
     if cfg.story.model:
-        path, name = parse_spec(cfg.story.model)
-        return f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{path.stem}-{name}"
+        story = cfg.story.model
+        if not is_named(story):
+            path, name = parse_spec(story)
+            story = f"{path.stem}-{name}"
+        return f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{story}"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{m.prior}-{m.guide}-z{m.latent_dim}"
 
 
@@ -104,10 +108,31 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
         return data, as_program(model, "VAE"), as_program(guide, cfg.model.guide)
     shape = tuple(raw.train_x.shape[1:])
     dim = int(np.prod(shape))
-    model = build_story(cfg, folder, dim, shape, seed)
+    own = None
+    if is_named(cfg.story.model):
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            story, own = STORIES.lookup(cfg.story.model)(cfg.model, dim, **cfg.story.args)
+        model = as_program(story, cfg.story.model)
+    else:
+        model = build_story(cfg, folder, dim, shape, seed)
     labels = {} if raw.train_y is None else {"y": torch.as_tensor(raw.train_y[:2]).long()}
     data = _split(cfg, raw, story_is_binary(model, dim, labels))
-    return data, model, build_story_guide(cfg, folder, model, data, seed)
+    _check_story_data(model, data)
+    return data, model, build_story_guide(cfg, folder, model, data, seed, own)
+
+
+def _check_story_data(model: Program, data: Data) -> None:
+    """The per-row fields the story needs are there, and its labels in 0..classes−1 when it
+    declares ``classes`` (before anything is trained or written)."""
+    check_fields(model, data)
+    classes = getattr(model, "classes", None)
+    if isinstance(classes, int):
+        for split in ("train", "val", "test"):
+            labels = getattr(data, split).labels
+            if labels is not None:
+                check_label_range(labels, classes, f"{data.source} {split} labels")
 
 
 def checkpoint_callback(path: Path, cfg: RunConfig) -> Callable:
@@ -224,10 +249,10 @@ STORY_COPY, GUIDE_COPY = "story.py", "guide.py"
 
 def _story_sources(story: StoryConfig) -> dict[str, bytes]:
     """The bytes of the story and guide files, read once (what is trained is what is kept)."""
-    if not story.model:
-        return {}
-    files = {"model": parse_spec(story.model, "--model")[0]}
-    if story.guide != "auto":
+    files = {}
+    if story.model and not is_named(story.model):
+        files["model"] = parse_spec(story.model, "--model")[0]
+    if ":" in story.guide:
         files["guide"] = parse_spec(story.guide, "--guide")[0]
     return {k: p.read_bytes() for k, p in files.items() if p.is_file()}
 
@@ -235,15 +260,16 @@ def _story_sources(story: StoryConfig) -> dict[str, bytes]:
 def _keep_story_files(story: StoryConfig, sources: dict[str, bytes], path: Path) -> StoryConfig:
     """Copy the story (and guide) files into the run folder; the config then names the copies
     and records where they came from and their SHA-256."""
-    if not story.model:
-        return story
-    model_path, model_name = parse_spec(story.model)
-    (path / STORY_COPY).write_bytes(sources["model"])
-    changes = dict(model=f"{STORY_COPY}:{model_name}", model_source=str(model_path),
-                   model_sha256=sha256_of(path / STORY_COPY))
-    if story.guide != "auto":
+    changes: dict = {}
+    model_path = None
+    if "model" in sources:
+        model_path, model_name = parse_spec(story.model)
+        (path / STORY_COPY).write_bytes(sources["model"])
+        changes.update(model=f"{STORY_COPY}:{model_name}", model_source=str(model_path),
+                       model_sha256=sha256_of(path / STORY_COPY))
+    if "guide" in sources:
         guide_path, guide_name = parse_spec(story.guide)
-        same = guide_path.resolve() == model_path.resolve()
+        same = model_path is not None and guide_path.resolve() == model_path.resolve()
         copy = STORY_COPY if same else GUIDE_COPY
         if not same:
             (path / GUIDE_COPY).write_bytes(sources["guide"])

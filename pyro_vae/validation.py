@@ -78,3 +78,14 @@ def check_binary(x, name: str) -> None:
         raise DataError(
             f"{name}: sample {i} has values other than 0 and 1, which a Bernoulli likelihood "
             f"cannot score; choose --binarize dynamic or threshold, or a Gaussian likelihood")
+
+
+def check_label_range(y, classes: int, name: str) -> None:
+    """Class labels ``y`` ``[N]`` must lie in 0..classes−1; the first that does not is named."""
+    import torch
+
+    bad = (y < 0) | (y >= classes)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise DataError(f"{name}: label {i} is {int(y[i])}; this story has {classes} classes, "
+                        f"so labels must lie in 0..{classes - 1} (--model-arg classes=K)")

@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "draw x given it; repeatable; other latents are drawn from the prior")
     p.add_argument("--z", type=float_list, default=None,
                    help="shorthand for --set z=... (the built-in VAE's latent site)")
+    p.add_argument("--label", type=int, default=None, metavar="K",
+                   help="for a story that reads labels (y): draw every image with label K")
     p.add_argument("--mean", action="store_true",
                    help="with --set: show only the image mean at the fixed values")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -54,11 +56,25 @@ def fixed_values(loaded: LoadedRun, texts: list[str], n: int) -> dict[str, torch
     return fixed
 
 
-def _template(loaded: LoadedRun, n: int) -> tuple[torch.Tensor, dict]:
-    """``n`` test rows (tiled) and their per-row fields: shapes for the story's plate."""
+def _template(loaded: LoadedRun, n: int, label: int | None = None) -> tuple[torch.Tensor, dict]:
+    """``n`` test rows (tiled) and their per-row fields: shapes for the story's plate; with
+    ``label``, every row's ``y`` is that label."""
     x = loaded.data.eval_split("test")
     rows = torch.arange(n, device=x.device) % len(x)
-    return x[rows], {k: v[rows] for k, v in loaded.data.test.fields().items()}
+    fields = {k: v[rows] for k, v in loaded.data.test.fields().items()}
+    if label is not None:
+        _check_label(loaded, label)
+        fields["y"] = torch.full((n,), label, dtype=torch.long, device=x.device)
+    return x[rows], fields
+
+
+def _check_label(loaded: LoadedRun, label: int) -> None:
+    accepts = loaded.model.accepts
+    if accepts is not None and "y" not in accepts:
+        raise UserError(f"--label {label}: the story {loaded.model.name} does not read labels (y)")
+    classes = getattr(loaded.model, "classes", None)
+    if isinstance(classes, int) and not 0 <= label < classes:
+        raise UserError(f"--label {label}: the story has {classes} classes, 0..{classes - 1}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,12 +83,13 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     n = 1 if sets and args.mean else args.n
     fixed = fixed_values(loaded, sets, n)
-    mean, draw = prior_predictive(loaded.model, *_template(loaded, n), fixed)
-    where = ", ".join(sets) if sets else "latents ~ p"
+    mean, draw = prior_predictive(loaded.model, *_template(loaded, n, args.label), fixed)
+    where = ", ".join(sets + ([f"y={args.label}"] if args.label is not None else [])) or "latents ~ p"
     images, title = ((mean, f"image mean at {where}") if args.mean or not sets
                      else (draw, f"{n} draws x ~ p(x | {where})"))
     if not sets:
-        title = f"{n} image means, latents drawn from the prior"
+        title = f"{n} image means, latents drawn from the prior" + \
+            (f", label {args.label}" if args.label is not None else "")
     out = args.out or loaded.path / "samples.png"
     figures.save_grid(images.reshape(len(images), -1), loaded.data.image_shape, out,
                       ncol=min(8, math.ceil(len(images) ** 0.5) * 2), title=title)

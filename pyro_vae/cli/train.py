@@ -20,6 +20,7 @@ from pyro_vae.guides import GUIDES
 from pyro_vae.models import ACTIVATIONS, DECODERS, LIKELIHOODS, PRIORS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.runs import TrainResult, resume_run, train_run
+from pyro_vae.catalog import STORIES, is_named
 from pyro_vae.stories import parse_arg, parse_spec
 
 M, D, T = ModelConfig(), DataConfig(), TrainConfig()
@@ -56,10 +57,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_story_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("your own story (README: Write your own story)")
-    g.add_argument("--model", default=None, metavar="FILE.py:NAME",
-                   help="train the story NAME in FILE (a function model(x, ...) or a factory "
-                        "taking data_dim, image_shape and --model-arg values) instead of the "
-                        "built-in VAE; the file is copied into the run folder")
+    g.add_argument("--model", default=None, metavar="STORY",
+                   help=f"a shipped story ({', '.join(STORIES)}: labels as part of the story) or "
+                        f"FILE.py:NAME, the story NAME in FILE (a function model(x, ...) or a "
+                        f"factory taking data_dim, image_shape and --model-arg values), instead "
+                        f"of the built-in VAE; a file is copied into the run folder")
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword argument for the story's (and guide's) factory; repeatable")
     g.add_argument("--map-site", default="", metavar="SITE",
@@ -121,6 +123,13 @@ def story_from_args(args: argparse.Namespace) -> StoryConfig:
         if story_args:
             raise UserError("--model-arg is for a story file's factory; give --model FILE.py:NAME")
         return StoryConfig(map_site=args.map_site)
+    if is_named(args.model):
+        STORIES.lookup(args.model)
+        guide = "auto" if args.guide == "auto" else "story"
+        if args.guide not in (None, "auto") and args.guide not in GUIDES:
+            raise UserError(f"--guide {args.guide}: the {args.model} story takes its own guide "
+                            f"(built with one of {', '.join(GUIDES)}) or auto")
+        return StoryConfig(model=args.model, guide=guide, args=story_args, map_site=args.map_site)
     parse_spec(args.model, "--model")
     guide = args.guide or "auto"
     if guide != "auto" and guide in GUIDES:
@@ -133,7 +142,7 @@ def story_from_args(args: argparse.Namespace) -> StoryConfig:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     story = story_from_args(args)
-    guide = M.guide if story.model or args.guide is None else args.guide
+    guide = args.guide if args.guide in GUIDES else M.guide
     chosen = dict(prior=args.prior, likelihood=args.likelihood, decoder=args.decoder,
                   encoder=M.encoder, guide=guide)
     model = ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden),

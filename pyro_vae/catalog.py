@@ -1,0 +1,54 @@
+"""Stories that pyro-vae ships, chosen by name: ``pyro-vae train --model label-prior``.
+
+Each entry of :data:`STORIES` builds a story and its own guide from the built-in parts
+(decoder, likelihood, encoder, guide head, chosen and configured as for the VAE), with
+``--model-arg`` values as keywords. Labels reach these stories as the per-row field ``y``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from torch import nn
+
+from pyro_vae.build import build_part
+from pyro_vae.config import ModelConfig
+from pyro_vae.guides.amortized import DiagonalNormalHead
+from pyro_vae.guides.conditional import ConditionalGuide
+from pyro_vae.models.conditional import ConditionalVAE, LabelPrior
+from pyro_vae.registry import Registry
+
+STORIES: Registry = Registry("story")
+StoryBuilder = Callable[..., tuple[nn.Module, nn.Module]]
+
+
+def _guide(cfg: ModelConfig, data_dim: int) -> nn.Module:
+    """The configured amortized guide q(z | x) (encoder and head from the registries)."""
+    return build_part(cfg, "guide", build_part(cfg, "encoder", data_dim))
+
+
+@STORIES.register("label-prior")
+def label_prior(cfg: ModelConfig, data_dim: int, classes: int = 10,
+                **_: Any) -> tuple[nn.Module, nn.Module]:
+    """z ~ N(μ_y, diag σ_y²) per class, x ~ p(x | f(z)); the guide q(z | x) is the VAE's."""
+    story = LabelPrior(build_part(cfg, "decoder", data_dim), build_part(cfg, "likelihood", data_dim),
+                       cfg.latent_dim, classes)
+    return story, _guide(cfg, data_dim)
+
+
+@STORIES.register("cvae")
+def conditional_vae(cfg: ModelConfig, data_dim: int, classes: int = 10,
+                    **_: Any) -> tuple[nn.Module, nn.Module]:
+    """z ~ N(0, I), x ~ p(x | f(z, y)); the guide q(z | x, y) reads the label too."""
+    wide = dataclasses.replace(cfg, latent_dim=cfg.latent_dim + classes)
+    story = ConditionalVAE(build_part(wide, "decoder", data_dim),
+                           build_part(cfg, "likelihood", data_dim), cfg.latent_dim, classes)
+    encoder = build_part(cfg, "encoder", data_dim + classes)
+    head = DiagonalNormalHead(encoder.out_features, cfg.latent_dim)
+    return story, ConditionalGuide(encoder, head, classes)
+
+
+def is_named(spec: str) -> bool:
+    """Whether ``--model`` names a shipped story (not ``FILE.py:NAME``)."""
+    return ":" not in spec
