@@ -155,7 +155,9 @@ def save_state(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer,
 def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
                   history: list[EpochRecord], seed: int, map_site: str | None = None) -> list[Path]:
     """The run's PNGs: ELBO curves, reconstructions, prior samples, the latent map of the
-    guide's first latent site, and the manifold when the story's only latent is 2-D and real."""
+    guide's first latent site (or ``map_site``), the manifold when the story's only latent is
+    2-D and real, and whatever the story's own ``figures(guide, x, batch, image_shape,
+    folder)`` method draws, if it has one."""
     x_test, batch = data.eval_split("test", seed=seed), data.test.fields()
     shape = data.image_shape
     with torch.random.fork_rng(devices=[]):
@@ -171,6 +173,10 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
         if len(sites) == 1 and sites[0].event_shape == (2,) and is_real(sites[0].support):
             out.append(figures.manifold(model, sites[0].name, x_test, shape, path / "manifold.png",
                                         batch=batch))
+        # A story may draw pictures of its own (e.g. the regions of a per-class prior).
+        own = getattr(model, "figures", None)
+        if callable(own):
+            out += list(own(guide, x_test, batch, shape, path))
     return out
 
 
