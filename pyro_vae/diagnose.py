@@ -59,11 +59,11 @@ from torch.distributions.transforms import IndependentTransform
 from torch.nn.functional import softplus
 from tqdm.auto import tqdm
 
-from pyro_vae.evaluate import log_importance_weights, psis_diagnostics
+from pyro_vae.evaluate import log_importance_weights, particle_traces, psis_diagnostics
 from pyro_vae.models.networks import inverse_softplus
 from pyro_vae.programs import as_program
 from pyro_vae.traces import (DATA_PLATE, LatentSite, image_site, index_rows, is_real,
-                             latent_sites, log_mean_exp, particle_plate, slice_rows, trace_program)
+                             latent_sites, log_mean_exp, slice_rows, trace_program)
 
 ACTIVE_THRESHOLD = 0.01
 RHAT_OK = 1.01
@@ -110,14 +110,6 @@ class DiagnoseConfig:
 # ---------------------------------------------------------------------------- trace helpers
 
 
-def _in_particles(program: Callable, k: int) -> Callable:
-    """``program`` run inside a plate of ``k`` vectorized draws (outside the data plate)."""
-    def wrapped(x: Tensor, **batch: Any) -> Any:
-        with particle_plate(k):
-            return program(x, **batch)
-    return wrapped
-
-
 def _chunks(k: int, n: int) -> Iterator[tuple[int, int]]:
     """``(start, size)`` of the particle chunks that keep each call near ``PARTICLE_BUDGET``."""
     step = max(1, PARTICLE_BUDGET // max(n, 1))
@@ -127,10 +119,10 @@ def _chunks(k: int, n: int) -> Iterator[tuple[int, int]]:
 
 def _replayed_traces(model: Callable, guide: Callable, x: Tensor, batch: Batch, k: int
                      ) -> tuple[poutine.Trace, poutine.Trace]:
-    """Guide trace with ``k`` draws per point and the model's trace replayed against it: latent
-    sites the guide leaves out are drawn from the model's own conditionals."""
-    guide_trace = trace_program(_in_particles(guide, k), x, batch)
-    model_trace = trace_program(_in_particles(poutine.replay(model, trace=guide_trace), k), x, batch)
+    """Guide trace with ``k`` draws per point and the model's trace replayed against it
+    (the evaluator's :func:`~pyro_vae.evaluate.particle_traces`), hidden from outer handlers."""
+    model_trace, guide_trace = poutine.block(particle_traces)(model, guide, x, k,
+                                                              kwargs=dict(batch))
     return guide_trace, model_trace
 
 
@@ -163,7 +155,8 @@ def image_log_prob(model: Callable, x: Tensor, batch: Batch, latents: Mapping[st
     out = []
     for lo, size in _chunks(k, x.shape[0]):
         part = {name: value[lo:lo + size] for name, value in latents.items()}
-        trace = trace_program(_in_particles(poutine.condition(model, data=part), size), x, batch)
+        trace, _ = poutine.block(particle_traces)(poutine.condition(model, data=part), None, x,
+                                                  size, kwargs=dict(batch))
         out.append(_log_prob(trace.nodes[image], x, 2))
     return torch.cat(out)
 

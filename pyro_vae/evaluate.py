@@ -41,17 +41,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import pyro
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_vae.traces import log_mean_exp, slice_rows
+from pyro_vae.traces import log_mean_exp, particle_plate, slice_rows
 
 __all__ = ["Estimate", "Evaluation", "KCurve", "PSISDiagnostics", "bits_per_dim", "evaluate",
            "log_importance_weights", "log_mean_exp", "psis_diagnostics"]
 
-PARTICLES = "_evaluate_particles"
 KHAT_THRESHOLD = 0.7
 ESTIMATORS = ("prior_mc", "elbo", "iwae")
 
@@ -77,27 +75,25 @@ def _local_log_prob(trace: poutine.Trace, n: int, keep: Callable[[str, dict], bo
     return total  # type: ignore[return-value]
 
 
-def _particle_traces(model: Callable, guide: Callable | None, x: Tensor, k: int,
-                     max_plate_nesting: int, args: tuple, kwargs: dict
-                     ) -> tuple[poutine.Trace, poutine.Trace | None]:
-    """Model trace (replayed against the guide's when there is one) and guide trace,
-    each with k particles in a plate at dim ``-(max_plate_nesting + 1)``."""
+def particle_traces(model: Callable, guide: Callable | None, x: Tensor, k: int,
+                    max_plate_nesting: int = 1, args: tuple = (), kwargs: dict | None = None
+                    ) -> tuple[poutine.Trace, poutine.Trace | None]:
+    """Model trace (replayed against the guide's when there is one, so latent sites the guide
+    leaves out come from the model's own conditionals) and guide trace, each with k draws per
+    point in a plate at dim ``-(max_plate_nesting + 1)``, log-densities not yet computed."""
 
     def vectorized(fn: Callable) -> Callable:
         def wrapped(*a: Any, **kw: Any) -> Any:
-            with pyro.plate(PARTICLES, k, dim=-(max_plate_nesting + 1)):
+            with particle_plate(k, max_plate_nesting):
                 return fn(*a, **kw)
         return wrapped
 
+    kwargs = kwargs or {}
     guide_trace = None
     if guide is not None:
         guide_trace = poutine.trace(vectorized(guide)).get_trace(x, *args, **kwargs)
         model = poutine.replay(model, trace=guide_trace)
-    model_trace = poutine.trace(vectorized(model)).get_trace(x, *args, **kwargs)
-    model_trace.compute_log_prob()
-    if guide_trace is not None:
-        guide_trace.compute_log_prob()
-    return model_trace, guide_trace
+    return poutine.trace(vectorized(model)).get_trace(x, *args, **kwargs), guide_trace
 
 
 @torch.no_grad()
@@ -174,8 +170,11 @@ def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, batch: di
                    k: int, chunks: _Chunks) -> Tensor:
     """One program call: k draws for each of the points ``x``: ``[k, n]``."""
     n = x.shape[0]
-    model_trace, guide_trace = _particle_traces(model, guide, x, k, chunks.max_plate_nesting,
-                                                chunks.args, {**chunks.kwargs, **batch})
+    model_trace, guide_trace = particle_traces(model, guide, x, k, chunks.max_plate_nesting,
+                                               chunks.args, {**chunks.kwargs, **batch})
+    model_trace.compute_log_prob()
+    if guide_trace is not None:
+        guide_trace.compute_log_prob()
     proposed = set() if guide_trace is None else {
         name for name, site in guide_trace.nodes.items()
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)}
