@@ -153,7 +153,8 @@ def _weights(model: Callable, guide: Callable | None, x: Tensor, batch: dict[str
              num_samples: int, chunks: _Chunks) -> Tensor:
     """All K weights of points ``x`` ``[n, ...]`` (per-row extras ``batch``, sliced with x),
     a program chunk at a time: ``[K, n]``."""
-    out = torch.empty(num_samples, x.shape[0], device=x.device)
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    out = torch.empty(num_samples, x.shape[0], device=x.device, dtype=dtype)
     for lo in range(0, x.shape[0], chunks.points):
         rows = x[lo:lo + chunks.points]
         fields = slice_rows(batch, lo, lo + chunks.points)

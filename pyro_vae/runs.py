@@ -28,13 +28,13 @@ from pyro_vae.checkpoint import load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
 from pyro_vae.data import Data, RawImages, load_raw, resolve_binarize, split_images
 from pyro_vae.catalog import STORIES, is_named
-from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_fields,
-                          check_train_config, fit, materialize, resolve_device)
+from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_train_config, fit,
+                          materialize, resolve_device)
 from pyro_vae.objectives import build_objective
-from pyro_vae.programs import Program, as_program
+from pyro_vae.programs import Program, as_program, required_keywords
 from pyro_vae.stories import parse_spec, sha256_of
 from pyro_vae.traces import is_real, latent_sites
-from pyro_vae.validation import check_image_shape, check_label_range
+from pyro_vae.validation import DataError, check_image_shape, check_label_range
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
 
@@ -117,22 +117,27 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
         model = as_program(story, cfg.story.model)
     else:
         model = build_story(cfg, folder, dim, shape, seed)
+    _check_story_data(model, raw)
     labels = {} if raw.train_y is None else {"y": torch.as_tensor(raw.train_y[:2]).long()}
     data = _split(cfg, raw, story_is_binary(model, dim, labels))
-    _check_story_data(model, data)
     return data, model, build_story_guide(cfg, folder, model, data, seed, own)
 
 
-def _check_story_data(model: Program, data: Data) -> None:
-    """The per-row fields the story needs are there, and its labels in 0..classes−1 when it
-    declares ``classes`` (before anything is trained or written)."""
-    check_fields(model, data)
+def _check_story_data(model: Program, raw: RawImages) -> None:
+    """Before the story first runs: the per-row fields it needs are in the data, and its
+    labels lie in 0..classes−1 when it declares ``classes`` (a bad label is named by its row
+    in the file)."""
+    have = set() if raw.train_y is None else {"y"}
+    for name in required_keywords(model):
+        if name not in have:
+            raise DataError(f"{model.name} takes {name!r} for every row, but {raw.source} "
+                            f"provides {sorted(have) or 'no per-row fields'} (labels arrive as y)")
     classes = getattr(model, "classes", None)
     if isinstance(classes, int):
-        for split in ("train", "val", "test"):
-            labels = getattr(data, split).labels
+        for labels, what in ((raw.train_y, "labels"), (raw.test_y, "test labels")):
             if labels is not None:
-                check_label_range(labels, classes, f"{data.source} {split} labels")
+                check_label_range(torch.as_tensor(np.asarray(labels)), classes,
+                                  f"{raw.source} {what}")
 
 
 def checkpoint_callback(path: Path, cfg: RunConfig) -> Callable:

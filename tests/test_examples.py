@@ -18,6 +18,10 @@ EXAMPLES = {
     "swap_priors_and_guides.py": ["--epochs", "1", "--hidden", "16", "--iwae-samples", "5",
                                   "--iwae-points", "20", "--out", "{out}"],
     "diagnose_fit.py": ["--epochs", "2", "--points", "2", "--nuts", "10", "--out", "{out}"],
+    "label_prior.py": ["--epochs", "2", "--hidden", "16", "--samples", "20", "--points", "20",
+                       "--out", "{out}"],
+    "conditional_vae.py": ["--epochs", "2", "--hidden", "16", "--samples", "20", "--points", "20",
+                           "--label", "3", "--out", "{out}"],
 }
 
 
