@@ -22,6 +22,16 @@ def _few_threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _few_threads_in_module_fixtures():
+    """The same for module-scoped fixtures (a run trained once per module), which are set up
+    before the per-test fixture above; autouse fixtures come first within their scope."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def mnist_root() -> Path:
     """``../shared/data`` when it holds MNIST; the test is skipped otherwise."""

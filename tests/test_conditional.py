@@ -7,11 +7,9 @@ diagnose and sample the run folder it leaves.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyro
@@ -33,24 +31,12 @@ TINY_DIAGNOSE = ["--points", "2", "--chains", "2", "--warmup", "15", "--samples"
 STORY_FIGURE = {"label-prior": "label_prior_regions.png", "cvae": "style_transfer.png"}
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """conftest's one-thread fixture is per test; module fixtures run before it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=sorted(STORY_FIGURE))
 def trained(request, tmp_path_factory) -> tuple[str, Path]:
     """A shipped labelled story trained through the CLI on digits (once per module)."""
     out = tmp_path_factory.mktemp("conditional")
-    with one_thread():
-        assert main(["train", "--model", request.param, *TINY_TRAIN, "--out", str(out),
-                     "--name", request.param]) == 0
+    assert main(["train", "--model", request.param, *TINY_TRAIN, "--out", str(out),
+                 "--name", request.param]) == 0
     return request.param, out / request.param
 
 

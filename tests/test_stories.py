@@ -8,14 +8,12 @@ run folder it leaves: the story file kept beside its SHA-256, finite log p(x) es
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import arviz as az
 import pytest
@@ -68,24 +66,12 @@ def train(out: Path, name: str, args: list[str]) -> Path:
     return out / name
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """conftest's one-thread fixture is per test; module fixtures run before it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=sorted(EXAMPLES))
 def trained(request, tmp_path_factory) -> tuple[Example, Path]:
     """An example story trained through the CLI, then evaluated (once per module)."""
     example = EXAMPLES[request.param]
-    with one_thread():
-        run = train(tmp_path_factory.mktemp("stories"), request.param, example.train_args())
-        assert main(["evaluate", str(run), *TINY_EVALUATE]) == 0
+    run = train(tmp_path_factory.mktemp("stories"), request.param, example.train_args())
+    assert main(["evaluate", str(run), *TINY_EVALUATE]) == 0
     return example, run
 
 
@@ -172,10 +158,9 @@ def unseen(tmp_path_factory) -> Path:
     """The unseen story written to a file, then trained, evaluated and sampled from the CLI."""
     folder = tmp_path_factory.mktemp("unseen")
     (folder / "width.py").write_text(UNSEEN)
-    with one_thread():
-        run = train(folder / "runs", "width", ["--model", f"{folder / 'width.py'}:model"])
-        assert main(["evaluate", str(run), *TINY_EVALUATE]) == 0
-        assert main(["sample", str(run), "--set", "width=2.0", "--n", "4"]) == 0
+    run = train(folder / "runs", "width", ["--model", f"{folder / 'width.py'}:model"])
+    assert main(["evaluate", str(run), *TINY_EVALUATE]) == 0
+    assert main(["sample", str(run), "--set", "width=2.0", "--n", "4"]) == 0
     return run
 
 
