@@ -45,7 +45,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_vae.traces import log_mean_exp, particle_plate, slice_rows
+from pyro_vae.traces import is_latent, log_mean_exp, particle_plate, slice_rows
 
 __all__ = ["Estimate", "Evaluation", "KCurve", "PSISDiagnostics", "bits_per_dim", "evaluate",
            "log_importance_weights", "log_mean_exp", "psis_diagnostics"]
@@ -171,21 +171,43 @@ def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, batch: di
                    k: int, chunks: _Chunks) -> Tensor:
     """One program call: k draws for each of the points ``x``: ``[k, n]``."""
     n = x.shape[0]
-    model_trace, guide_trace = particle_traces(model, guide, x, k, chunks.max_plate_nesting,
+    # Discrete sites marked infer={"enumerate": "parallel"} take every value at once, in
+    # dimensions left of the particle plate, and are summed out exactly below.
+    enumerated = poutine.enum(model, first_available_dim=-(chunks.max_plate_nesting + 2))
+    model_trace, guide_trace = particle_traces(enumerated, guide, x, k, chunks.max_plate_nesting,
                                                chunks.args, {**chunks.kwargs, **batch})
     model_trace.compute_log_prob()
     if guide_trace is not None:
         guide_trace.compute_log_prob()
     proposed = set() if guide_trace is None else {
-        name for name, site in guide_trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)}
+        name for name, site in guide_trace.nodes.items() if is_latent(site)}
+    _check_cancelling(model_trace, proposed)
     # Latent sites the guide does not propose were drawn from the model's own conditional
-    # prior, which then cancels between p and the proposal: only observed sites and the
-    # guide's sites enter the weight (with no guide, log p(x | z)).
-    log_p = _local_log_prob(model_trace, n, lambda name, site: site["is_observed"] or name in proposed)
+    # prior, which then cancels between p and the proposal: only observed sites, enumerated
+    # sites and the guide's sites enter the weight (with no guide, log p(x | z)).
+    log_p = _local_log_prob(model_trace, n, lambda name, site: site["is_observed"]
+                            or name in proposed or _is_enumerated(site))
     log_q = 0.0 if guide_trace is None else _local_log_prob(
         guide_trace, n, lambda name, site: not site["is_observed"])
-    return torch.as_tensor(log_p - log_q, device=x.device).expand(k, n)
+    log_p = torch.as_tensor(log_p, device=x.device)
+    while log_p.dim() > 2:  # Σ over the enumerated values: log p(x, z) with the discrete sites summed
+        log_p = torch.logsumexp(log_p, dim=0)
+    return (log_p - log_q).expand(k, n)
+
+
+def _is_enumerated(site: dict) -> bool:
+    return is_latent(site) and site["infer"].get("enumerate") == "parallel"
+
+
+def _check_cancelling(trace: poutine.Trace, proposed: set[str]) -> None:
+    """A latent site drawn from the model's prior cancels from the weight only if it does not
+    depend on an enumerated site (its draws would then differ per enumerated value)."""
+    for name, site in trace.nodes.items():
+        if is_latent(site) and name not in proposed and not _is_enumerated(site) \
+                and site["log_prob"].dim() > 2:
+            raise ValueError(f"latent site {name!r} depends on an enumerated discrete site but "
+                             f"is not proposed by the guide; with discrete sites summed out, "
+                             f"the guide must propose every continuous latent that follows them")
 
 
 def bits_per_dim(log_px: Tensor | float, data_dim: int) -> Tensor | float:

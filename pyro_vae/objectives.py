@@ -12,6 +12,8 @@ Each builder returns an :class:`Objective` (or :class:`Jit`) whose
   the standard normal prior) and falls back, site by site, on the Monte Carlo
   estimate otherwise (mixture, VampPrior and flow priors; the IAF guide). No
   prior/guide pair is refused: the fallback is exact in expectation.
+- ``enum``: ``TraceEnum_ELBO``, for stories with discrete latents summed out by
+  enumeration (``infer={"enumerate": "parallel"}``).
 - ``iwae``: ``RenyiELBO(alpha=0, num_particles=K, vectorize_particles=True)``,
   the importance-weighted bound with K = ``particles`` samples per image.
 - ``*-jit``: the same losses traced with ``torch.jit``. Pyro's own ``Jit*``
@@ -32,7 +34,7 @@ from typing import Callable
 
 import torch
 from pyro import validation_enabled
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 from torch import Tensor, nn
 
@@ -264,6 +266,15 @@ def trace_mean_field_elbo(cfg: TrainConfig) -> "Objective":
     return Objective(TraceMeanField_ELBO(num_particles=cfg.particles,
                                          vectorize_particles=cfg.particles > 1,
                                          max_plate_nesting=MAX_PLATE_NESTING))
+
+
+@OBJECTIVES.register("enum")
+def trace_enum_elbo(cfg: TrainConfig) -> Objective:
+    """``TraceEnum_ELBO``: discrete sites marked ``infer={"enumerate": "parallel"}`` are summed
+    out exactly (in model or guide) instead of sampled; otherwise the same as ``elbo``."""
+    return Objective(TraceEnum_ELBO(num_particles=cfg.particles,
+                                    vectorize_particles=cfg.particles > 1,
+                                    max_plate_nesting=MAX_PLATE_NESTING))
 
 
 @OBJECTIVES.register("iwae")
