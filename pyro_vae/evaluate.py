@@ -76,11 +76,16 @@ def _local_log_prob(trace: poutine.Trace, n: int, keep: Callable[[str, dict], bo
 
 
 def particle_traces(model: Callable, guide: Callable | None, x: Tensor, k: int,
-                    max_plate_nesting: int = 1, args: tuple = (), kwargs: dict | None = None
+                    max_plate_nesting: int = 1, args: tuple = (), kwargs: dict | None = None,
+                    enumerate_discrete: bool = False
                     ) -> tuple[poutine.Trace, poutine.Trace | None]:
     """Model trace (replayed against the guide's when there is one, so latent sites the guide
     leaves out come from the model's own conditionals) and guide trace, each with k draws per
-    point in a plate at dim ``-(max_plate_nesting + 1)``, log-densities not yet computed."""
+    point in a plate at dim ``-(max_plate_nesting + 1)``, log-densities not yet computed.
+
+    With ``enumerate_discrete``, sites marked ``infer={"enumerate": "parallel"}`` take all
+    their values at once, in dimensions left of the particle plate: in the guide, and in the
+    model where the guide does not already give them."""
 
     def vectorized(fn: Callable) -> Callable:
         def wrapped(*a: Any, **kw: Any) -> Any:
@@ -88,12 +93,19 @@ def particle_traces(model: Callable, guide: Callable | None, x: Tensor, k: int,
                 return fn(*a, **kw)
         return wrapped
 
+    def enumerated(fn: Callable) -> Callable:
+        if not enumerate_discrete:
+            return fn
+        return poutine.enum(fn, first_available_dim=-(max_plate_nesting + 2))
+
     kwargs = kwargs or {}
     guide_trace = None
     if guide is not None:
-        guide_trace = poutine.trace(vectorized(guide)).get_trace(x, *args, **kwargs)
+        guide_trace = poutine.trace(vectorized(enumerated(guide))).get_trace(x, *args, **kwargs)
+        # Replay inside enum: a site the guide gave is done before enum could enumerate it anew.
         model = poutine.replay(model, trace=guide_trace)
-    return poutine.trace(vectorized(model)).get_trace(x, *args, **kwargs), guide_trace
+    model_trace = poutine.trace(vectorized(enumerated(model))).get_trace(x, *args, **kwargs)
+    return model_trace, guide_trace
 
 
 @torch.no_grad()
@@ -169,13 +181,15 @@ def _weights(model: Callable, guide: Callable | None, x: Tensor, batch: dict[str
 
 def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, batch: dict[str, Tensor],
                    k: int, chunks: _Chunks) -> Tensor:
-    """One program call: k draws for each of the points ``x``: ``[k, n]``."""
+    """One program call: k draws for each of the points ``x``: ``[k, n]``.
+
+    Discrete sites marked for enumeration are summed, not sampled: every value at once in
+    dimensions left of the particles, then Σ over them of p(x, …) / q(continuous | …). A site
+    the guide enumerates leaves its own q out of the weight (Σ_c replaces E_{q(c)})."""
     n = x.shape[0]
-    # Discrete sites marked infer={"enumerate": "parallel"} take every value at once, in
-    # dimensions left of the particle plate, and are summed out exactly below.
-    enumerated = poutine.enum(model, first_available_dim=-(chunks.max_plate_nesting + 2))
-    model_trace, guide_trace = particle_traces(enumerated, guide, x, k, chunks.max_plate_nesting,
-                                               chunks.args, {**chunks.kwargs, **batch})
+    model_trace, guide_trace = particle_traces(model, guide, x, k, chunks.max_plate_nesting,
+                                               chunks.args, {**chunks.kwargs, **batch},
+                                               enumerate_discrete=True)
     model_trace.compute_log_prob()
     if guide_trace is not None:
         guide_trace.compute_log_prob()
@@ -188,11 +202,11 @@ def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, batch: di
     log_p = _local_log_prob(model_trace, n, lambda name, site: site["is_observed"]
                             or name in proposed or _is_enumerated(site))
     log_q = 0.0 if guide_trace is None else _local_log_prob(
-        guide_trace, n, lambda name, site: not site["is_observed"])
-    log_p = torch.as_tensor(log_p, device=x.device)
-    while log_p.dim() > 2:  # Σ over the enumerated values: log p(x, z) with the discrete sites summed
-        log_p = torch.logsumexp(log_p, dim=0)
-    return (log_p - log_q).expand(k, n)
+        guide_trace, n, lambda name, site: not site["is_observed"] and not _is_enumerated(site))
+    log_w = torch.as_tensor(log_p - log_q, device=x.device)
+    while log_w.dim() > 2:  # Σ over the enumerated values
+        log_w = torch.logsumexp(log_w, dim=0)
+    return log_w.expand(k, n)
 
 
 def _is_enumerated(site: dict) -> bool:

@@ -313,3 +313,23 @@ def test_a_story_with_an_enumerated_site_trains_with_the_enum_objective():
                                                  objective="enum", lr=0.05), progress=False)
     history = [r.val_elbo for r in result.history]
     assert all(math.isfinite(v) for v in history) and history[-1] > history[0] + 0.1
+
+
+def test_a_guide_that_enumerates_the_component_gives_log_p_x_exactly_per_draw():
+    """The guide enumerates c and proposes z from each component's exact posterior
+    p(z | x, c) = N(m_c, v_c): then Σ_c p(x, c, z_c) / q(z_c | x, c) = Σ_c p(x, c) = p(x)
+    for every draw, so each weight is log p(x) to rounding (a sampled c would not be)."""
+    story = TwoComponentPPCA()
+    x = torch.tensor([[1.0, -1.0], [-2.0, 0.7], [0.0, 0.0], [2.5, -0.6]], dtype=torch.float64)
+
+    def exact_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(logits=torch.zeros(2, dtype=x.dtype)),
+                            infer={"enumerate": "parallel"})
+            w, b = Vindex(story.W)[c], Vindex(story.b)[c]  # [..., D]
+            var = 1.0 / (1.0 + (w * w).sum(-1) / story.sigma ** 2)
+            mean = var * (w * (x - b)).sum(-1) / story.sigma ** 2
+            pyro.sample("z", dist.Normal(mean, var.sqrt()))
+
+    log_w = log_importance_weights(story, exact_guide, x, 50)
+    assert torch.allclose(log_w, story.log_marginal(x).expand(50, -1), atol=1e-10)
