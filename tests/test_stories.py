@@ -236,3 +236,22 @@ def test_broken_story_is_one_line_naming_the_file(case, tmp_path, capsys):
     assert len(err.splitlines()) == 1, err
     assert path.name in err and expected in err, err
     assert not out.exists() or not any(out.iterdir())  # refused before any folder is made
+
+
+def test_a_run_is_rebuilt_from_its_copy_and_refuses_an_edited_one(unseen, tmp_path, capsys):
+    """The original file can go away (the copy is what evaluate, sample and --resume read);
+    an edited copy is refused, naming it, with exit 2."""
+    import shutil
+
+    run = shutil.copytree(unseen, tmp_path / "copy")
+    (unseen.parent.parent / "width.py").rename(tmp_path / "moved.py")
+    try:
+        assert main(["sample", str(run), "--n", "2", "--out", str(tmp_path / "s.png")]) == 0
+        with open(run / "story.py", "a") as f:
+            f.write("\n# edited\n")
+        capsys.readouterr()
+        assert main(["evaluate", str(run), *TINY_EVALUATE]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "story.py has changed since the run was trained" in err
+    finally:
+        (tmp_path / "moved.py").rename(unseen.parent.parent / "width.py")
