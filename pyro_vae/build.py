@@ -20,7 +20,7 @@ from pyro_vae.models import DECODERS, LIKELIHOODS, PRIORS, VAE
 from pyro_vae.programs import Program, as_program
 from pyro_vae.stories import (StoryError, call_factory, check_story, load_object, parse_spec,
                               sha256_of)
-from pyro_vae.traces import image_site
+from pyro_vae.traces import image_site, slice_rows
 
 
 PARTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "decoder": DECODERS, "encoder": ENCODERS,
@@ -57,7 +57,7 @@ def build_vae(cfg: ModelConfig, data_dim: int, seed: int | None = None) -> tuple
             touching the caller's random state.
     """
     check_model_config(cfg)
-    with _seeded(seed):
+    with seeded(seed):
         encoder = build_part(cfg, "encoder", data_dim)
         guide = build_part(cfg, "guide", encoder)
         prior = build_part(cfg, "prior", data_dim, guide)
@@ -77,7 +77,7 @@ def build_story(cfg: RunConfig, folder: Path | None, data_dim: int,
     given, and checked against the recorded SHA-256), built by its factory."""
     path, name = _story_file(cfg.story.model, cfg.story.model_sha256, folder, "--model")
     offered = {"data_dim": data_dim, "image_shape": tuple(image_shape), **cfg.story.args}
-    with _seeded(seed):
+    with seeded(seed):
         story = call_factory(load_object(path, name), path, name, offered)
     return as_program(story, name=f"{path}:{name}")
 
@@ -87,13 +87,13 @@ def build_story_guide(cfg: RunConfig, folder: Path | None, model: Program, data:
     """``auto`` (an :class:`AutoAmortizedGuide` on an MLP encoder of ``cfg.model.hidden_sizes``),
     ``story`` (``own``, the guide a shipped story comes with) or the guide file's object,
     built on rows of the training data."""
-    x, batch = data.train.x[:8], {k: v[:8] for k, v in data.train.fields().items()}
+    x, batch = data.train.x[:8], slice_rows(data.train.fields(), 0, 8)
     check_story(model, x, batch, model.name)
     if cfg.story.guide == "story":
         if own is None:
             raise StoryError(f"{model.name} comes with no guide of its own; use --guide auto")
         return as_program(own, name=f"{model.name} guide")
-    with _seeded(seed):
+    with seeded(seed):
         if cfg.story.guide == "auto":
             encoder = MLPEncoder(data.data_dim, cfg.model.hidden_sizes, cfg.model.activation)
             try:
@@ -130,7 +130,7 @@ def _story_file(spec: str, sha256: str, folder: Path | None, what: str) -> tuple
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
+def seeded(seed: int | None) -> Iterator[None]:
     """Parameters initialized from ``seed`` without touching the caller's random state."""
     with torch.random.fork_rng(devices=[]):
         if seed is not None:

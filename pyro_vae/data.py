@@ -19,6 +19,7 @@ from torch import Tensor
 
 from pyro_vae.config import DataConfig
 from pyro_vae.registry import Registry
+from pyro_vae.traces import index_rows
 from pyro_vae.validation import (DataError, check_binary, check_image_shape, check_images,
                                  check_labels)
 
@@ -84,7 +85,7 @@ class Data:
         """Rows ``index`` of the training images, binarized as configured (``[B, D]``), and
         the same rows of the per-row extras (:meth:`Split.fields`)."""
         x = self.train.x[index]
-        fields = {k: v[index] for k, v in self.train.fields().items()}
+        fields = index_rows(self.train.fields(), index)
         return (bernoulli_draw(x) if self.binarize == "dynamic" else x), fields
 
     def eval_split(self, name: str, seed: int = 0) -> Tensor:

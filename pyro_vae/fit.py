@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data
 from pyro_vae.objectives import build_objective
-from pyro_vae.programs import Batch, Program, as_program, required_keywords, unique_parameters
+from pyro_vae.programs import Batch, Program, as_program, check_fields, unique_parameters
 from pyro_vae.state import DivergenceError, EpochRecord, TrainState
 from pyro_vae.traces import slice_rows, trace_program
 from pyro_vae.validation import check_binary
@@ -253,19 +253,10 @@ def _track_best(state: TrainState, record: EpochRecord) -> bool:
     return False
 
 
-def check_fields(program: Program, data: Data) -> None:
-    """The per-row extras the program cannot run without must be in the data."""
-    have = set(data.train.fields())
-    for name in required_keywords(program):
-        if name not in have:
-            raise ValueError(f"{program.name} takes {name!r} for every row, but {data.source} "
-                             f"provides {sorted(have) or 'no per-row fields'} (labels arrive as y)")
-
-
 def materialize(model: Program, guide: Program, data: Data) -> None:
     """Run guide and model once on two training rows, so that every ``pyro.param`` site
     exists before the optimizer is built; the caller's random state is left as it was."""
-    x, batch = data.train.x[:2], {k: v[:2] for k, v in data.train.fields().items()}
+    x, batch = data.train.x[:2], slice_rows(data.train.fields(), 0, 2)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         for program in (guide, model):
             trace_program(program, x, batch)
@@ -277,7 +268,7 @@ def start_session(model: Callable, guide: Callable, data: Data, config: TrainCon
     check_train_config(config)
     model, guide = as_program(model, "the story"), as_program(guide, "the guide")
     for program in (model, guide):
-        check_fields(program, data)
+        check_fields(program, data.train.fields(), data.source)
     _check_data(model, data)
     device = resolve_device(config.device)
     model.to(device)

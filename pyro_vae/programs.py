@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from pyro.poutine.messenger import Messenger
@@ -202,6 +202,16 @@ def required_keywords(program: Program) -> list[str]:
         return []
     return [p.name for p in params if p.default is p.empty
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_fields(program: Program, have: Iterable[str], source: str) -> None:
+    """The per-row fields the program cannot run without must be among ``have``, the fields
+    that ``source`` (the data) provides."""
+    have = set(have)
+    for name in required_keywords(program):
+        if name not in have:
+            raise ValueError(f"{program.name} takes {name!r} for every row, but {source} "
+                             f"provides {sorted(have) or 'no per-row fields'} (labels arrive as y)")
 
 
 def as_program(fn: Callable, name: str | None = None) -> Program:

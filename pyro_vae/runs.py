@@ -23,7 +23,7 @@ from torch import nn
 
 from pyro_vae import figures
 from pyro_vae.build import (build_part, build_story, build_story_guide, build_vae,
-                            migrate_model_config, story_is_binary)
+                            migrate_model_config, seeded, story_is_binary)
 from pyro_vae.checkpoint import load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
 from pyro_vae.data import Data, RawImages, load_raw, resolve_binarize, split_images
@@ -31,10 +31,10 @@ from pyro_vae.catalog import STORIES, is_named
 from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_train_config, fit,
                           materialize, resolve_device)
 from pyro_vae.objectives import build_objective
-from pyro_vae.programs import Program, as_program, required_keywords
+from pyro_vae.programs import Program, as_program, check_fields
 from pyro_vae.stories import parse_spec, sha256_of
-from pyro_vae.traces import is_real, latent_sites
-from pyro_vae.validation import DataError, check_image_shape, check_label_range
+from pyro_vae.traces import is_real, latent_sites, slice_rows
+from pyro_vae.validation import check_image_shape, check_label_range
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
 
@@ -110,9 +110,7 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
     dim = int(np.prod(shape))
     own = None
     if is_named(cfg.story.model):
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with seeded(seed):
             story, own = STORIES.lookup(cfg.story.model)(cfg.model, dim, **cfg.story.args)
         model = as_program(story, cfg.story.model)
     else:
@@ -127,11 +125,7 @@ def _check_story_data(model: Program, raw: RawImages) -> None:
     """Before the story first runs: the per-row fields it needs are in the data, and its
     labels lie in 0..classes−1 when it declares ``classes`` (a bad label is named by its row
     in the file)."""
-    have = set() if raw.train_y is None else {"y"}
-    for name in required_keywords(model):
-        if name not in have:
-            raise DataError(f"{model.name} takes {name!r} for every row, but {raw.source} "
-                            f"provides {sorted(have) or 'no per-row fields'} (labels arrive as y)")
+    check_fields(model, () if raw.train_y is None else ("y",), raw.source)
     classes = getattr(model, "classes", None)
     if isinstance(classes, int):
         for labels, what in ((raw.train_y, "labels"), (raw.test_y, "test labels")):
@@ -173,8 +167,8 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
                figures.prior_samples(model, x_test, shape, path / "prior_samples.png", batch=batch),
                figures.latent_map(guide, x_test[:2000], _labels(data.test, 2000),
                                   path / "latent_map.png", site=map_site or None,
-                                  batch=_first(batch, 2000))]
-        sites = latent_sites(model, x_test[:2], _first(batch, 2), who="the manifold figure")
+                                  batch=slice_rows(batch, 0, 2000))]
+        sites = latent_sites(model, x_test[:2], slice_rows(batch, 0, 2), who="the manifold figure")
         if len(sites) == 1 and sites[0].event_shape == (2,) and is_real(sites[0].support):
             out.append(figures.manifold(model, sites[0].name, x_test, shape, path / "manifold.png",
                                         batch=batch))
@@ -183,10 +177,6 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
         if callable(own):
             out += list(own(guide, x_test, batch, shape, path))
     return out
-
-
-def _first(batch: dict, n: int) -> dict:
-    return {k: v[:n] for k, v in batch.items()}
 
 
 def _labels(split, n: int):
@@ -249,7 +239,7 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
 
 
 def _check_map_site(site: str, model: Program, data: Data) -> None:
-    names = [s.name for s in latent_sites(model, data.train.x[:2], _first(data.train.fields(), 2),
+    names = [s.name for s in latent_sites(model, data.train.x[:2], slice_rows(data.train.fields(), 0, 2),
                                           who="the latent map")]
     if site and site not in names:
         raise ValueError(f"--map-site {site}: the story's latent sites are {names}")

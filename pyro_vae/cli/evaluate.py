@@ -12,6 +12,7 @@ from pyro_vae.cli.common import COMMANDS, Command, UserError, positive_int
 from pyro_vae.evaluate import ESTIMATORS, Evaluation, evaluate
 from pyro_vae.figures import plot_k_curve, plot_khat
 from pyro_vae.runs import load_run
+from pyro_vae.traces import slice_rows
 
 SPLITS = ("test", "val", "train")
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.points is not None:
         if args.points > len(x):
             raise UserError(f"--points {args.points}: the {args.split} split has only {len(x)} images")
-        x, batch = x[:args.points], {k: v[:args.points] for k, v in batch.items()}
+        x, batch = x[:args.points], slice_rows(batch, 0, args.points)
     result = evaluate(loaded.model, loaded.guide, x, num_samples=args.samples,
                       particle_chunk=args.particle_chunk, point_chunk=args.point_chunk,
                       hold_points=args.hold_points, batch=batch,

@@ -13,7 +13,7 @@ from pyro_vae import figures
 from pyro_vae.cli.common import COMMANDS, Command, UserError, float_list, positive_int
 from pyro_vae.predictive import prior_predictive
 from pyro_vae.runs import LoadedRun, load_run
-from pyro_vae.traces import latent_sites
+from pyro_vae.traces import index_rows, latent_sites
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,7 +61,7 @@ def _template(loaded: LoadedRun, n: int, label: int | None = None) -> tuple[torc
     ``label``, every row's ``y`` is that label."""
     x = loaded.data.eval_split("test")
     rows = torch.arange(n, device=x.device) % len(x)
-    fields = {k: v[rows] for k, v in loaded.data.test.fields().items()}
+    fields = index_rows(loaded.data.test.fields(), rows)
     if label is not None:
         _check_label(loaded, label)
         fields["y"] = torch.full((n,), label, dtype=torch.long, device=x.device)
