@@ -180,28 +180,31 @@ class Program(nn.Module):
             return getattr(inner, name)
 
 
-def _accepted_keywords(fn: Callable) -> frozenset[str] | None:
-    """Names ``fn(x, ...)`` takes after x; ``None`` when it takes ``**kwargs``."""
+def _arguments_after_x(fn: Callable) -> list[inspect.Parameter] | None:
+    """The parameters of ``fn(x, ...)`` (its ``forward`` for a module) after x; ``None``
+    where Python cannot tell (a builtin)."""
     target = fn.forward if isinstance(fn, nn.Module) else fn
     try:
-        params = list(inspect.signature(target).parameters.values())
+        return list(inspect.signature(target).parameters.values())[1:]
     except (TypeError, ValueError):
         return None
-    if any(p.kind is p.VAR_KEYWORD for p in params):
+
+
+def _named(params: list[inspect.Parameter]) -> list[inspect.Parameter]:
+    return [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _accepted_keywords(fn: Callable) -> frozenset[str] | None:
+    """Names ``fn(x, ...)`` takes after x; ``None`` when it takes ``**kwargs``."""
+    params = _arguments_after_x(fn)
+    if params is None or any(p.kind is p.VAR_KEYWORD for p in params):
         return None
-    return frozenset(p.name for p in params[1:]
-                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return frozenset(p.name for p in _named(params))
 
 
 def required_keywords(program: Program) -> list[str]:
     """Per-row fields the program cannot run without (arguments after x with no default)."""
-    target = program.fn.forward if isinstance(program.fn, nn.Module) else program.fn
-    try:
-        params = list(inspect.signature(target).parameters.values())[1:]
-    except (TypeError, ValueError):
-        return []
-    return [p.name for p in params if p.default is p.empty
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [p.name for p in _named(_arguments_after_x(program.fn) or []) if p.default is p.empty]
 
 
 def check_fields(program: Program, have: Iterable[str], source: str) -> None:
