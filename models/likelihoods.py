@@ -21,8 +21,6 @@ LIKELIHOODS: Registry = Registry("likelihood")
 class Bernoulli(nn.Module):
     """x_d ~ Bernoulli(sigmoid(f_d(z))); needs x in {0, 1}."""
 
-    binary = True
-
     def forward(self, logits: Tensor) -> dist.Distribution:
         return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
 
@@ -33,8 +31,6 @@ class Gaussian(nn.Module):
     A learned σ is ``softplus(raw) + floor``: positive, and bounded away from 0
     so that constant pixels cannot drive the density to infinity.
     """
-
-    binary = False
 
     def __init__(self, data_dim: int, sigma: float, learn: str, floor: float) -> None:
         super().__init__()

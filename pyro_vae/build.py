@@ -11,7 +11,6 @@ from typing import Iterator
 import pyro
 import torch
 from torch import nn
-from torch.distributions import constraints
 
 from pyro_vae.config import ModelConfig, RunConfig
 from pyro_vae.data import Data
@@ -20,7 +19,7 @@ from pyro_vae.models import DECODERS, LIKELIHOODS, PRIORS, VAE
 from pyro_vae.programs import Program, as_program
 from pyro_vae.stories import (StoryError, call_factory, check_story, load_object, parse_spec,
                               sha256_of)
-from pyro_vae.traces import image_site, slice_rows
+from pyro_vae.traces import scores_binary, slice_rows
 
 
 PARTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "decoder": DECODERS, "encoder": ENCODERS,
@@ -112,11 +111,7 @@ def story_is_binary(model: Program, data_dim: int, batch: dict) -> bool:
     """Whether the story's image site scores x in {0, 1} only (so ``--binarize auto`` draws)."""
     x = torch.zeros(2, data_dim)
     with pyro.validation_enabled(False):  # zeros stand in for pixels of unknown range
-        trace = check_story(model, x, batch, model.name)
-    support = trace.nodes[image_site(trace, x)]["fn"].support
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.boolean
+        return scores_binary(check_story(model, x, batch, model.name), x)
 
 
 def _story_file(spec: str, sha256: str, folder: Path | None, what: str) -> tuple[Path, str]:

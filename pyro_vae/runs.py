@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pyro_vae import figures
-from pyro_vae.build import (build_part, build_story, build_story_guide, build_vae,
+from pyro_vae.build import (build_story, build_story_guide, build_vae,
                             migrate_model_config, seeded, story_is_binary)
 from pyro_vae.checkpoint import load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
@@ -72,12 +72,6 @@ def default_run_name(cfg: RunConfig) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{m.prior}-{m.guide}-z{m.latent_dim}"
 
 
-def is_binary_likelihood(cfg: RunConfig) -> bool:
-    """Whether the configured likelihood scores x in {0, 1} only."""
-    likelihood = build_part(cfg.model, "likelihood", 1)
-    return bool(getattr(likelihood, "binary", False))
-
-
 def _raw_images(cfg: RunConfig) -> RawImages:
     """The run's images as loaded, checked before any work (same image size as when the run
     started)."""
@@ -102,12 +96,14 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
     """The run's data, story and guide. A story file is read from ``folder`` (a run folder,
     checked against its recorded SHA-256) when given, else from where ``cfg`` says."""
     raw = _raw_images(cfg)
-    if not cfg.story.model:
-        data = _split(cfg, raw, is_binary_likelihood(cfg))
-        model, guide = build_vae(cfg.model, data.data_dim, seed=seed)
-        return data, as_program(model, "VAE"), as_program(guide, cfg.model.guide)
     shape = tuple(raw.train_x.shape[1:])
     dim = int(np.prod(shape))
+    labels = {} if raw.train_y is None else {"y": torch.as_tensor(raw.train_y[:2]).long()}
+    if not cfg.story.model:
+        vae, guide = build_vae(cfg.model, dim, seed=seed)
+        model = as_program(vae, "VAE")
+        return (_split(cfg, raw, story_is_binary(model, dim, labels)), model,
+                as_program(guide, cfg.model.guide))
     own = None
     if is_named(cfg.story.model):
         with seeded(seed):
@@ -116,7 +112,6 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
     else:
         model = build_story(cfg, folder, dim, shape, seed)
     _check_story_data(model, raw)
-    labels = {} if raw.train_y is None else {"y": torch.as_tensor(raw.train_y[:2]).long()}
     data = _split(cfg, raw, story_is_binary(model, dim, labels))
     return data, model, build_story_guide(cfg, folder, model, data, seed, own)
 

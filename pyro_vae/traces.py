@@ -134,6 +134,15 @@ def image_site(trace: poutine.Trace, x: Tensor) -> str:
                      f"pyro.sample(name, distribution, obs=x)")
 
 
+def scores_binary(trace: poutine.Trace, x: Tensor) -> bool:
+    """Whether the site that scores ``x`` in ``trace`` lives on {0, 1} only (a Bernoulli
+    likelihood: grey levels then need a binarization)."""
+    support = trace.nodes[image_site(trace, x)]["fn"].support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.boolean
+
+
 def constrain(base: dist.Distribution, site: LatentSite) -> dist.Distribution:
     """Carry a distribution of event ``[size]`` to the site: reshaped to its unconstrained
     shape, then pushed through ``biject_to(support)``. A real vector site keeps the
