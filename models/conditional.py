@@ -70,7 +70,8 @@ class LabelPrior(nn.Module):
     @torch.no_grad()
     def regions(self, guide: nn.Module, x: Tensor, batch: Batch, n: int = 2000) -> Regions:
         """E_q[z | x] of up to ``n`` images ``x`` ``[N, D]`` (labels ``batch["y"]`` ``[N]``)
-        and the K learned priors N(μ_k, diag σ_k²), in the plane of :func:`principal_plane`."""
+        and the K learned priors N(μ_k, diag σ_k²), in the plane of
+        :func:`pyro_vae.figures.principal_plane`."""
         from pyro_vae.predictive import mean_latents
 
         x, rows = x[:n], {k: v[:n] for k, v in batch.items()}
@@ -178,21 +179,11 @@ class Regions(NamedTuple):
     dim: int             # the latent dimension the plane was taken from
 
 
-def principal_plane(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centre ``[d]`` and orthonormal axes ``[d, 2]`` of the plane to draw z ``[N, d]`` in:
-    z's own axes for d ≤ 2 (the origin as centre), else its first two principal components."""
-    d = z.shape[1]
-    if d <= 2:
-        return np.zeros(d), np.eye(d, 2)
-    center = z.mean(0)
-    # Rows of vt are the principal directions, by decreasing variance.
-    _, _, vt = np.linalg.svd(z - center, full_matrices=False)
-    return center, vt[:2].T
-
-
 def project_regions(z: Tensor, labels: Tensor, locs: Tensor, variances: Tensor) -> Regions:
     """Points z ``[N, d]`` with ``labels`` ``[N]``, and regions N(locs_r, diag variances_r)
-    (``[R, d]`` each), in the plane of :func:`principal_plane` of z."""
+    (``[R, d]`` each), in the plane of :func:`pyro_vae.figures.principal_plane` of z."""
+    from pyro_vae.figures import principal_plane
+
     z = z.detach().double().cpu().numpy()
     center, axes = principal_plane(z)
     mu = (locs.detach().double().cpu().numpy() - center) @ axes

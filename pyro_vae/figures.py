@@ -92,15 +92,23 @@ def prior_samples(model: Callable, template: Tensor, image_shape: Sequence[int],
                      title="image means for latents drawn from the prior")
 
 
-def project_2d(z: np.ndarray) -> tuple[np.ndarray, str]:
-    """z ``[N, d]`` to ``[N, 2]``: itself when d ≤ 2, else its first two principal components."""
-    if z.shape[1] == 1:
-        return np.concatenate([z, np.zeros_like(z)], axis=1), "z"
-    if z.shape[1] == 2:
-        return z, "z"
-    from sklearn.decomposition import PCA
+def principal_plane(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre ``[d]`` and orthonormal axes ``[d, 2]`` of the plane to draw z ``[N, d]`` in:
+    z's own axes for d ≤ 2 (the origin as centre), else its first two principal components."""
+    d = z.shape[1]
+    if d <= 2:
+        return np.zeros(d), np.eye(d, 2)
+    center = z.mean(0)
+    # Rows of vt are the principal directions, by decreasing variance.
+    _, _, vt = np.linalg.svd(z - center, full_matrices=False)
+    return center, vt[:2].T
 
-    return PCA(n_components=2, random_state=0).fit_transform(z), "PCA of E_q[z]"
+
+def project_2d(z: np.ndarray) -> np.ndarray:
+    """z ``[N, d]`` to ``[N, 2]`` in its :func:`principal_plane`: itself when d ≤ 2 (padded
+    with zeros for d = 1), else its first two principal components."""
+    center, axes = principal_plane(z)
+    return (z - center) @ axes
 
 
 @torch.no_grad()
@@ -113,7 +121,7 @@ def latent_map(guide: Callable, x: Tensor, labels: Tensor | None, path: Path,
     if site not in means:
         raise ValueError(f"latent map: no latent site {site!r}; the guide has {list(means)}")
     z = means[site].reshape(len(x), -1).cpu().numpy()
-    points, _ = project_2d(z)
+    points = project_2d(z)
     fig = Figure(figsize=(6, 5.5))
     ax = fig.add_subplot()
     if labels is None:
