@@ -4,19 +4,24 @@ A checkpoint holds the model and guide parameters, the optimizer state, the
 fit's :class:`~pyro_vae.fit.TrainState` (epoch, position in the epoch, RNG
 states, history) and the run's config. A SHA-256 digest of all of it sits in
 the metadata; loading recomputes it, so truncation or corruption is caught.
-Files are written atomically: temporary file, fsync, rename.
+Files are written atomically: temporary file, fsync, rename. A full disk is reported as
+:class:`DiskFullError` (the file named, the space needed) with the old file intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -95,26 +100,102 @@ def save_checkpoint(path: Path, modules: nn.Module, optimizer: torch.optim.Optim
     atomic_write(Path(path), payload)
 
 
+class DiskFullError(OSError):
+    """No space was left on the device for a file pyro-vae writes; the file is as it was."""
+
+    def __init__(self, path: Path, needed: int, err: OSError) -> None:
+        self.path, self.needed = Path(path), needed
+        try:
+            free = f"{shutil.disk_usage(self.path.parent).free:,} bytes are free there"
+        except OSError:
+            free = "the free space could not be read"
+        super().__init__(err.errno, f"no space left on the device for {self.path}: writing it "
+                                    f"needs {needed:,} bytes, {free}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+# A temporary file is named after its writer, so that the sweep below can tell whose it is.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{_HOST}-{os.getpid()}-"
+
+
 def atomic_write(path: Path, payload: bytes) -> None:
-    """Replace ``path`` by ``payload`` so that a crash leaves either the old or the new file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Replace ``path`` by ``payload`` so that a crash leaves either the old or the new file.
+
+    Raises:
+        DiskFullError: the device is full; ``path`` is left as it was.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in _FULL:
+            raise DiskFullError(path, len(payload), err) from None
         raise
-    # Temporary files of writers that were killed mid-write are garbage now.
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    sweep_temporary(path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_temporary(path: Path) -> list[Path]:
+    """Remove the temporary files that writers of ``path`` on this host left when they died
+    mid-write; a live writer's file, and any other host's, is left alone. Returns the removed."""
+    removed = []
+    for stale in Path(path).parent.glob(f".{Path(path).name}.{_HOST}-*-*.tmp"):
+        pid = stale.name[len(f".{Path(path).name}.{_HOST}-"):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+@contextlib.contextmanager
+def appended(path: Path, text: str) -> Iterator[None]:
+    """Append ``text`` to ``path`` for good only if the ``with`` block succeeds: on any
+    failure (e.g. the checkpoint the line describes could not be written) the file is cut
+    back to its former length, which needs no space.
+
+    Raises:
+        DiskFullError: the device is full (the file is as it was).
+    """
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+            f.flush()
+        yield
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(path, size)
+        if isinstance(err, OSError) and err.errno in _FULL and not isinstance(err, DiskFullError):
+            raise DiskFullError(path, len(text.encode()), err) from None
+        raise
 
 
 def _read_metadata(raw: bytes, path: Path) -> dict[str, str]:

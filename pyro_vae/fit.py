@@ -342,6 +342,7 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
                 best = good
             bar.set_postfix(elbo=f"{record.train_elbo:.2f}", val=_fmt(record.val_elbo),
                             img_s=f"{record.images_per_second:.0f}")
+            session.capture_rng(state)  # what a checkpoint written by a callback resumes from
             for callback in callbacks:
                 callback(session, state, record)
             if config.early_stopping and state.bad_epochs >= config.early_stopping:

@@ -24,10 +24,11 @@ from torch import nn
 from pyro_vae import figures
 from pyro_vae.build import (build_story, build_story_guide, build_vae,
                             migrate_model_config, seeded, story_is_binary)
-from pyro_vae.checkpoint import load_checkpoint, load_modules, save_checkpoint
+from pyro_vae.checkpoint import appended, load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
 from pyro_vae.data import Data, RawImages, load_raw, resolve_binarize, split_images
 from pyro_vae.catalog import STORIES, is_named
+from pyro_vae.lock import writer_lock
 from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_train_config, fit,
                           materialize, resolve_device)
 from pyro_vae.objectives import build_objective
@@ -133,10 +134,10 @@ def checkpoint_callback(path: Path, cfg: RunConfig) -> Callable:
     """After each epoch: append the epoch to metrics.jsonl and rewrite the checkpoint."""
 
     def write(session: FitSession, state: TrainState, record: EpochRecord) -> None:
-        with open(path / METRICS, "a") as f:
-            f.write(json.dumps(dataclasses.asdict(record)) + "\n")
-        session.capture_rng(state)
-        save_state(path, session.modules(), session.optimizer, state, cfg)
+        # The epoch's line stays in metrics.jsonl only if its checkpoint was written (a
+        # full disk leaves both at the previous epoch); fit captured the RNG states.
+        with appended(path / METRICS, json.dumps(dataclasses.asdict(record)) + "\n"):
+            save_state(path, session.modules(), session.optimizer, state, cfg)
 
     return write
 
@@ -223,10 +224,17 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     _check_map_site(cfg.story.map_site, model, data)
     cfg = dataclasses.replace(cfg, image_shape=tuple(data.image_shape))
     path = Path(out) / (name or default_run_name(cfg))
+    path.mkdir(parents=True, exist_ok=True)
+    with writer_lock(path):  # one writer per folder; a second is refused at once
+        return _start_run(path, cfg, sources, data, model, guide, progress, stop)
+
+
+def _start_run(path: Path, cfg: RunConfig, sources: dict[str, bytes], data: Data,
+               model: Program, guide: Program, progress: bool, stop) -> TrainResult:
+    # Checked under the lock: a writer that held it before us may have filled the folder.
     if (path / CHECKPOINT).exists():
         raise FileExistsError(f"{path} already holds a run; resume it with --resume {path}, "
                               f"or choose another --name")
-    path.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, story=_keep_story_files(cfg.story, sources, path))
     save_run_config(cfg, path / CONFIG)
     (path / METRICS).write_text("")
@@ -282,8 +290,14 @@ def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = 
                progress: bool = True, stop=None) -> TrainResult:
     """Continue the run in ``path`` from its checkpoint, optionally with a new total of
     ``epochs`` and new values of the :data:`RESUMABLE` training settings in ``changes``
-    (applied and recorded in config.json)."""
+    (applied and recorded in config.json), holding the folder's writer lock."""
     path = Path(path)
+    with writer_lock(path, take=path.is_dir()):
+        return _resume(path, epochs, changes, progress, stop)
+
+
+def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool,
+            stop) -> TrainResult:
     cfg = load_run_config(path / CONFIG, migrate_model_config)
     changes = dict(changes or {})
     if epochs is not None:

@@ -4,6 +4,7 @@ real SIGINT/SIGTERM, resumed to the same result as an uninterrupted fit."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from pyro_vae.build import build_vae
-from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.checkpoint import appended, load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.fit import DivergenceError, fit
@@ -203,3 +204,80 @@ def test_real_signals_then_resume_matches_uninterrupted(tmp_path, capsys):
     cfg = RunConfig(model=ModelConfig(latent_dim=2, hidden_sizes=(16,)), data=DataConfig(),
                     train=TrainConfig(epochs=epochs, batch_size=64, device="cpu"), image_shape=(8, 8))
     _same_result(run, _reference(cfg))
+
+
+def _full_after(monkeypatch, writes: int) -> None:
+    """The device fills up: every fsync of a temporary file after the first ``writes`` fails
+    with ENOSPC, as a write does on a full filesystem (no root needed)."""
+    real, seen = os.fsync, [0]
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            seen[0] += 1
+            if seen[0] > writes:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_disk_full_keeps_last_good_checkpoint_and_metrics(tmp_path, monkeypatch, capsys):
+    """The third epoch's checkpoint meets a full disk: exit 4 with one line naming the file
+    and its size; the checkpoint of epoch 2 is intact, metrics.jsonl ends at epoch 2 too, no
+    temporary file is left, and --resume finishes the run once there is space."""
+    run = tmp_path / "r"
+    _full_after(monkeypatch, 2)
+    code, err = _cli(["train", *TINY, "--epochs", "4", "--out", str(tmp_path), "--name", "r"], capsys)
+    assert code == 4, err
+    line = err.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, line
+    assert f"no space left on the device for {run / CHECKPOINT}: writing it needs " in line
+    assert f"--resume {run}" in line
+    state = load_checkpoint(run / CHECKPOINT).state
+    assert state.epoch == 2
+    assert [r[0] for r in _metrics(run)] == [r.epoch for r in state.history] == [1, 2]
+    assert not list(run.glob(".*.tmp"))
+    monkeypatch.undo()
+    code, err = _cli(["train", "--resume", str(run), "--no-progress"], capsys)
+    assert code == 0, err
+    assert [r[0] for r in _metrics(run)] == [1, 2, 3, 4]
+
+
+def test_appended_line_is_withdrawn_when_the_block_fails(tmp_path):
+    """metrics.jsonl keeps an epoch's line only if that epoch's checkpoint was written."""
+    path = tmp_path / "m.jsonl"
+    path.write_text("1\n")
+    with pytest.raises(RuntimeError):
+        with appended(path, "2\n"):
+            assert path.read_text() == "1\n2\n"
+            raise RuntimeError("the checkpoint could not be written")
+    assert path.read_text() == "1\n"
+
+
+def _unshare_tmpfs() -> bool:
+    """Whether an unprivileged user namespace can mount a tmpfs here."""
+    try:
+        return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"],
+                              capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _unshare_tmpfs(), reason="no unprivileged tmpfs (unshare -rm) here")
+def test_real_full_filesystem(tmp_path):
+    """The issue's trial, for real: a 600 kB filesystem (a tmpfs in a user namespace), a
+    network whose checkpoint (~0.4 MB) fits once but not twice beside itself."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    train = (f"{sys.executable} -m pyro_vae train --data digits --hidden 256 --latent-dim 2 "
+             f"--batch-size 256 --epochs 2 --device cpu --no-progress --out /mnt --name r")
+    script = (f"mount -t tmpfs -o size=600k none /mnt && {train}; code=$?; "
+              f"cp -r /mnt/r {tmp_path}/r; exit $code")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    line = proc.stderr.strip()
+    assert proc.returncode == 4, proc.stderr
+    assert len(line.splitlines()) == 1 and "no space left on the device for /mnt/r/" in line, line
+    state = load_checkpoint(tmp_path / "r" / CHECKPOINT).state
+    assert state.epoch >= 1
+    assert [r[0] for r in _metrics(tmp_path / "r")] == [r.epoch for r in state.history]

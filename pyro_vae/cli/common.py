@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from pyro_vae.checkpoint import CheckpointError
+from pyro_vae.checkpoint import CheckpointError, DiskFullError
+from pyro_vae.lock import RunLockedError
 from pyro_vae.registry import Registry, UnknownNameError
 from pyro_vae.validation import DataError
 
 COMMANDS: Registry = Registry("command")
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+EXIT_DISK_FULL = 4  # no space left on the device; the files already written are intact
 EXIT_INTERRUPTED = 130
 
 
@@ -39,9 +42,16 @@ def user_errors() -> Iterator[None]:
     """Turn the library's errors about input into :class:`UserError`."""
     try:
         yield
+    except DiskFullError as err:
+        raise UserError(str(err), EXIT_DISK_FULL) from None
     except (DataError, UnknownNameError, CheckpointError, FileNotFoundError,
-            FileExistsError, ValueError) as err:
+            FileExistsError, ValueError, RunLockedError) as err:
         raise UserError(str(err)) from None
+    except OSError as err:  # a full disk under a write that is not pyro-vae's own
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"no space left on the device for {err.filename or 'a file'}",
+                        EXIT_DISK_FULL) from None
 
 
 def positive_int(text: str) -> int:

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Iterator
 
 from pyro_vae.cli.options import add_option_arguments, options_from_args
-from pyro_vae.cli.common import (COMMANDS, EXIT_DIVERGED, EXIT_INTERRUPTED, Command, UserError,
+from pyro_vae.checkpoint import DiskFullError
+from pyro_vae.cli.common import (COMMANDS, EXIT_DISK_FULL, EXIT_DIVERGED, EXIT_INTERRUPTED, Command,
+                                 UserError,
                                  choice_of, int_list, non_negative_float, non_negative_int,
                                  positive_float, positive_int)
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
@@ -235,6 +237,10 @@ def run(args: argparse.Namespace) -> int:
         except DivergenceError as err:
             raise UserError(f"{err} Files already written (the checkpoint of the last finished "
                             f"epoch, if any) are kept.", EXIT_DIVERGED) from None
+        except DiskFullError as err:
+            raise UserError(f"{err}. The last good checkpoint and metrics.jsonl in "
+                            f"{err.path.parent} are intact and agree; free space and continue "
+                            f"with: pyro-vae train --resume {err.path.parent}", EXIT_DISK_FULL) from None
     return report(result)
 
 
