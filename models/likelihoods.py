@@ -1,15 +1,24 @@
 """Likelihoods p(x | f_θ(z)): each turns a decoder output ``[..., D]`` into a
 distribution with event shape ``[D]``. Densities are normalized, in nats, so
-numbers compare across likelihoods (for continuous x they are densities)."""
+numbers compare across likelihoods (for continuous x they are densities).
+
+Which pixels a likelihood can score is its distribution's ``support``: {0, 1} for
+the Bernoulli, [0, 1] for the continuous Bernoulli, the 8-bit grid k/255 for the
+discretized logistic, ℝ for the Gaussians. Data that does not fit is refused before
+training (:mod:`pyro_vae.data` reads the support from the story's trace)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
-from torch.nn.functional import softplus
+from torch.distributions import constraints
+from torch.distributions.utils import broadcast_all
+from torch.nn.functional import logsigmoid, softplus
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.models.networks import inverse_softplus
@@ -32,8 +41,10 @@ class Gaussian(nn.Module):
     so that constant pixels cannot drive the density to infinity.
     """
 
-    def __init__(self, data_dim: int, sigma: float, learn: str, floor: float) -> None:
+    def __init__(self, data_dim: int, sigma: float, learn: str, floor: float,
+                 levels: int = 1) -> None:
         super().__init__()
+        self.log_levels = math.log(levels)
         if learn not in ("fixed", "global", "pixel"):
             raise ValueError(f"learn must be 'fixed', 'global' or 'pixel', got {learn!r}")
         self.learn = learn
@@ -50,7 +61,29 @@ class Gaussian(nn.Module):
         return softplus(self.raw_sigma) + self.floor
 
     def forward(self, mean: Tensor) -> dist.Distribution:
+        if self.log_levels:
+            return BinNormal(mean, self.sigma(), self.log_levels, validate_args=False).to_event(1)
         return dist.Normal(mean, self.sigma(), validate_args=False).to_event(1)
+
+
+class BinNormal(dist.Normal):
+    """N(μ, σ²) scored as the density of y = L·x, the pixel on the scale of its L levels:
+    log p(x) − log L per pixel. On dequantized pixels x = (k + u)/L, u ~ U[0, 1), its mean
+    over u is a lower bound on log P(k), so bits per dimension compare with a discrete
+    likelihood's (Theis et al. 2016; Ho et al. 2019)."""
+
+    def __init__(self, loc: Tensor, scale: Tensor, log_levels: float,
+                 validate_args: bool | None = None) -> None:
+        super().__init__(loc, scale, validate_args=validate_args)
+        self.log_levels = log_levels
+
+    def expand(self, batch_shape, _instance=None) -> "BinNormal":
+        new = self._get_checked_instance(BinNormal, _instance)
+        new.log_levels = self.log_levels
+        return super().expand(batch_shape, _instance=new)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return super().log_prob(value) - self.log_levels
 
 
 @LIKELIHOODS.register("bernoulli")
@@ -68,12 +101,21 @@ def _floor() -> float:
                                          "parse": "positive_float", "alias": "sigma_floor"})
 
 
+def _levels() -> int:
+    return field(default=1, metadata={
+        "help": "score x as the density of the pixel on the scale of this many levels (log p "
+                "minus D·log levels): 256 with --binarize dequantize gives 8-bit bits/dim "
+                "comparable with discretized-logistic", "parse": "positive_int",
+        "alias": "levels"})
+
+
 @dataclass(frozen=True)
 class LearnedSigmaOptions:
     """Settings of the Gaussian likelihoods whose σ is learned."""
 
     sigma: float = _sigma("starting σ")
     floor: float = _floor()
+    levels: int = _levels()
 
 
 @dataclass(frozen=True)
@@ -81,20 +123,145 @@ class FixedSigmaOptions:
     """Settings of the Gaussian likelihood with a fixed σ."""
 
     sigma: float = _sigma("the fixed σ")
+    levels: int = _levels()
 
 
 @LIKELIHOODS.register("gaussian", options=LearnedSigmaOptions)
 def gaussian_global(cfg: ModelConfig, opts: LearnedSigmaOptions, data_dim: int) -> nn.Module:
     """One learned σ shared by every pixel, starting at ``opts.sigma``."""
-    return Gaussian(data_dim, opts.sigma, "global", opts.floor)
+    return Gaussian(data_dim, opts.sigma, "global", opts.floor, opts.levels)
 
 
 @LIKELIHOODS.register("gaussian-fixed", options=FixedSigmaOptions)
 def gaussian_fixed(cfg: ModelConfig, opts: FixedSigmaOptions, data_dim: int) -> nn.Module:
-    return Gaussian(data_dim, opts.sigma, "fixed", 0.0)
+    return Gaussian(data_dim, opts.sigma, "fixed", 0.0, opts.levels)
 
 
 @LIKELIHOODS.register("gaussian-pixel", options=LearnedSigmaOptions)
 def gaussian_pixel(cfg: ModelConfig, opts: LearnedSigmaOptions, data_dim: int) -> nn.Module:
     """One learned σ per pixel, each starting at ``opts.sigma``."""
-    return Gaussian(data_dim, opts.sigma, "pixel", opts.floor)
+    return Gaussian(data_dim, opts.sigma, "pixel", opts.floor, opts.levels)
+
+
+# ---------------------------------------------------------------- grey levels and 8-bit pixels
+
+
+class ContinuousBernoulli(nn.Module):
+    """x_d ~ CB(sigmoid(f_d(z))) on [0, 1]: the Bernoulli made a normalized density for grey
+    levels (Loaiza-Ganem & Cunningham 2019). Its mean is not λ; figures show the mean."""
+
+    def forward(self, logits: Tensor) -> dist.Distribution:
+        return dist.ContinuousBernoulli(logits=logits, validate_args=False).to_event(1)
+
+
+@LIKELIHOODS.register("continuous-bernoulli")
+def continuous_bernoulli(cfg: ModelConfig, opts: object, data_dim: int) -> nn.Module:
+    return ContinuousBernoulli()
+
+
+LEVELS = 256
+GRID_TOLERANCE = 1e-3
+"""How far (in levels) 255·x may lie from an integer and still count as 8-bit: float32
+pixels k/255 come back within 1e-4 of k; real-valued data off the grid lands there
+for about 1 pixel in 500, so an image of many pixels is caught."""
+
+
+class EightBit(constraints.Constraint):
+    """Pixels k/255, k = 0 … 255: 8-bit images scaled to [0, 1]."""
+
+    is_discrete = True
+    event_dim = 0
+
+    def check(self, value: Tensor) -> Tensor:
+        k = value * (LEVELS - 1)
+        return (value >= 0) & (value <= 1) & ((k - k.round()).abs() < GRID_TOLERANCE)
+
+    def __repr__(self) -> str:
+        return "EightBit()"
+
+
+eight_bit = EightBit()
+
+
+class DiscretizedLogistic(dist.TorchDistribution):
+    """A logistic(μ, s) on [0, 1] read off in 256 bins of width 1/255 centred on the 8-bit
+    pixels k/255; the bins at 0 and 255 take the tails (Kingma et al. 2016; Salimans et al.
+    2017). P(k) = σ(b⁺) − σ(b⁻), b^± = (k/255 ± 1/510 − μ)/s, computed as
+    log σ(b⁺) + log σ(−b⁻) + log(1 − e^{−1/(255 s)}), which never subtracts two close numbers."""
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = eight_bit
+
+    def __init__(self, loc: Tensor, scale: Tensor, validate_args: bool | None = None) -> None:
+        self.loc, self.scale = broadcast_all(loc, scale)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> "DiscretizedLogistic":
+        new = self._get_checked_instance(DiscretizedLogistic, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.loc, new.scale = self.loc.expand(batch_shape), self.scale.expand(batch_shape)
+        super(DiscretizedLogistic, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        half = 0.5 / (LEVELS - 1)
+        upper = (value + half - self.loc) / self.scale
+        lower = (value - half - self.loc) / self.scale
+        inner = logsigmoid(upper) + logsigmoid(-lower) + torch.log(-torch.expm1(-2 * half / self.scale))
+        return torch.where(value < half, logsigmoid(upper),
+                           torch.where(value > 1 - half, logsigmoid(-lower), inner))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
+            u = u.clamp(1e-6, 1 - 1e-6)  # logit(u) stays finite
+            y = self.loc.expand(shape) + self.scale.expand(shape) * (u.log() - (-u).log1p())
+            return (y * (LEVELS - 1)).round().clamp(0, LEVELS - 1) / (LEVELS - 1)
+
+    @property
+    def mean(self) -> Tensor:
+        """Σ_k k/255 P(k) = 1/255 Σ_{j=1}^{255} P(k ≥ j), one bin edge at a time (memory
+        of one image batch, not 256 of them)."""
+        total = torch.zeros_like(self.loc)
+        for j in range(1, LEVELS):
+            edge = (j - 0.5) / (LEVELS - 1)
+            total = total + torch.sigmoid((self.loc - edge) / self.scale)
+        return total / (LEVELS - 1)
+
+
+class DiscretizedLogisticLikelihood(nn.Module):
+    """x_d ~ DiscretizedLogistic(f_d(z), s_d): the decoder gives the location of every pixel
+    of every channel; the scale s_d = softplus(raw_d) + floor is learned per pixel and
+    channel (not a function of z)."""
+
+    def __init__(self, data_dim: int, scale: float, floor: float) -> None:
+        super().__init__()
+        self.floor = floor
+        self.raw_scale = nn.Parameter(torch.full((data_dim,), inverse_softplus(scale - floor)))
+
+    def scale(self) -> Tensor:
+        """Scale, shape ``[D]``."""
+        return softplus(self.raw_scale) + self.floor
+
+    def forward(self, loc: Tensor) -> dist.Distribution:
+        return DiscretizedLogistic(loc, self.scale(), validate_args=False).to_event(1)
+
+
+@dataclass(frozen=True)
+class DiscretizedLogisticOptions:
+    """Settings of the ``discretized-logistic`` likelihood."""
+
+    scale: float = field(default=0.05, metadata={
+        "help": "starting logistic scale (pixels in [0, 1])", "parse": "positive_float"})
+    floor: float = field(default=1e-4, metadata={
+        "help": "the learned scale never falls below this (a bin is 1/255 wide)",
+        "parse": "positive_float"})
+
+
+@LIKELIHOODS.register("discretized-logistic", options=DiscretizedLogisticOptions)
+def discretized_logistic(cfg: ModelConfig, opts: DiscretizedLogisticOptions,
+                         data_dim: int) -> nn.Module:
+    """8-bit pixels k/255; log p(x) is a log-probability, so bits/dim is the standard figure."""
+    return DiscretizedLogisticLikelihood(data_dim, opts.scale, opts.floor)

@@ -11,15 +11,17 @@ from typing import Iterator
 import pyro
 import torch
 from torch import nn
+from torch.distributions import constraints
 
 from pyro_vae.config import ModelConfig, RunConfig
-from pyro_vae.data import Data
+from pyro_vae.data import Data, Pixels
 from pyro_vae.guides import ENCODERS, GUIDES, AutoAmortizedGuide, MLPEncoder
 from pyro_vae.models import DECODERS, LIKELIHOODS, PRIORS, VAE
+from pyro_vae.models.likelihoods import EightBit
 from pyro_vae.programs import Program, as_program
 from pyro_vae.stories import (StoryError, call_factory, check_story, load_object, parse_spec,
                               sha256_of)
-from pyro_vae.traces import scores_binary, slice_rows
+from pyro_vae.traces import image_site, scores_binary, slice_rows
 
 
 PARTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "decoder": DECODERS, "encoder": ENCODERS,
@@ -46,7 +48,8 @@ def check_model_config(cfg: ModelConfig) -> None:
         raise ValueError(f"hidden_sizes must be positive integers, got {list(cfg.hidden_sizes)}")
 
 
-def build_vae(cfg: ModelConfig, data_dim: int, seed: int | None = None) -> tuple[nn.Module, nn.Module]:
+def build_vae(cfg: ModelConfig, data_dim: int, seed: int | None = None,
+              image_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, nn.Module]:
     """The model ``VAE(prior, decoder, likelihood)`` and its amortized guide.
 
     Args:
@@ -54,20 +57,24 @@ def build_vae(cfg: ModelConfig, data_dim: int, seed: int | None = None) -> tuple
         data_dim: D, the number of pixels per image.
         seed: when given, parameters are initialized from this seed without
             touching the caller's random state.
+        image_shape: one image's shape (``[C, H, W]`` or ``[H, W]``) for convolutional
+            encoders and decoders; without it they take square images from D.
     """
     check_model_config(cfg)
+    # Builders that read the shape take it by keyword; it is only passed when known.
+    shape = {} if image_shape is None else {"image_shape": tuple(image_shape)}
     with seeded(seed):
-        encoder = build_part(cfg, "encoder", data_dim)
+        encoder = build_part(cfg, "encoder", data_dim, **shape)
         guide = build_part(cfg, "guide", encoder)
         prior = build_part(cfg, "prior", data_dim, guide)
-        decoder = build_part(cfg, "decoder", data_dim)
+        decoder = build_part(cfg, "decoder", data_dim, **shape)
         likelihood = build_part(cfg, "likelihood", data_dim)
     return VAE(prior, decoder, likelihood), guide
 
 
-def build_part(cfg: ModelConfig, kind: str, *args) -> nn.Module:
+def build_part(cfg: ModelConfig, kind: str, *args, **kwargs) -> nn.Module:
     """The chosen ``kind`` part, built by its registered builder with its own options."""
-    return PARTS[kind].lookup(getattr(cfg, kind))(cfg, part_options(cfg, kind), *args)
+    return PARTS[kind].lookup(getattr(cfg, kind))(cfg, part_options(cfg, kind), *args, **kwargs)
 
 
 def build_story(cfg: RunConfig, folder: Path | None, data_dim: int,
@@ -107,11 +114,24 @@ def build_story_guide(cfg: RunConfig, folder: Path | None, model: Program, data:
     return as_program(guide, name=f"{path}:{name}")
 
 
-def story_is_binary(model: Program, data_dim: int, batch: dict) -> bool:
-    """Whether the story's image site scores x in {0, 1} only (so ``--binarize auto`` draws)."""
+def story_is_binary(model: Program, data_dim: int, batch: dict) -> Pixels:
+    """What the story's image site scores: true exactly when x in {0, 1} only (so
+    ``--binarize auto`` draws); :attr:`Pixels.EIGHT_BIT` (false) for 8-bit pixels, which
+    the data split then checks."""
     x = torch.zeros(2, data_dim)
     with pyro.validation_enabled(False):  # zeros stand in for pixels of unknown range
-        return scores_binary(check_story(model, x, batch, model.name), x)
+        trace = check_story(model, x, batch, model.name)
+    if scores_binary(trace, x):
+        return Pixels.BINARY
+    return Pixels.EIGHT_BIT if scores_eight_bit(trace, x) else Pixels.ANY
+
+
+def scores_eight_bit(trace, x: torch.Tensor) -> bool:
+    """Whether the site that scores ``x`` in ``trace`` lives on the 8-bit grid k/255."""
+    support = trace.nodes[image_site(trace, x)]["fn"].support
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return isinstance(support, EightBit)
 
 
 def _story_file(spec: str, sha256: str, folder: Path | None, what: str) -> tuple[Path, str]:

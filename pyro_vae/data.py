@@ -3,10 +3,16 @@
 Every split is held whole, as one float tensor ``[N, D]`` with pixels in
 [0, 1], on the training device; batches are index slices of it, drawn from a
 fresh permutation each epoch. No per-sample DataLoader is involved.
+
+Colour images are ``[N, C, H, W]`` (channels first, as torch's convolutions want): the
+loaders turn ``[N, H, W, C]`` files around, a row of D = C·H·W pixels is channel-major,
+and ``image_shape`` is ``(C, H, W)``; grey sets keep ``(H, W)``.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import os
 import zipfile
 from dataclasses import dataclass, replace
@@ -18,13 +24,28 @@ import torch
 from torch import Tensor
 
 from pyro_vae.config import DataConfig
+from pyro_vae.models.likelihoods import eight_bit
 from pyro_vae.registry import Registry
 from pyro_vae.traces import index_rows
 from pyro_vae.validation import (DataError, check_binary, check_image_shape, check_images,
                                  check_labels)
 
 DATASETS: Registry = Registry("dataset")
-BINARIZE_MODES = ("auto", "dynamic", "threshold", "none")
+BINARIZE_MODES = ("auto", "dynamic", "threshold", "none", "dequantize")
+LEVELS = 256  # 8-bit pixels
+UNKNOWN_LABEL = -1  # a label hidden from the story (semi-supervised stories)
+
+
+class Pixels(enum.IntEnum):
+    """What a story's image site can score (read from its support). Its truth value says
+    "binary only", so ``True``/``False`` still mean binary / not binary wherever one is given."""
+
+    ANY = 0
+    BINARY = 1
+    EIGHT_BIT = 2
+
+    def __bool__(self) -> bool:
+        return self is Pixels.BINARY
 
 
 @dataclass(frozen=True)
@@ -40,21 +61,34 @@ class RawImages:
 
 @dataclass(frozen=True)
 class Split:
-    """One split: ``x`` is ``[N, D]`` in [0, 1]; ``labels`` is ``[N]`` or ``None``."""
+    """One split: ``x`` is ``[N, D]`` in [0, 1]; ``labels`` is ``[N]`` or ``None``.
+
+    ``known`` (bool ``[N]``, or ``None`` for all) marks the rows whose label the story may
+    see; the others reach it as :data:`UNKNOWN_LABEL` (a semi-supervised fit keeps a few
+    labels, and scores held-out images without theirs). ``labels`` stays the truth, for
+    accuracy and figures."""
 
     x: Tensor
     labels: Tensor | None
+    known: Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def to(self, device: torch.device | str) -> "Split":
         labels = None if self.labels is None else self.labels.to(device)
-        return Split(self.x.to(device), labels)
+        known = None if self.known is None else self.known.to(device)
+        return Split(self.x.to(device), labels, known)
 
     def fields(self) -> dict[str, Tensor]:
-        """The per-row extras a story may ask for by keyword: ``y`` (labels ``[N]``) when known."""
-        return {} if self.labels is None else {"y": self.labels}
+        """The per-row extras a story may ask for by keyword: ``y`` (labels ``[N]``, with
+        :data:`UNKNOWN_LABEL` where not ``known``) when the data has labels."""
+        if self.labels is None:
+            return {}
+        if self.known is None:
+            return {"y": self.labels}
+        hidden = torch.full_like(self.labels, UNKNOWN_LABEL)
+        return {"y": torch.where(self.known, self.labels, hidden)}
 
 
 @dataclass(frozen=True)
@@ -86,15 +120,27 @@ class Data:
         the same rows of the per-row extras (:meth:`Split.fields`)."""
         x = self.train.x[index]
         fields = index_rows(self.train.fields(), index)
+        if self.binarize == "dequantize":
+            return dequantize(x, torch.rand_like(x)), fields
         return (bernoulli_draw(x) if self.binarize == "dynamic" else x), fields
 
     def eval_split(self, name: str, seed: int = 0) -> Tensor:
-        """A whole split for evaluation, ``[N, D]``; a dynamic binarization is drawn once, seeded."""
+        """A whole split for evaluation, ``[N, D]``; a dynamic binarization (or a
+        dequantization) is drawn once, seeded."""
         x = getattr(self, name).x
-        if self.binarize != "dynamic":
+        if self.binarize not in ("dynamic", "dequantize"):
             return x
         gen = torch.Generator(device=x.device).manual_seed(seed)
+        if self.binarize == "dequantize":
+            return dequantize(x, torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype))
         return torch.bernoulli(x, generator=gen)
+
+
+def dequantize(x: Tensor, u: Tensor) -> Tensor:
+    """8-bit pixels k/255 ``[N, D]`` to (k + u)/256 in [0, 1): uniform noise ``u`` (same
+    shape, in [0, 1)) spread over each level's bin, so a density on [0, 1]^D fitted to
+    them bounds the 8-bit log-probability (minus D·log 256; Theis et al. 2016)."""
+    return ((x * (LEVELS - 1)).round() + u) / LEVELS
 
 
 def bernoulli_draw(p: Tensor) -> Tensor:
@@ -124,31 +170,98 @@ def _digits(cfg: DataConfig) -> RawImages:
     return RawImages(bunch.images / 16.0, bunch.target, source="sklearn digits")
 
 
-def _torchvision(cls_name: str) -> Callable[[DataConfig], RawImages]:
+Arrays = tuple[np.ndarray, "np.ndarray | None"]
+
+
+def _mnist_split(cls, root: str, split: str, download: bool) -> Arrays:
+    ds = cls(root, train=split == "train", download=download)
+    return ds.data.numpy(), ds.targets.numpy()
+
+
+def _cifar_split(cls, root: str, split: str, download: bool) -> Arrays:
+    ds = cls(root, train=split == "train", download=download)
+    return ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets)  # [N, H, W, C] → [N, C, H, W]
+
+
+def _svhn_split(cls, root: str, split: str, download: bool) -> Arrays:
+    ds = cls(root, split=split, download=download)
+    return ds.data, ds.labels  # already [N, C, H, W]
+
+
+def _celeba_split(cls, root: str, split: str, download: bool) -> Arrays:
+    """The faces' centre 148×148, resized to 64×64 (the usual CelebA-64), as uint8
+    ``[N, 3, 64, 64]``; no class labels."""
+    from torchvision import transforms
+
+    crop = transforms.Compose([transforms.CenterCrop(148), transforms.Resize(64),
+                               transforms.PILToTensor()])
+    ds = cls(root, split=split, target_type=[], transform=crop, download=download)
+    return np.stack([ds[i][0].numpy() for i in range(len(ds))]), None
+
+
+def _torchvision(cls_name: str, read: Callable[..., Arrays], what: str
+                 ) -> Callable[[DataConfig], RawImages]:
     def load(cfg: DataConfig) -> RawImages:
         import torchvision.datasets as tvd
 
         root = Path(cfg.root).expanduser() if cfg.root else default_data_root()
         cls = getattr(tvd, cls_name)
         try:
-            train = cls(str(root), train=True, download=cfg.download)
-            test = cls(str(root), train=False, download=cfg.download)
+            (train_x, train_y), (test_x, test_y) = (read(cls, str(root), split, cfg.download)
+                                                    for split in ("train", "test"))
         except RuntimeError as err:
             raise DataError(
-                f"{cls_name} files not found under {root / cls_name / 'raw'} ({err}). "
-                f"Pass --download to fetch them, or point --data-root (or $PYRO_VAE_DATA) "
-                f"at the folder that holds {cls_name}/raw."
+                f"{cls_name} files not found under {root} ({err}). Pass --download to fetch "
+                f"them, or point --data-root (or $PYRO_VAE_DATA) at the folder that holds them."
             ) from None
-        return RawImages(train.data.numpy(), train.targets.numpy(), test.data.numpy(),
-                         test.targets.numpy(), source=f"torchvision {cls_name} at {root}")
+        return RawImages(train_x, train_y, test_x, test_y, source=f"torchvision {cls_name} at {root}")
 
-    load.__doc__ = f"torchvision's {cls_name}: 28×28 grey images with an official test split."
+    load.__doc__ = f"torchvision's {cls_name}: {what}, with its official test split."
     return load
 
 
-DATASETS.register("mnist")(_torchvision("MNIST"))
-DATASETS.register("fashion-mnist")(_torchvision("FashionMNIST"))
-DATASETS.register("kmnist")(_torchvision("KMNIST"))
+DATASETS.register("mnist")(_torchvision("MNIST", _mnist_split, "28×28 grey images"))
+DATASETS.register("fashion-mnist")(_torchvision("FashionMNIST", _mnist_split, "28×28 grey images"))
+DATASETS.register("kmnist")(_torchvision("KMNIST", _mnist_split, "28×28 grey images"))
+DATASETS.register("cifar10")(_torchvision("CIFAR10", _cifar_split, "32×32 colour images"))
+DATASETS.register("svhn")(_torchvision("SVHN", _svhn_split, "32×32 colour house numbers"))
+DATASETS.register("celeba")(_torchvision("CelebA", _celeba_split, "faces, 64×64 colour"))
+
+
+PATCH_SIDE, PATCH_TRAIN, PATCH_TEST, PATCH_SEED = 32, 6000, 1000, 0
+
+
+@DATASETS.register("patches")
+def _patches(cfg: DataConfig) -> RawImages:
+    """32×32 colour patches cut at random places (seed 0) from the two photographs bundled
+    with scikit-learn (``load_sample_images``: no download), 8-bit ``[N, 3, 32, 32]``. The
+    test patches come from each photograph's right-hand fifth, which no training patch
+    touches, so test images are not overlapping copies of training ones."""
+    photos = _sample_photos()
+    rng = np.random.default_rng(PATCH_SEED)
+    cut = lambda n, lo, hi: np.concatenate(  # noqa: E731
+        [_cut_patches(p, n // len(photos), lo(p), hi(p), rng) for p in photos])
+    edge = lambda p: p.shape[1] * 4 // 5  # noqa: E731
+    train = cut(PATCH_TRAIN, lambda p: 0, edge)
+    test = cut(PATCH_TEST, edge, lambda p: p.shape[1])
+    return RawImages(train, None, test, None, source="sklearn sample-image patches")
+
+
+@functools.lru_cache(maxsize=1)
+def _sample_photos() -> tuple[np.ndarray, ...]:
+    """scikit-learn's two sample photographs, each ``[H, W, 3]`` uint8 (decoded once)."""
+    from sklearn.datasets import load_sample_images
+
+    return tuple(load_sample_images().images)
+
+
+def _cut_patches(photo: np.ndarray, n: int, lo: int, hi: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` patches ``[n, 3, S, S]`` of ``photo`` ``[H, W, 3]`` lying within columns lo..hi−1."""
+    rows = rng.integers(0, photo.shape[0] - PATCH_SIDE + 1, n)
+    cols = rng.integers(lo, hi - PATCH_SIDE + 1, n)
+    offsets = np.arange(PATCH_SIDE)
+    patches = photo[(rows[:, None] + offsets)[:, :, None], (cols[:, None] + offsets)[:, None, :]]
+    return patches.transpose(0, 3, 1, 2)
 
 
 def load_array_file(path: Path) -> RawImages:
@@ -199,16 +312,44 @@ def resolve_binarize(mode: str, binary_likelihood: bool) -> str:
     return mode
 
 
-def _to_unit(x: np.ndarray, name: str, must_be_binary: bool = False) -> Tensor:
+def _to_unit(x: np.ndarray, name: str, must_be_binary: bool = False,
+             grid_reason: str = "") -> Tensor:
     """Flatten ``[N, *shape]`` to ``[N, D]`` float32 in [0, 1] (0–255 data is divided by 255;
-    integer data that is all 0 and 1 is taken as binary, not as nearly black)."""
+    integer data that is all 0 and 1 is taken as binary, not as nearly black). With a
+    ``grid_reason``, the pixels must be 8-bit (:func:`check_eight_bit`)."""
     check_images(x, name)
     t = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(len(x), -1)
     if float(t.max()) > 1.0:
         t = t / 255.0
     if must_be_binary:
         check_binary(t, name)
+    if grid_reason:
+        check_eight_bit(t, name, grid_reason)
     return t
+
+
+def check_eight_bit(x: Tensor, name: str, reason: str) -> None:
+    """Pixels ``[N, D]`` in [0, 1] must lie on the 8-bit grid k/255; the first sample off it
+    is named, with ``reason`` (who needs the grid and what to do instead)."""
+    bad = ~eight_bit.check(x)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad.reshape(len(x), -1).any(dim=1))[0])
+        value = float(x[i][bad[i]][0])
+        raise DataError(f"{name}: sample {i} has pixel value {value:.6g}, which is not on the "
+                        f"8-bit grid k/255; {reason}")
+
+
+def _grid_reason(pixels: int, binarize: str) -> str:
+    """Why the pixels must be 8-bit (empty: they need not be)."""
+    if pixels == Pixels.EIGHT_BIT and binarize == "dequantize":
+        raise DataError("--binarize dequantize moves pixels off the 8-bit grid that this "
+                        "likelihood (discretized-logistic) scores; use --binarize none")
+    if pixels == Pixels.EIGHT_BIT and binarize == "none":
+        return ("the likelihood scores 8-bit pixels only (discretized-logistic); choose "
+                "--likelihood continuous-bernoulli or a Gaussian for other values")
+    if binarize == "dequantize":
+        return "--binarize dequantize spreads 8-bit pixels over their bins; use --binarize none"
+    return ""
 
 
 def _labels(y: np.ndarray | None, n: int, name: str) -> Tensor | None:
@@ -223,20 +364,23 @@ def _cut(x: Tensor, y: Tensor | None, idx: Tensor) -> Split:
 
 
 def split_images(raw: RawImages, cfg: DataConfig, binarize: str,
-                 binary_likelihood: bool = False) -> Data:
+                 binary_likelihood: bool | Pixels = False) -> Data:
     """Fixed-seed train/validation/test split; the official test split where one exists.
 
-    With a binary likelihood and no binarization, pixels must be 0 or 1; that is checked
-    before the shuffle, so an error names the sample's index in the file."""
+    ``binary_likelihood`` is what the story scores (a :class:`Pixels`, or a bool: binary or
+    not). With a binary likelihood and no binarization, pixels must be 0 or 1; with an 8-bit
+    one, or ``dequantize``, on the grid k/255. That is checked before the shuffle, so an
+    error names the sample's index in the file."""
     must_be_binary = binary_likelihood and binarize == "none"
-    x = _to_unit(raw.train_x, f"{raw.source} images", must_be_binary)
+    grid = _grid_reason(binary_likelihood, binarize)
+    x = _to_unit(raw.train_x, f"{raw.source} images", must_be_binary, grid)
     y = _labels(raw.train_y, len(x), f"{raw.source} labels")
     gen = torch.Generator().manual_seed(cfg.split_seed)
     perm = torch.randperm(len(x), generator=gen)
     if raw.test_x is not None:
         check_image_shape(np.shape(raw.test_x)[1:], np.shape(raw.train_x)[1:],
                           f"{raw.source} test images", "the training set")
-        test = Split(_to_unit(raw.test_x, f"{raw.source} test images", must_be_binary),
+        test = Split(_to_unit(raw.test_x, f"{raw.source} test images", must_be_binary, grid),
                      _labels(raw.test_y, len(raw.test_x), f"{raw.source} test labels"))
         n_test = 0
     else:
@@ -249,7 +393,8 @@ def split_images(raw: RawImages, cfg: DataConfig, binarize: str,
         raise DataError(f"{raw.source}: {len(x)} images leave an empty split "
                         f"(train {len(train)}, validation {len(val)}, test {len(test)})")
     if binarize == "threshold":
-        train, val, test = ((Split((s.x > 0.5).float(), s.labels)) for s in (train, val, test))
+        train, val, test = ((Split((s.x > 0.5).float(), s.labels, s.known))
+                            for s in (train, val, test))
     return Data(train, val, test, tuple(raw.train_x.shape[1:]), binarize, raw.source)
 
 

@@ -70,7 +70,7 @@ def test_bad_arguments(tmp_path, capsys, args, match):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--data", "cifar"], "unknown dataset 'cifar'; valid dataset names: digits"),
+    (["--data", "cifar"], "unknown dataset 'cifar'; valid dataset names: celeba, cifar10, digits"),
     (["--device", "gpu0"], "unknown device 'gpu0'; expected cpu, cuda, cuda:N or auto"),
     (["--prior", "vamp", "--guide", "iaf"], "the vamp prior cannot be used with the 'iaf' guide"),
     (["--objective", "iwae", "--particles", "1"], "the iwae objective needs particles >= 2"),

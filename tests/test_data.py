@@ -89,3 +89,18 @@ def test_bernoulli_draw_has_the_right_mean():
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
     assert torch.allclose(draws.mean(0), p[0], atol=0.018)
     assert draws[:, 0].sum() == 0 and draws[:, 4].sum() == 20_000
+
+
+def test_colour_images_stay_channels_first_through_data_and_figures():
+    """[N, C, H, W] in: image_shape (C, H, W), rows channel-major, and the figures' images
+    [N, H, W, C] with each channel where it was (a red image stays red)."""
+    from pyro_vae.figures import as_images
+
+    x = torch.zeros(30, 3, 4, 5)
+    x[:, 0] = 1.0  # red
+    data = from_tensor(x, binary_likelihood=False)
+    assert data.image_shape == (3, 4, 5)
+    assert torch.equal(data.train.x[0].reshape(3, 4, 5), x[0])
+    shown = as_images(data.train.x[:2], data.image_shape)
+    assert shown.shape == (2, 4, 5, 3)
+    assert (shown[..., 0] == 1).all() and (shown[..., 1:] == 0).all()

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
+import json
 import signal
 import sys
 from pathlib import Path
 from typing import Iterator
 
 from pyro_vae.cli.options import add_option_arguments, options_from_args
+from pyro_vae import distributed
 from pyro_vae.checkpoint import DiskFullError
-from pyro_vae.cli.common import (COMMANDS, EXIT_DISK_FULL, EXIT_DIVERGED, EXIT_INTERRUPTED, Command,
-                                 UserError,
+from pyro_vae.cli.common import (COMMANDS, EXIT_DISK_FULL, EXIT_DIVERGED, EXIT_INTERRUPTED,
+                                 EXIT_USAGE, Command, UserError, user_errors,
                                  choice_of, int_list, non_negative_float, non_negative_int,
                                  positive_float, positive_int)
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
-from pyro_vae.data import BINARIZE_MODES
+from pyro_vae.data import BINARIZE_MODES, DATASETS
 from pyro_vae.fit import DivergenceError
-from pyro_vae.guides import GUIDES
+from pyro_vae.guides import ENCODERS, GUIDES
 from pyro_vae.models import ACTIVATIONS, DECODERS, LIKELIHOODS, PRIORS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.runs import TrainResult, resume_run, train_run
-from pyro_vae.catalog import STORIES, is_named
+from pyro_vae.catalog import STORIES, default_objective, is_named
 from pyro_vae.stories import parse_arg, parse_spec
 
 M, D, T = ModelConfig(), DataConfig(), TrainConfig()
@@ -30,13 +33,15 @@ M, D, T = ModelConfig(), DataConfig(), TrainConfig()
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=D.name, help="dataset name (digits, mnist, fashion-mnist, "
-                   "kmnist) or the path of an .npz/.npy file of images")
+    g.add_argument("--data", default=D.name, help=f"dataset name ({', '.join(DATASETS)}) or the "
+                   f"path of an .npz/.npy file of images ([N, H, W] or [N, C, H, W])")
     g.add_argument("--data-root", default=None, help="folder holding torchvision datasets "
                    "(default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae/data)")
     g.add_argument("--download", action="store_true", help="let torchvision download missing files")
     g.add_argument("--binarize", default=D.binarize, choices=BINARIZE_MODES,
-                   help="binarization for Bernoulli likelihoods (auto: dynamic for bernoulli)")
+                   help="binarization for Bernoulli likelihoods (auto: dynamic for bernoulli); "
+                        "dequantize: 8-bit pixels spread over their bins, (k + u)/256, for a "
+                        "Gaussian's bits/dim (with --levels 256)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +56,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prior", type=choice_of(PRIORS), default=M.prior, help=f"p(z): {', '.join(PRIORS)}")
     g.add_argument("--decoder", type=choice_of(DECODERS), default=M.decoder,
                    help=f"f_θ(z): {', '.join(DECODERS)} (linear with a Gaussian likelihood is pPCA)")
+    g.add_argument("--encoder", type=choice_of(ENCODERS), default=M.encoder,
+                   help=f"the guide's encoder body: {', '.join(ENCODERS)} (conv and resnet read "
+                        f"[C, H, W] images; the decoder need not match)")
     g.add_argument("--guide", type=guide_choice, default=None,
                    help=f"q(z | x): {', '.join(GUIDES)} for the built-in VAE (default {M.guide}); "
                         f"with --model: auto (the default, an amortized Gaussian per latent site) "
@@ -66,6 +74,10 @@ def add_story_arguments(p: argparse.ArgumentParser) -> None:
                         f"of the built-in VAE; a file is copied into the run folder")
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword argument for the story's (and guide's) factory; repeatable")
+    g.add_argument("--labels", type=positive_int, default=None, metavar="N",
+                   help="for a partly labelled story (m2): keep N training labels, balanced "
+                        "across classes and chosen by --seed, and hide the rest (default: keep "
+                        "all); validation and test labels are always hidden from the story")
     g.add_argument("--map-site", default="", metavar="SITE",
                    help="the latent site the latent-map figure shows (default: the guide's "
                         "first; PCA above 2-D)")
@@ -80,8 +92,9 @@ def guide_choice(text: str) -> str:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fitting")
-    g.add_argument("--objective", type=choice_of(OBJECTIVES), default=T.objective,
-                   help=f"training loss: {', '.join(OBJECTIVES)}")
+    g.add_argument("--objective", type=choice_of(OBJECTIVES), default=None,
+                   help=f"training loss: {', '.join(OBJECTIVES)} (default {T.objective}; enum "
+                        f"for a shipped story with a discrete latent, m2)")
     g.add_argument("--particles", type=positive_int, default=T.particles,
                    help="samples of z per image in the objective")
     g.add_argument("--beta", type=non_negative_float, default=T.beta, help="weight of the latent (KL) term")
@@ -146,15 +159,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     story = story_from_args(args)
     guide = args.guide if args.guide in GUIDES else M.guide
     chosen = dict(prior=args.prior, likelihood=args.likelihood, decoder=args.decoder,
-                  encoder=M.encoder, guide=guide)
+                  encoder=args.encoder, guide=guide)
     model = ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden),
                         activation=args.activation, **chosen,
                         options=options_from_args(args, chosen))
     data = DataConfig(name=args.data, root=args.data_root, download=args.download,
-                      binarize=args.binarize)
+                      binarize=args.binarize, labels=args.labels)
     train = TrainConfig(epochs=args.epochs or T.epochs, batch_size=args.batch_size, lr=args.lr,
                         clip_norm=args.clip_norm, seed=args.seed, device=args.device,
-                        objective=args.objective, particles=args.particles, beta=args.beta,
+                        objective=args.objective or default_objective(args.model) or T.objective,
+                        particles=args.particles, beta=args.beta,
                         kl_warmup=args.kl_warmup, early_stopping=args.early_stopping)
     return RunConfig(model=model, data=data, train=train, story=story)
 
@@ -225,6 +239,33 @@ def report(result: TrainResult) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Under ``torchrun`` every rank runs the command; rank 0 alone speaks and writes."""
+    world = distributed.start(_device(args))
+    try:
+        if world.writer:
+            return _run(args)
+        try:  # rank 0 reports the same error, or the result, once
+            with contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()), user_errors():
+                return _run(args)
+        except UserError as err:
+            raise SystemExit(EXIT_USAGE if err.code is None else err.code) from None
+    finally:
+        distributed.finish()
+
+
+def _device(args: argparse.Namespace) -> str:
+    """The device the fit will use (a resumed run's own, unless --device is given): it
+    chooses the process group's backend."""
+    if args.resume is None or "device" in given_flags(args.actions, args.argv):
+        return args.device
+    try:
+        return str(json.loads((args.resume / "config.json").read_text())["train"]["device"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return args.device  # the resume itself will say what is wrong
+
+
+def _run(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
         try:
             if args.resume is not None:
