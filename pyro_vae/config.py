@@ -61,6 +61,10 @@ class DataConfig:
     """Share held out for testing where the dataset has no official test split."""
     split_seed: int = 0
     """Seed of the train/validation/test split (independent of the fit's seed)."""
+    labels: int | None = None
+    """Training labels a semi-supervised story keeps (``--labels N``): N rows, balanced across
+    classes and chosen by the fit's seed; the rest, and every validation and test label, are
+    hidden from the story. ``None`` keeps every training label."""
 
 
 @dataclass(frozen=True)

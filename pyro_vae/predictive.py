@@ -24,9 +24,11 @@ Batch = dict[str, Tensor]
 
 
 def site_mean(site: dict) -> Tensor:
-    """The mean of a traced site's distribution where it has one in closed form, else its value."""
+    """The mean of a traced site's distribution where it has one in closed form (the mode
+    of a discrete site, whose mean is no value), else its value."""
+    fn = site["fn"]
     try:
-        mean = site["fn"].mean
+        mean = fn.mode if fn.support.is_discrete else fn.mean
     except NotImplementedError:
         return site["value"]
     return mean if mean.shape == site["value"].shape else site["value"]
@@ -34,9 +36,15 @@ def site_mean(site: dict) -> Tensor:
 
 def mean_latents(guide: Callable, x: Tensor, batch: Batch | None = None) -> dict[str, Tensor]:
     """E_q[z_s | x] for every latent site s of the guide (a draw where q has no closed-form
-    mean), each ``[N, *event_shape]``."""
+    mean), each ``[N, *event_shape]``. Discrete sites take their most probable value, and
+    the continuous ones are then read given those values (q(z | x, y) of M2 at y's mode)."""
     trace = trace_program(guide, x, batch)
-    return {name: site_mean(site) for name, site in trace.nodes.items() if is_latent(site)}
+    modes = {name: site_mean(site) for name, site in trace.nodes.items()
+             if is_latent(site) and site["fn"].support.is_discrete}
+    if modes:
+        trace = trace_program(poutine.condition(guide, data=modes), x, batch)
+    return {name: site_mean(site) if name not in modes else modes[name]
+            for name, site in trace.nodes.items() if name in modes or is_latent(site)}
 
 
 @torch.no_grad()

@@ -28,13 +28,14 @@ from pyro_vae.checkpoint import appended, load_checkpoint, load_modules, save_ch
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
 from pyro_vae.data import Data, RawImages, load_raw, resolve_binarize, split_images
 from pyro_vae.catalog import STORIES, is_named
+from pyro_vae.classify import classifier_figures, epoch_metrics, keep_labels, partly_labelled
 from pyro_vae.lock import writer_lock
 from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_train_config, fit,
                           materialize, resolve_device)
 from pyro_vae.objectives import build_objective
 from pyro_vae.programs import Program, as_program, check_fields
 from pyro_vae.stories import parse_spec, sha256_of
-from pyro_vae.traces import is_real, latent_sites, slice_rows
+from pyro_vae.traces import is_enumerated, is_real, latent_sites, slice_rows, trace_program
 from pyro_vae.validation import check_image_shape, check_label_range
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
@@ -113,8 +114,34 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
     else:
         model = build_story(cfg, folder, dim, shape, seed)
     _check_story_data(model, raw)
-    data = _split(cfg, raw, story_is_binary(model, dim, labels))
+    data = _kept_labels(cfg, model, _split(cfg, raw, story_is_binary(model, dim, labels)))
     return data, model, build_story_guide(cfg, folder, model, data, seed, own)
+
+
+def _kept_labels(cfg: RunConfig, model: Program, data: Data) -> Data:
+    """A partly labelled story sees ``--labels N`` training labels and no held-out one; any
+    other story sees every label, and ``--labels`` is refused."""
+    if partly_labelled(model):
+        return keep_labels(data, cfg.data.labels, cfg.train.seed)
+    if cfg.data.labels is not None:
+        raise ValueError(f"--labels {cfg.data.labels}: {cfg.story.model or 'the built-in VAE'} "
+                         f"uses every label it is given; only a partly labelled story (one "
+                         f"with partly_labelled = True, e.g. --model m2) hides some")
+    return data
+
+
+def check_objective(cfg: RunConfig, model: Program, guide: Program, data: Data) -> None:
+    """A story with sites marked for enumeration trains with an objective that sums them
+    (``enum``); any other would draw them and silently change the estimator."""
+    if cfg.train.objective == "enum":
+        return
+    x, batch = data.train.x[:2], slice_rows(data.train.fields(), 0, 2)
+    for who, program in (("guide", guide), ("story", model)):
+        for name, site in trace_program(program, x, batch).nodes.items():
+            if is_enumerated(site):
+                raise ValueError(f"--objective {cfg.train.objective}: the {who} marks site "
+                                 f"{name!r} for enumeration; train it with --objective enum, "
+                                 f"which sums it exactly")
 
 
 def _check_story_data(model: Program, raw: RawImages) -> None:
@@ -130,13 +157,15 @@ def _check_story_data(model: Program, raw: RawImages) -> None:
                                   f"{raw.source} {what}")
 
 
-def checkpoint_callback(path: Path, cfg: RunConfig) -> Callable:
-    """After each epoch: append the epoch to metrics.jsonl and rewrite the checkpoint."""
+def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = None) -> Callable:
+    """After each epoch: append the epoch to metrics.jsonl (with ``extra(session)``'s
+    figures, e.g. a classifier's accuracy) and rewrite the checkpoint."""
 
     def write(session: FitSession, state: TrainState, record: EpochRecord) -> None:
+        line = dataclasses.asdict(record) | (extra(session) if extra else {})
         # The epoch's line stays in metrics.jsonl only if its checkpoint was written (a
         # full disk leaves both at the previous epoch); fit captured the RNG states.
-        with appended(path / METRICS, json.dumps(dataclasses.asdict(record)) + "\n"):
+        with appended(path / METRICS, json.dumps(line) + "\n"):
             save_state(path, session.modules(), session.optimizer, state, cfg)
 
     return write
@@ -172,6 +201,7 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
         own = getattr(model, "figures", None)
         if callable(own):
             out += list(own(guide, x_test, batch, shape, path))
+        out += classifier_figures(model, guide, data, seed, path)
     return out
 
 
@@ -201,7 +231,8 @@ def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn
     result = fit(model, guide, data, cfg.train,
                  state=checkpoint.state if checkpoint else None,
                  optimizer_state=checkpoint.optimizer if checkpoint else None,
-                 callbacks=[checkpoint_callback(path, cfg)], stop=stop, progress=progress)
+                 callbacks=[checkpoint_callback(path, cfg, epoch_metrics(model, cfg.train.seed))],
+                 stop=stop, progress=progress)
     save_state(path, nn.ModuleDict({"model": model, "guide": guide}), result.optimizer,
                result.state, cfg)
     write_summary(path, result)
@@ -221,6 +252,7 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     build_objective(cfg.train)
     sources = _story_sources(cfg.story)
     data, model, guide = prepare(cfg, None, seed=cfg.train.seed)
+    check_objective(cfg, model, guide, data)
     _check_map_site(cfg.story.map_site, model, data)
     cfg = dataclasses.replace(cfg, image_shape=tuple(data.image_shape))
     path = Path(out) / (name or default_run_name(cfg))

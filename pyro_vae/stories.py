@@ -29,7 +29,8 @@ from typing import Any, Callable
 from pyro import poutine
 from torch import Tensor, nn
 
-from pyro_vae.traces import describe_latent, image_site, is_latent, trace_program
+from pyro_vae.traces import (check_local, describe_latent, image_site, is_enumerated, is_latent,
+                             trace_program)
 
 
 class StoryError(ValueError):
@@ -133,7 +134,9 @@ def check_story(model: Callable, x: Tensor, batch: dict[str, Tensor], source: st
     try:
         image_site(trace, x)
         for name, site in trace.nodes.items():
-            if is_latent(site):
+            if is_enumerated(site):  # summed out: it need only be local
+                check_local(name, site, len(x), who="pyro-vae")
+            elif is_latent(site):
                 describe_latent(name, site, len(x), who="pyro-vae")
     except ValueError as err:
         raise StoryError(f"{source}: {err}") from None

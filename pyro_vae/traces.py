@@ -74,9 +74,9 @@ class LatentSite:
         return self.transform(u.reshape(u.shape[:-1] + self.unconstrained_shape))
 
 
-def describe_latent(name: str, site: dict, n: int, who: str = "this guide") -> LatentSite:
-    """Check that a traced sample site is a continuous latent local to the data plate
-    (batch shape exactly ``[n]``) and describe it; raise ``ValueError`` naming it otherwise."""
+def check_local(name: str, site: dict, n: int, who: str = "this guide") -> None:
+    """A latent site must sit in the data plate with batch shape exactly ``[n]`` (one value
+    per row of x); raise ``ValueError`` naming it otherwise."""
     fn = site["fn"]
     in_plate = any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"])
     if not in_plate or tuple(fn.batch_shape) != (n,):
@@ -84,6 +84,13 @@ def describe_latent(name: str, site: dict, n: int, who: str = "this guide") -> L
                          f"{'inside' if in_plate else 'outside'} the {DATA_PLATE!r} plate; "
                          f"{who} needs every latent local to that plate, with batch shape "
                          f"[{n}] (one value per row of x): global latents cannot be amortized")
+
+
+def describe_latent(name: str, site: dict, n: int, who: str = "this guide") -> LatentSite:
+    """Check that a traced sample site is a continuous latent local to the data plate
+    (batch shape exactly ``[n]``) and describe it; raise ``ValueError`` naming it otherwise."""
+    check_local(name, site, n, who)
+    fn = site["fn"]
     support = fn.support
     # A mixture lives on its components' support (torch's wrapper has no bijection).
     while isinstance(support, constraints.MixtureSameFamilyConstraint):
@@ -109,11 +116,17 @@ def trace_program(program: Callable, x: Tensor, batch: dict[str, Any] | None = N
 
 def latent_sites(model: Callable, x: Tensor, batch: dict[str, Any] | None = None,
                  who: str = "this guide") -> list[LatentSite]:
-    """The latent sample sites of one run of ``model(x, **batch)``, in order (see
-    :func:`describe_latent` for what is refused)."""
+    """The continuous latent sample sites of one run of ``model(x, **batch)``, in order (see
+    :func:`describe_latent` for what is refused); discrete sites marked for enumeration are
+    summed out wherever they are used, so they are not listed."""
     trace = trace_program(model, x, batch)
     return [describe_latent(name, site, x.shape[0], who) for name, site in trace.nodes.items()
-            if is_latent(site)]
+            if is_latent(site) and not is_enumerated(site)]
+
+
+def is_enumerated(site: dict) -> bool:
+    """A latent site marked ``infer={"enumerate": "parallel"}``: summed over its values."""
+    return is_latent(site) and site.get("infer", {}).get("enumerate") == "parallel"
 
 
 def observed_names(trace: poutine.Trace) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import figures
+from pyro_vae.classify import label_site
 from pyro_vae.cli.common import COMMANDS, Command, UserError, float_list, positive_int
 from pyro_vae.predictive import prior_predictive
 from pyro_vae.runs import LoadedRun, load_run
@@ -83,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     n = 1 if sets and args.mean else args.n
     fixed = fixed_values(loaded, sets, n)
+    site = label_site(loaded.model)
+    if args.label is not None and site is not None:  # the label is a latent site: hold it
+        fixed[site] = torch.full((n,), args.label, dtype=torch.long, device=loaded.device)
     mean, draw = prior_predictive(loaded.model, *_template(loaded, n, args.label), fixed)
     where = ", ".join(sets + ([f"y={args.label}"] if args.label is not None else [])) or "latents ~ p"
     images, title = ((mean, f"image mean at {where}") if args.mean or not sets

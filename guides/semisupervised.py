@@ -1,0 +1,70 @@
+"""The guide of a semi-supervised story (M2): a classifier q(y | x) and q(z | x, y)."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import one_hot
+
+# A logit whose probability is exactly 0 after exp in float32 and float64 alike, yet finite,
+# so that the enumerated ELBO's q · (−log q) is 0 · 1e4 = 0 and not 0 · ∞ = NaN.
+IMPOSSIBLE = -1e4
+
+
+class ClassifierGuide(nn.Module):
+    """For each image n, inside ``pyro.plate("data", N)``:
+
+    .. code-block:: text
+
+        y_n ~ q_φ(y | x_n)          the classifier; a point mass on y_n where the label is known
+        z_n ~ q_φ(z | x_n, y_n)     head(encoder([x_n, onehot(y_n)]))
+
+    y is marked for parallel enumeration: under ``TraceEnum_ELBO`` (objective ``enum``) it
+    takes all K values at once, each branch weighted by q(y | x), and z is drawn per branch.
+    On a labelled row the point mass gives the labelled ELBO exactly (the other branches
+    weigh 0); on an unlabelled row the classifier's entropy enters as M2's ELBO asks.
+
+    Args:
+        classifier: x ``[..., D]`` → logits ``[..., K]`` (shared with the story's aux term).
+        encoder: ``[..., D + K]`` → features ``[..., H]`` (``out_features`` = H).
+        head: features → a distribution over z (e.g. :class:`DiagonalNormalHead`).
+    """
+
+    def __init__(self, classifier: nn.Module, encoder: nn.Module, head: nn.Module,
+                 classes: int) -> None:
+        super().__init__()
+        self.classifier, self.encoder, self.head = classifier, encoder, head
+        self.classes = classes
+
+    def y_dist(self, x: Tensor, y: Tensor) -> dist.Distribution:
+        """q(y | x, label): the classifier's ``[N, K]`` logits, replaced by a point mass on
+        the rows where ``y`` ``[N]`` holds a known label (``>= 0``)."""
+        logits = self.classifier(x)
+        point = torch.full_like(logits, IMPOSSIBLE).scatter(-1, y.clamp(min=0)[:, None], 0.0)
+        return dist.Categorical(logits=torch.where((y >= 0)[:, None], point, logits))
+
+    def z_dist(self, x: Tensor, y: Tensor) -> dist.Distribution:
+        """q(z | x, y) for x ``[N, D]`` and y ``[..., N]`` (enumerated values broadcast)."""
+        code = one_hot(y, self.classes).to(x.dtype)
+        shape = torch.broadcast_shapes(code.shape[:-1], x.shape[:-1])
+        code = code.expand(shape + code.shape[-1:])
+        return self.head(self.encoder(torch.cat([x.expand(shape + x.shape[-1:]), code], dim=-1)))
+
+    def forward(self, x: Tensor, y: Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            digit = pyro.sample("y", self.y_dist(x, y), infer={"enumerate": "parallel"})
+            pyro.sample("z", self.z_dist(x, digit))
+
+
+class Classifier(nn.Module):
+    """An encoder body followed by a linear map to K logits: x ``[..., D]`` → ``[..., K]``."""
+
+    def __init__(self, encoder: nn.Module, classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.logits = nn.Linear(encoder.out_features, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits(self.encoder(x))

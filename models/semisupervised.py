@@ -1,0 +1,86 @@
+"""The semi-supervised story M2 (Kingma, Rezende, Mohamed & Welling 2014): the digit is a
+discrete latent, observed through the label where the label is known.
+
+Labels arrive as the per-row field ``y`` (the story contract); a row whose label is hidden
+carries :data:`pyro_vae.data.UNKNOWN_LABEL` (−1). The guide (``guides/semisupervised.py``)
+proposes y from a classifier q(y | x), or puts all its mass on the known label; the
+objective ``enum`` sums y exactly over its K values (no sampling).
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+from torch.nn.functional import one_hot
+
+
+class M2(nn.Module):
+    """For each image n:
+
+    .. code-block:: text
+
+        y_n ~ Cat(1/K, …, 1/K)              the digit: known for a few images, latent otherwise
+        z_n ~ N(0, I)                       the style, whatever the digit leaves open
+        x_n ~ p(x | f_θ(z_n, y_n))          the decoder sees z beside y's one-hot code
+
+    and, on labelled rows only, the classifier's auxiliary term α · log q_φ(y_n | x_n)
+    (Kingma et al. 2014, eq. 9): an observed site ``y_aux`` under ``poutine.scale(α)`` and
+    ``poutine.mask(known)``, so that the classifier also learns from the labels directly.
+    It is masked out on unlabelled rows, hence absent from log p(x) at evaluation.
+
+    Args:
+        decoder: ``[..., latent_dim + K]`` → ``[..., D]``.
+        likelihood: decoder output → p(x | z, y) with event shape ``[D]``.
+        classifier: x ``[..., D]`` → logits ``[..., K]``, shared with the guide's q(y | x).
+        alpha: α, the weight of the auxiliary term (Pyro's ss-VAE example uses 46).
+    """
+
+    # The engine reads these: rows may hide their label (``y == -1``), the guide's
+    # distribution at site ``y`` is the classifier whose accuracy is reported.
+    partly_labelled = True
+    label_site = "y"
+
+    def __init__(self, decoder: nn.Module, likelihood: nn.Module, classifier: nn.Module,
+                 latent_dim: int, classes: int = 10, alpha: float = 46.0) -> None:
+        super().__init__()
+        if not alpha >= 0:
+            raise ValueError(f"alpha: the weight of the auxiliary classification term must be "
+                             f">= 0, got {alpha}")
+        self.decoder, self.likelihood, self.classifier = decoder, likelihood, classifier
+        self.classes, self.alpha = classes, float(alpha)
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("logits", torch.zeros(classes))
+
+    def y_dist(self, n: int) -> dist.Distribution:
+        """p(y): uniform over the K classes, batch ``[n]``."""
+        return dist.Categorical(logits=self.logits).expand([n])
+
+    def z_dist(self, n: int) -> dist.Distribution:
+        """p(z) = N(0, I): batch ``[n]``, event ``[latent_dim]``."""
+        return dist.Normal(self.loc, 1.0, validate_args=False).to_event(1).expand([n])
+
+    def x_dist(self, z: Tensor, y: Tensor) -> dist.Distribution:
+        """p(x | z, y) for z ``[..., N, d]`` and y ``[..., N]`` (enumerated values broadcast)."""
+        code = one_hot(y, self.classes).to(z.dtype)
+        shape = torch.broadcast_shapes(z.shape[:-1], code.shape[:-1])
+        features = torch.cat([z.expand(shape + z.shape[-1:]), code.expand(shape + code.shape[-1:])],
+                             dim=-1)
+        return self.likelihood(self.decoder(features))
+
+    def aux_dist(self, x: Tensor) -> dist.Distribution:
+        """q_φ(y | x) as the auxiliary term's density: batch ``[N]``."""
+        return dist.Categorical(logits=self.classifier(x))
+
+    def forward(self, x: Tensor, y: Tensor) -> None:
+        n, known = x.shape[0], y >= 0
+        with pyro.plate("data", n):
+            # Marked for enumeration so that a program without the guide's proposal (the
+            # prior-proposal estimate, NUTS) sums y too; with the guide, y is the guide's.
+            digit = pyro.sample("y", self.y_dist(n), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", self.z_dist(n))
+            pyro.sample("x", self.x_dist(z, digit), obs=x)
+            with poutine.scale(scale=self.alpha), poutine.mask(mask=known):
+                pyro.sample("y_aux", self.aux_dist(x), obs=y.clamp(min=0))
