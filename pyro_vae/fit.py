@@ -18,12 +18,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pyro_vae import distributed
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data
+from pyro_vae.distributed import SINGLE, World
 from pyro_vae.objectives import build_objective
 from pyro_vae.programs import Batch, Program, as_program, check_fields, unique_parameters
 from pyro_vae.state import DivergenceError, EpochRecord, TrainState
-from pyro_vae.traces import scores_binary, slice_rows, trace_program
+from pyro_vae.traces import index_rows, scores_binary, slice_rows, trace_program
 from pyro_vae.validation import check_binary
 
 
@@ -56,6 +58,10 @@ class FitSession:
     optimizer: torch.optim.Optimizer
     device: torch.device
     perm_rng: torch.Generator
+    world: World = SINGLE
+    """The processes fitting together (``torchrun``); one process by default."""
+    ddp: nn.Module | None = None
+    """The objective wrapped in ``DistributedDataParallel`` when ``world`` has several ranks."""
 
     def modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"model": self.model, "guide": self.guide})
@@ -66,22 +72,29 @@ class FitSession:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.data.train) / self.config.batch_size)
+        n, size = len(self.data.train), self.config.batch_size
+        steps = math.ceil(n / size)
+        # Data-parallel: a last batch with fewer rows than ranks is left out (a rank with no
+        # rows cannot take part in the step); the permutation changes, so do the rows.
+        return steps - 1 if steps > 1 and n - (steps - 1) * size < self.world.size else steps
 
     def capture_rng(self, state: TrainState) -> None:
-        """Copy every random state the fit draws from into ``state``."""
+        """Copy every random state the fit draws from into ``state`` (with several ranks,
+        each rank's stream as a row ``[size, ...]``; a collective: every rank calls it)."""
         state.perm_rng = self.perm_rng.get_state()
-        state.torch_rng = torch.get_rng_state()
+        state.torch_rng = distributed.gather(torch.get_rng_state(), self.world)
         if self.device.type == "cuda":
-            state.cuda_rng = torch.cuda.get_rng_state(self.device)
+            state.cuda_rng = distributed.gather(torch.cuda.get_rng_state(self.device), self.world)
 
     def restore_rng(self, state: TrainState) -> None:
+        # A copy of the row: set_rng_state reads a view's storage from its start.
+        mine = (lambda t: t[self.world.rank].clone()) if self.world.parallel else (lambda t: t)  # noqa: E731
         if state.perm_rng is not None:
             self.perm_rng.set_state(state.perm_rng)
         if state.torch_rng is not None:
-            torch.set_rng_state(state.torch_rng)
+            torch.set_rng_state(mine(state.torch_rng))
         if state.cuda_rng is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state.cuda_rng, self.device)
+            torch.cuda.set_rng_state(mine(state.cuda_rng), self.device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -181,14 +194,19 @@ def _step(session: FitSession, objective, x: Tensor, batch: Batch, beta: float,
           where: Callable[[], str]) -> float:
     """One SVI step on rows ``x`` ``[B, D]`` and their extras ``batch``; returns the batch
     loss (sum over images). ``where()`` says which step this is, for an error message."""
-    loss = objective.differentiable_loss(session.model, session.guide, x, beta=beta, batch=batch)
-    # The one host sync per step (the scalar loss); before backward it stops a
-    # non-finite loss from reaching the optimizer.
-    value = float(loss.detach())
+    if session.ddp is None:
+        loss = objective.differentiable_loss(session.model, session.guide, x, beta=beta, batch=batch)
+    else:
+        loss = session.ddp(x, beta, batch)
+    # The one host sync per step (the scalar loss; summed over ranks, so that all of them
+    # agree); before backward it stops a non-finite loss from reaching the optimizer.
+    value = distributed.all_sum([float(loss.detach())], session.world)[0]
     if not math.isfinite(value):
         raise DivergenceError(f"the loss became {value} at {where()}")
     session.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    # DDP averages gradients over ranks; times the number of ranks, they are the gradient
+    # of the summed loss, as one process computes it on the whole batch.
+    (loss if session.ddp is None else loss * session.world.size).backward()
     clip = session.config.clip_norm
     if clip is not None:
         norm = torch.nn.utils.clip_grad_norm_(session.parameters(), clip)
@@ -208,12 +226,14 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
     start = time.perf_counter()
     try:
         while state.step < steps:
-            if stop is not None and stop():
+            # Every rank stops at the same step, whichever of them was signalled.
+            if stop is not None and distributed.any_rank(stop(), session.world):
                 return False
             index = state.perm[state.step * cfg.batch_size:(state.step + 1) * cfg.batch_size]
             beta = kl_weight(cfg, state.epoch, state.step, steps)
             where = lambda: f"epoch {state.epoch + 1}, step {state.step + 1} of {steps}"  # noqa: E731
-            loss = _step(session, objective, *session.data.train_batch(index), beta, where)
+            rows = distributed.shard(index, session.world)
+            loss = _step(session, objective, *session.data.train_batch(rows), beta, where)
             state.loss_sum += loss
             state.count += len(index)
             state.step += 1
@@ -237,7 +257,7 @@ def _finish_epoch(session: FitSession, state: TrainState, val_x: Tensor) -> Epoc
     last = state.epoch + 1 == cfg.epochs
     val = None
     if (state.epoch + 1) % cfg.val_every == 0 or last:
-        val = mean_elbo(session.model, session.guide, val_x, session.data.val.fields())
+        val = _validation_elbo(session, val_x)
     steps = session.steps_per_epoch
     record = EpochRecord(state.epoch + 1, -state.loss_sum / state.count, val, state.epoch_seconds,
                          state.count / max(state.epoch_seconds, 1e-9),
@@ -246,6 +266,17 @@ def _finish_epoch(session: FitSession, state: TrainState, val_x: Tensor) -> Epoc
     state.epoch, state.step, state.perm = state.epoch + 1, 0, None
     state.loss_sum, state.count, state.epoch_seconds = 0.0, 0, 0.0
     return record
+
+
+def _validation_elbo(session: FitSession, val_x: Tensor) -> float:
+    """The mean ELBO per validation image ``val_x`` ``[N, D]``; with several ranks each
+    scores its share of the rows and the sums are added up."""
+    if not session.world.parallel:
+        return mean_elbo(session.model, session.guide, val_x, session.data.val.fields())
+    rows = distributed.shard(torch.arange(len(val_x), device=val_x.device), session.world)
+    local = mean_elbo(session.model, session.guide, val_x[rows],
+                      index_rows(session.data.val.fields(), rows))
+    return distributed.all_sum([local * len(rows)], session.world)[0] / len(val_x)
 
 
 def _track_best(state: TrainState, record: EpochRecord) -> bool:
@@ -281,8 +312,9 @@ def start_session(model: Callable, guide: Callable, data: Data, config: TrainCon
     guide.to(device)
     data = data.to(device)
     materialize(model, guide, data)
-    session = FitSession(model, guide, data, config,
-                         make_optimizer(model, guide, config, device), device, torch.Generator())
+    world = distributed.current()
+    session = FitSession(model, guide, data, config, make_optimizer(model, guide, config, device),
+                         device, torch.Generator(), world)
     for program in (model, guide):
         program.freeze_sites()
     if optimizer_state is not None:
@@ -290,10 +322,12 @@ def start_session(model: Callable, guide: Callable, data: Data, config: TrainCon
         for group in session.optimizer.param_groups:  # a resumed run may change its rate
             group["lr"] = config.lr
     if state is None:
-        state = TrainState()
-        pyro.set_rng_seed(config.seed)
+        state = TrainState(world_size=world.size)
+        # Each rank draws from its own stream; the permutation is the same on every rank.
+        pyro.set_rng_seed(distributed.rank_seed(config.seed, world.rank))
         session.perm_rng.manual_seed(config.seed)
     else:
+        distributed.check_same_world(state.world_size, world, "the checkpointed fit")
         session.restore_rng(state)
     return session, state
 
@@ -325,12 +359,17 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
     """
     session, state = start_session(model, guide, data, config, state, optimizer_state)
     objective = build_objective(config)
+    if session.world.parallel:
+        rows = torch.arange(2, device=session.device)
+        session.ddp = distributed.data_parallel(session.model, session.guide, objective,
+                                                session.device, lambda: session.data.train_batch(rows))
     val_x = session.data.eval_split("val", seed=config.seed)
     steps = session.steps_per_epoch
     started, stopped_early, interrupted = time.perf_counter(), False, False
     good = best = (_snapshot(session), "their values when this fit started")
     bar = tqdm(total=config.epochs * steps, initial=state.epoch * steps + state.step,
-               disable=not progress or None, unit="step", dynamic_ncols=True)
+               disable=not (progress and session.world.writer) or None, unit="step",
+               dynamic_ncols=True)
     with pyro.get_param_store().scope(), pyro.validation_enabled(False), bar:
         while state.epoch < config.epochs:
             if not _guarded_epoch(session, state, objective, bar, stop, good):

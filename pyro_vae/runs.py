@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pyro_vae import figures
+from pyro_vae import distributed, figures
 from pyro_vae.build import (build_story, build_story_guide, build_vae,
                             migrate_model_config, seeded, story_is_binary)
 from pyro_vae.checkpoint import appended, load_checkpoint, load_modules, save_checkpoint
@@ -228,11 +228,15 @@ def write_summary(path: Path, result: FitResult) -> None:
 
 def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn.Module,
              checkpoint=None, progress: bool = True, stop=None) -> TrainResult:
+    writer = distributed.current().writer  # rank 0 alone writes the folder
     result = fit(model, guide, data, cfg.train,
                  state=checkpoint.state if checkpoint else None,
                  optimizer_state=checkpoint.optimizer if checkpoint else None,
-                 callbacks=[checkpoint_callback(path, cfg, epoch_metrics(model, cfg.train.seed))],
-                 stop=stop, progress=progress)
+                 callbacks=[checkpoint_callback(path, cfg, epoch_metrics(model, cfg.train.seed))]
+                 if writer else [], stop=stop,
+                 progress=progress)
+    if not writer:
+        return TrainResult(path, result, [])
     save_state(path, nn.ModuleDict({"model": model, "guide": guide}), result.optimizer,
                result.state, cfg)
     write_summary(path, result)
@@ -255,14 +259,21 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     check_objective(cfg, model, guide, data)
     _check_map_site(cfg.story.map_site, model, data)
     cfg = dataclasses.replace(cfg, image_shape=tuple(data.image_shape))
-    path = Path(out) / (name or default_run_name(cfg))
+    world = distributed.current()
+    path = Path(out) / distributed.from_writer(name or default_run_name(cfg), world)
+    # One writer per folder (rank 0 of a data-parallel fit); a second is refused at once.
+    with distributed.on_writer(world, lambda: writer_lock(_made(path))):
+        cfg = distributed.agree(lambda: _fill_new_folder(path, cfg, sources), world)
+        return _run_fit(path, cfg, data, model, guide, progress=progress, stop=stop)
+
+
+def _made(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
-    with writer_lock(path):  # one writer per folder; a second is refused at once
-        return _start_run(path, cfg, sources, data, model, guide, progress, stop)
+    return path
 
 
-def _start_run(path: Path, cfg: RunConfig, sources: dict[str, bytes], data: Data,
-               model: Program, guide: Program, progress: bool, stop) -> TrainResult:
+def _fill_new_folder(path: Path, cfg: RunConfig, sources: dict[str, bytes]) -> RunConfig:
+    """config.json, an empty metrics.jsonl and the story's files; the config as recorded."""
     # Checked under the lock: a writer that held it before us may have filled the folder.
     if (path / CHECKPOINT).exists():
         raise FileExistsError(f"{path} already holds a run; resume it with --resume {path}, "
@@ -270,7 +281,7 @@ def _start_run(path: Path, cfg: RunConfig, sources: dict[str, bytes], data: Data
     cfg = dataclasses.replace(cfg, story=_keep_story_files(cfg.story, sources, path))
     save_run_config(cfg, path / CONFIG)
     (path / METRICS).write_text("")
-    return _run_fit(path, cfg, data, model, guide, progress=progress, stop=stop)
+    return cfg
 
 
 def _check_map_site(site: str, model: Program, data: Data) -> None:
@@ -324,7 +335,8 @@ def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = 
     ``epochs`` and new values of the :data:`RESUMABLE` training settings in ``changes``
     (applied and recorded in config.json), holding the folder's writer lock."""
     path = Path(path)
-    with writer_lock(path, take=path.is_dir()):
+    world = distributed.current()
+    with distributed.on_writer(world, lambda: writer_lock(path, take=path.is_dir())):
         return _resume(path, epochs, changes, progress, stop)
 
 
@@ -346,12 +358,15 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
     if epochs is not None and epochs < ckpt.state.epoch:
         raise ValueError(f"--epochs {epochs} is fewer than the {ckpt.state.epoch} epochs {path} "
                          f"has already run; give the new total, at least {ckpt.state.epoch}")
-    # Only a checkpoint that loaded may change the folder's files.
-    if changes:
+    world = distributed.current()
+    distributed.check_same_world(ckpt.state.world_size, world, str(path))
+    # Only a checkpoint that loaded may change the folder's files; rank 0 alone writes them.
+    if changes and world.writer:
         save_run_config(cfg, path / CONFIG)
     # The checkpoint is the truth: metrics.jsonl is rewritten to match it.
-    (path / METRICS).write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n"
-                                        for r in ckpt.state.history))
+    if world.writer:
+        (path / METRICS).write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n"
+                                            for r in ckpt.state.history))
     return _run_fit(path, cfg, data, model, guide, ckpt, progress, stop)
 
 

@@ -48,3 +48,6 @@ class TrainState:
     perm_rng: Tensor | None = None
     torch_rng: Tensor | None = None
     cuda_rng: Tensor | None = None
+    world_size: int = 1
+    """Processes that fitted together (``torchrun``); the RNG states then hold one row per
+    rank, and a resume needs the same number."""

@@ -1,0 +1,241 @@
+"""Data-parallel fitting over ``torch.distributed``, as ``torchrun`` launches it.
+
+``torchrun --nproc-per-node N -m pyro_vae train ...`` starts N copies of the same command.
+Each joins the process group (gloo on CPU, NCCL on CUDA, one device per rank) and fits the
+same story through :class:`~torch.nn.parallel.DistributedDataParallel` over the
+:class:`~pyro_vae.programs.Program` s that own its parameters:
+
+- every epoch's permutation is drawn from the fit's seed, the same on every rank, and each
+  step's global batch (``batch_size`` rows of it) is cut into N contiguous shards, one per
+  rank (what ``DistributedSampler`` does, at the level of a step);
+- each rank draws its Monte Carlo samples (and dynamic binarizations) from its own stream,
+  seeded by :func:`rank_seed` from the seed and the rank (rank 0 keeps the seed itself, so
+  one process is the plain fit);
+- a rank's loss is the sum over its rows; gradients are summed over ranks (DDP's mean
+  times N), so a step is the single-process step on the concatenated batch;
+- the reported ELBO and the validation ELBO are sums over ranks divided by the global count;
+- rank 0 alone holds the run folder's lock and writes it.
+
+With no ``torchrun`` environment nothing here starts a process group, and the fit is the
+single-process one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, ContextManager, Iterator, Sequence
+
+import numpy as np
+import pyro
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pyro_vae.objectives import Objective
+
+# A rank that waits longer than this for the others has lost them (a crashed peer); the
+# default 30 minutes would leave a dead job holding its machines.
+TIMEOUT = timedelta(minutes=float(os.environ.get("PYRO_VAE_DIST_TIMEOUT_MIN", "10")))
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: ``rank`` of ``size`` processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    """The rank among the processes on this machine (which GPU it uses)."""
+
+    @property
+    def writer(self) -> bool:
+        """Whether this process writes the run folder (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.size > 1
+
+
+SINGLE = World()
+
+
+def launched() -> bool:
+    """Whether ``torchrun`` (or another launcher with its environment) started this process."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def current() -> World:
+    """The running process group's view of this process; :data:`SINGLE` when there is none."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return SINGLE
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+_STARTED: list[bool] = []  # whether start() made the process group (finish() ends only that)
+
+
+def start(device: str) -> World:
+    """Join the process group the launcher describes (NCCL when the fit runs on CUDA, else
+    gloo); a process that was not launched so is :data:`SINGLE`. A group that is already
+    running (a caller's own) is used as it is."""
+    if not launched() or dist.is_initialized():
+        return current()
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local)  # "cuda" then means this rank's own device
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    _STARTED.append(True)
+    return current()
+
+
+def finish() -> None:
+    """Leave the process group :func:`start` made (at the end of the command)."""
+    if _STARTED and dist.is_initialized():
+        _STARTED.clear()
+        dist.destroy_process_group()
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of ``rank``'s random stream: ``seed`` itself on rank 0, else a 32-bit
+    number derived from both (numpy's ``SeedSequence``: streams that do not overlap)."""
+    if rank == 0:
+        return seed
+    entropy = seed % 2 ** 63  # SeedSequence takes non-negative entropy; --seed may be negative
+    return int(np.random.SeedSequence(entropy, spawn_key=(rank,)).generate_state(1)[0])
+
+
+def shard(rows: Tensor, world: World) -> Tensor:
+    """This rank's contiguous share of ``rows`` (``[B]`` → about ``[B / size]``)."""
+    return rows if not world.parallel else rows.tensor_split(world.size)[world.rank]
+
+
+def _device() -> torch.device:
+    """Where collectives put their tensors: NCCL reduces CUDA tensors only."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_sum(values: Sequence[float], world: World) -> list[float]:
+    """Each of ``values`` summed over the ranks (in float64; unchanged for one process)."""
+    if not world.parallel:
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def any_rank(flag: bool, world: World) -> bool:
+    """Whether ``flag`` is true on any rank, so that all of them take the same branch."""
+    return bool(all_sum([float(flag)], world)[0] > 0)
+
+
+def gather(value: Tensor | None, world: World) -> Tensor | None:
+    """``value`` of every rank, stacked ``[size, ...]`` on the CPU (a random state to
+    checkpoint); for one process, ``value`` itself."""
+    if not world.parallel or value is None:
+        return value
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, value.cpu())
+    return torch.stack(out)
+
+
+def from_writer(value: Any, world: World) -> Any:
+    """Rank 0's ``value`` on every rank (e.g. a run folder name that holds the time)."""
+    if not world.parallel:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def agree(action: Callable[[], Any], world: World) -> Any:
+    """Run ``action`` on rank 0 only and return its result on every rank; an exception
+    there is raised on every rank with the same message, so that no rank waits forever
+    for a peer that has given up (e.g. a run folder refused to a second writer)."""
+    result, error = None, None
+    if world.writer:
+        try:
+            result = action()
+        except Exception as err:  # noqa: BLE001 - carried to the other ranks, then re-raised
+            error = err
+    if not world.parallel:
+        if error is not None:
+            raise error
+        return result
+    shared = from_writer((result, None if error is None else (type(error), str(error))), world)
+    if error is not None:
+        raise error
+    if shared[1] is not None:
+        kind, message = shared[1]
+        raise (kind(message) if issubclass(kind, Exception) else RuntimeError(message))
+    return shared[0]
+
+
+class Loss(nn.Module):
+    """The objective on a story and its guide as one module, so that
+    :class:`DistributedDataParallel` can wrap a single ``forward`` that touches every parameter."""
+
+    def __init__(self, model: nn.Module, guide: nn.Module, objective) -> None:
+        super().__init__()
+        self.model, self.guide = model, guide
+        object.__setattr__(self, "objective", objective)  # not a module: keep it out of the tree
+
+    def forward(self, x: Tensor, beta: float, batch: dict[str, Tensor]) -> Tensor:
+        """Minus the objective summed over the rows of ``x`` ``[B, D]`` (a scalar)."""
+        return self.objective.differentiable_loss(self.model, self.guide, x, beta=beta,
+                                                  batch=batch)
+
+
+def data_parallel(model: nn.Module, guide: nn.Module, objective, device: torch.device,
+                  example: Callable[[], tuple[Tensor, dict[str, Tensor]]]) -> nn.Module:
+    """:class:`Loss` wrapped in :class:`DistributedDataParallel`; rank 0's parameters are
+    broadcast to every rank on the way in. ``example()`` gives a few training rows ``x``
+    ``[B, D]`` and their extras, to find out once whether every parameter gets a gradient."""
+    loss = Loss(model, guide, objective)
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else None
+    # A story may leave a parameter out of the loss (a branch, a module it never calls);
+    # only then must DDP search the graph for it every step (find_unused_parameters).
+    return DistributedDataParallel(loss, device_ids=ids,
+                                   find_unused_parameters=not _every_parameter_used(loss, example))
+
+
+def _every_parameter_used(loss: Loss, example: Callable[[], tuple[Tensor, dict[str, Tensor]]]) -> bool:
+    """Whether one loss on the example rows reaches every parameter; the random state and a
+    traced objective's cache are left as they were (the untraced loss is used)."""
+    params = [p for p in loss.parameters() if p.requires_grad]
+    untraced = Objective.differentiable_loss if isinstance(loss.objective, Objective) \
+        else type(loss.objective).differentiable_loss
+    cuda = [p.device for p in params if p.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=cuda), pyro.validation_enabled(False):
+        x, batch = example()
+        value = untraced(loss.objective, loss.model, loss.guide, x, beta=1.0, batch=batch)
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+    return all(g is not None for g in grads)
+
+
+def check_same_world(trained_by: int, world: World, where: str) -> None:
+    """A run resumes with the number of processes that trained it: each rank's random
+    stream and share of every batch depend on it."""
+    if trained_by != world.size:
+        launch = ("torchrun --nproc-per-node " + str(trained_by) + " -m pyro_vae train --resume ..."
+                  if trained_by > 1 else "pyro-vae train --resume ... (one process, no torchrun)")
+        raise ValueError(f"{where} was trained by {trained_by} process(es) and this resume has "
+                         f"{world.size}: its random streams and batch shards are per rank; "
+                         f"resume it with the same number ({launch})")
+
+
+@contextlib.contextmanager
+def on_writer(world: World, enter: Callable[[], ContextManager]) -> Iterator[None]:
+    """Hold ``enter()`` (the run folder's lock) on rank 0 alone for the ``with`` block; a
+    refusal there is raised on every rank (see :func:`agree`)."""
+    with contextlib.ExitStack() as stack:
+        agree(lambda: stack.enter_context(enter()), world)
+        yield
