@@ -58,7 +58,8 @@ class AutoAmortizedGuide(nn.Module):
     def __init__(self, model: Callable, encoder: nn.Module, x_example: Tensor, *,
                  floor: float = 1e-3, **batch: Any) -> None:
         super().__init__()
-        self.sites = latent_sites(model, x_example, batch, who="AutoAmortizedGuide")
+        self.sites = latent_sites(model, x_example, batch, who="AutoAmortizedGuide",
+                                  enumerated=False)
         if not self.sites:
             raise ValueError("the model has no latent sample site to guide")
         self.encoder = encoder

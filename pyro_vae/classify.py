@@ -9,6 +9,7 @@ with the labels hidden, is the classifier. Nothing here knows one story's networ
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -207,3 +208,21 @@ def classifier_figures(model: object, guide: Callable, data: Data, seed: int,
                            f"q(y | x) on {n} test images: accuracy {acc:.4f}"),
             plot_reliability(calibration(probs, labels), Path(folder) / "reliability.png",
                              f"calibration of q(y | x) on {n} test images")]
+
+
+def write_classifier_report(model: object, guide: Callable, data: Data, seed: int,
+                            folder: Path) -> dict | None:
+    """``classifier.json`` (test accuracy, expected calibration error, the reliability table)
+    and ``reliability.png``/``confusion.png`` in ``folder``, for a story with a label site;
+    ``None`` for any other story."""
+    scored = scored_splits(model, guide, data, seed, ("test",))
+    if "test" not in scored:
+        return None
+    probs, labels = scored["test"]
+    cal = calibration(probs, labels)
+    report = {"split": "test", "points": len(labels), "accuracy": accuracy(probs, labels),
+              "expected_calibration_error": cal.ece, "reliability": dataclasses.asdict(cal),
+              "confusion": confusion(probs, labels).tolist()}
+    classifier_figures(model, guide, data, seed, folder)
+    (Path(folder) / "classifier.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

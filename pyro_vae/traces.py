@@ -98,7 +98,9 @@ def describe_latent(name: str, site: dict, n: int, who: str = "this guide") -> L
     if support.is_discrete:
         raise ValueError(f"latent site {name!r} is discrete; {who} handles continuous latents "
                          f"only. Sum a discrete latent out exactly: mark it "
-                         f"infer={{'enumerate': 'parallel'}} and write its guide by hand")
+                         f"infer={{'enumerate': 'parallel'}}, write a guide that enumerates it "
+                         f"too (as guides/semisupervised.py does for M2, example "
+                         f"examples/semi_supervised.py) and train with --objective enum")
     extra = len(fn.event_shape) - support.event_dim
     if extra > 0:  # e.g. an elementwise support on a site made with .to_event()
         support = constraints.independent(support, extra)
@@ -115,13 +117,14 @@ def trace_program(program: Callable, x: Tensor, batch: dict[str, Any] | None = N
 
 
 def latent_sites(model: Callable, x: Tensor, batch: dict[str, Any] | None = None,
-                 who: str = "this guide") -> list[LatentSite]:
+                 who: str = "this guide", enumerated: bool = True) -> list[LatentSite]:
     """The continuous latent sample sites of one run of ``model(x, **batch)``, in order (see
-    :func:`describe_latent` for what is refused); discrete sites marked for enumeration are
-    summed out wherever they are used, so they are not listed."""
+    :func:`describe_latent` for what is refused). Discrete sites marked for enumeration are
+    summed out wherever they are used, so they are not listed; with ``enumerated=False``
+    they are refused too (by a ``who`` that must propose every latent)."""
     trace = trace_program(model, x, batch)
     return [describe_latent(name, site, x.shape[0], who) for name, site in trace.nodes.items()
-            if is_latent(site) and not is_enumerated(site)]
+            if is_latent(site) and not (enumerated and is_enumerated(site))]
 
 
 def is_enumerated(site: dict) -> bool:

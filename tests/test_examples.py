@@ -22,6 +22,7 @@ EXAMPLES = {
                        "--out", "{out}"],
     "conditional_vae.py": ["--epochs", "2", "--hidden", "16", "--samples", "20", "--points", "20",
                            "--label", "3", "--out", "{out}"],
+    "semi_supervised.py": ["--labels", "20", "--epochs", "2", "--hidden", "16", "--out", "{out}"],
 }
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-
+from pyro_vae.classify import write_classifier_report
 from pyro_vae.cli.common import COMMANDS, Command, positive_int
 from pyro_vae.diagnose import DiagnoseConfig, diagnose
 from pyro_vae.report import active_units_text, write_diagnostics
@@ -49,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"max r̂ {s['nuts']['rhat_max']:.3f}; approximation gap {g['approximation_gap']:.2f} nats, "
           f"amortization gap {g['amortization_gap']:.2f} nats; active units "
           f"{active_units_text(s['collapse'])}", file=sys.stderr)
+    classifier = write_classifier_report(loaded.model, loaded.guide, loaded.data,
+                                         loaded.config.train.seed, args.out or loaded.path)
+    if classifier is not None:
+        print(f"q(y | x) on {classifier['points']} test images: accuracy "
+              f"{classifier['accuracy']:.4f}, expected calibration error "
+              f"{classifier['expected_calibration_error']:.4f}", file=sys.stderr)
     print(written.html)
     return 0
 
