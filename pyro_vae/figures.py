@@ -202,3 +202,33 @@ def plot_khat(psis: PSISDiagnostics, path: Path) -> Path:
     ax.legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
+
+
+def plot_ais_curve(curve: KCurve, ais: Sequence, path: Path, exact: float | None = None) -> Path:
+    """The K-curve of :func:`plot_k_curve` with AIS against T beside it (``ais``: results of
+    :func:`pyro_vae.ais.ais_curve`, mean ± 2 s.e. over points; none: the K-curve alone)."""
+    if not ais:
+        return plot_k_curve(curve, path, exact)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    ks = np.asarray(curve.ks)
+    for name in ESTIMATORS:
+        mean, se = np.asarray(curve.mean[name]), np.asarray(curve.stderr[name])
+        line, = ax.plot(ks, mean, marker="o", ms=3, label=f"{LABELS[name]} (against K)")
+        ax.fill_between(ks, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.15)
+    steps = np.asarray([r.config.steps for r in ais])
+    mean = np.asarray([r.estimate.mean for r in ais])
+    se = np.asarray([r.estimate.stderr for r in ais])
+    line, = ax.plot(steps, mean, marker="s", ms=4, color="black",
+                    label=f"AIS, {ais[-1].config.chains} chains (against T)")
+    ax.fill_between(steps, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.1)
+    if exact is not None:
+        ax.axhline(exact, color="black", ls="--", lw=1, label="exact log p(x)")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (samples of z per data point) or T (AIS steps)")
+    ax.set_ylabel("mean log p(x) estimate (nats)")
+    ax.set_title("estimates of log p(x) against K, and AIS against T (bands: ±2 s.e.)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path

@@ -45,3 +45,40 @@ def test_evaluate_missing_run_is_a_user_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nope"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
+
+
+def test_evaluate_ais_and_bdmc_write_their_blocks_and_the_curve(tiny_run, capsys):
+    args = ["evaluate", str(tiny_run), "--samples", "16", "--points", "6", "--no-progress",
+            "--method", "ais", "--steps", "8", "--chains", "3", "--leapfrog", "2",
+            "--warmup-steps", "4", "--steps-grid", "2", "--bdmc", "3"]
+    assert main(args) == 0
+    out = json.loads((tiny_run / "evaluation.json").read_text())
+    ais, bdmc = out["ais"], out["bdmc"]
+    assert ais["steps"] == 8 and ais["chains"] == 3 and ais["start"] == "guide"
+    assert ais["curve"]["steps"] == [2, 8] and ais["estimate"]["mean"] == ais["curve"]["mean"][-1]
+    assert ais["estimate"]["bits_per_dim"] == pytest.approx(-ais["estimate"]["mean"] / (64 * 0.6931471805599453))
+    assert 0.0 <= ais["acceptance_mean"] <= 1.0 and ais["num_points"] == 6
+    assert bdmc["num_points"] == 3 and [r["steps"] for r in bdmc["per_steps"]] == [2, 8]
+    for row in bdmc["per_steps"]:
+        assert row["gap_mean"] == pytest.approx(row["upper"]["mean"] - row["lower"]["mean"])
+    err = capsys.readouterr().err
+    assert "ais T=8" in err and "bdmc T=2" in err
+    assert (tiny_run / "evaluation_k_curve.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--chains"])
+def test_evaluate_refuses_zero_steps_or_chains(tiny_run, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", str(tiny_run), "--method", "ais", flag, "0", "--no-progress"])
+    assert exit_.value.code == 2
+    assert f"{flag}: must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_bad_ais_settings_before_anything_runs(tiny_run, capsys):
+    before = (tiny_run / "evaluation.json").read_text() if (tiny_run / "evaluation.json").exists() else None
+    assert main(["evaluate", str(tiny_run), "--method", "ais", "--target-accept", "1.5",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "target_accept" in err[0]
+    after = (tiny_run / "evaluation.json").read_text() if (tiny_run / "evaluation.json").exists() else None
+    assert before == after  # nothing written

@@ -1,5 +1,7 @@
 """``pyro-vae evaluate RUN``: log p(x) of a split three ways (prior Monte Carlo, ELBO, IWAE),
-with PSIS diagnostics of the guide; writes ``evaluation.json`` and two figures into the run folder."""
+with PSIS diagnostics of the guide, and with ``--method ais`` by annealed importance sampling
+(``--bdmc N``: its check on simulated images); writes ``evaluation.json`` and figures into the
+run folder."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from pyro_vae.cli.common import COMMANDS, Command, UserError, positive_int
+from pyro_vae.ais import STARTS, AISConfig, AISResult, BDMCResult, ais_curve, bdmc, default_steps_grid
+from pyro_vae.cli.common import COMMANDS, Command, UserError, int_list, positive_int
 from pyro_vae.evaluate import ESTIMATORS, Evaluation, evaluate
-from pyro_vae.figures import plot_k_curve, plot_khat
+from pyro_vae.figures import plot_ais_curve, plot_khat
 from pyro_vae.runs import load_run
 from pyro_vae.traces import slice_rows
 
@@ -32,6 +35,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold-points", type=positive_int, default=256,
                    help="images whose K weights are held in memory at once")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
+    a = p.add_argument_group("annealed importance sampling (--method ais, --bdmc)")
+    A = AISConfig()
+    a.add_argument("--method", choices=("iwae", "ais"), default="iwae",
+                   help="iwae: prior Monte Carlo, ELBO and IWAE with PSIS; ais: those, and AIS")
+    a.add_argument("--steps", type=positive_int, default=A.steps,
+                   help="T, annealing steps from the start to p(x, z)")
+    a.add_argument("--chains", type=positive_int, default=A.chains,
+                   help="C, independent AIS chains per image")
+    a.add_argument("--ais-start", choices=sorted(STARTS), default=A.start,
+                   help="where the path starts: the guide q(z | x) or the prior p(z)")
+    a.add_argument("--leapfrog", type=positive_int, default=A.leapfrog,
+                   help="leapfrog steps per HMC transition")
+    a.add_argument("--target-accept", type=float, default=A.target_accept,
+                   help="acceptance rate the step sizes are adapted to (in a separate warm-up pass)")
+    a.add_argument("--warmup-steps", type=positive_int, default=A.warmup_steps,
+                   help="annealing steps of the warm-up pass that adapts the step sizes")
+    a.add_argument("--steps-grid", type=int_list, default=None,
+                   help="the T of the AIS-against-T curve, comma-separated (default T/16, T/4, T)")
+    a.add_argument("--bdmc", type=positive_int, default=None, metavar="N",
+                   help="bidirectional Monte Carlo on N images simulated from the model: "
+                        "AIS lower and reverse-AIS upper bounds and their gap at each T")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -49,6 +73,62 @@ def report(result: Evaluation, path: Path) -> None:
     print(path)
 
 
+def report_ais(curve: tuple[AISResult, ...]) -> None:
+    """One line per T: the AIS mean ± s.e. over images, chain s.e. and acceptance."""
+    for r in curve:
+        e = r.estimate
+        print(f"  ais T={r.config.steps:<6d} log p(x) = {e.mean:10.3f} ± {e.stderr:.3f} nats  "
+              f"= {e.bits_per_dim:.4f} ± {e.bits_per_dim_stderr:.4f} bits/dim  "
+              f"(C = {r.config.chains}, {r.config.start} start, chain s.e. "
+              f"{float(r.chain_stderr.mean()):.3f}, acceptance {float(r.acceptance.mean()):.2f}, "
+              f"{r.seconds:.1f} s)", file=sys.stderr)
+
+
+def report_bdmc(result: BDMCResult) -> None:
+    """One line per T: the stochastic lower and upper bounds and their gap."""
+    for i, t in enumerate(result.steps):
+        lo, up, gap = result.lower[i].estimate, result.upper[i].estimate, result.gap(i)
+        print(f"  bdmc T={t:<6d} lower {lo.mean:10.3f}  upper {up.mean:10.3f}  "
+              f"gap {gap.mean:.3f} ± {gap.stderr:.3f} nats on {len(lo.per_point)} simulated images",
+              file=sys.stderr)
+
+
+def ais_config(args: argparse.Namespace) -> AISConfig:
+    cfg = AISConfig(steps=args.steps, chains=args.chains, start=args.ais_start,
+                    leapfrog=args.leapfrog, target_accept=args.target_accept,
+                    warmup_steps=args.warmup_steps)
+    cfg.check()
+    return cfg
+
+
+def steps_grid(args: argparse.Namespace) -> tuple[int, ...]:
+    """The T of the AIS-against-T curve and of BDMC: --steps-grid with --steps, or the default."""
+    if args.steps_grid:
+        return tuple(sorted(set(args.steps_grid) | {args.steps}))
+    return default_steps_grid(args.steps)
+
+
+def run_ais(args: argparse.Namespace, loaded, x, batch) -> tuple[dict, tuple[AISResult, ...]]:
+    """AIS at each T of the grid (the last is --steps): the ``ais`` block of evaluation.json."""
+    cfg = ais_config(args)
+    curve = ais_curve(loaded.model, loaded.guide, x, cfg, steps_grid(args), seed=args.seed, batch=batch)
+    block = {**curve[-1].summary(),
+             "curve": {"steps": [r.config.steps for r in curve],
+                       "mean": [r.estimate.mean for r in curve],
+                       "stderr": [r.estimate.stderr for r in curve]}}
+    return block, curve
+
+
+def run_bdmc(args: argparse.Namespace, loaded, x, batch) -> tuple[dict, BDMCResult]:
+    """BDMC on --bdmc images simulated from the model (shaped, and labelled, like the split's)."""
+    if args.bdmc > len(x):
+        raise UserError(f"--bdmc {args.bdmc}: the {args.split} split has only {len(x)} images "
+                        f"to shape the simulated ones")
+    result = bdmc(loaded.model, loaded.guide, x[:args.bdmc], ais_config(args), steps_grid(args),
+                  seed=args.seed, batch=slice_rows(batch, 0, args.bdmc))
+    return result.summary(), result
+
+
 def run(args: argparse.Namespace) -> int:
     loaded = load_run(args.run, args.device)
     x = loaded.data.eval_split(args.split, seed=args.seed)
@@ -57,19 +137,31 @@ def run(args: argparse.Namespace) -> int:
         if args.points > len(x):
             raise UserError(f"--points {args.points}: the {args.split} split has only {len(x)} images")
         x, batch = x[:args.points], slice_rows(batch, 0, args.points)
+    if args.method == "ais" or args.bdmc:
+        ais_config(args)  # bad settings are refused before anything runs
     result = evaluate(loaded.model, loaded.guide, x, num_samples=args.samples,
                       particle_chunk=args.particle_chunk, point_chunk=args.point_chunk,
                       hold_points=args.hold_points, batch=batch,
                       seed=args.seed, progress=not args.no_progress)
     summary = {"split": args.split, "seed": args.seed, **result.summary()}
+    curve: tuple[AISResult, ...] = ()
+    sandwich = None
+    if args.method == "ais":
+        summary["ais"], curve = run_ais(args, loaded, x, batch)
+    if args.bdmc:
+        summary["bdmc"], sandwich = run_bdmc(args, loaded, x, batch)
     out = loaded.path / "evaluation.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
-    plot_k_curve(result.curve, loaded.path / "evaluation_k_curve.png")
+    plot_ais_curve(result.curve, curve, loaded.path / "evaluation_k_curve.png")
     plot_khat(result.psis, loaded.path / "evaluation_khat.png")
     report(result, out)
+    report_ais(curve)
+    if sandwich is not None:
+        report_bdmc(sandwich)
     return 0
 
 
 COMMANDS.register("evaluate")(Command("estimate log p(x) of a split (prior Monte Carlo, ELBO, IWAE) "
-                                      "with PSIS diagnostics; writes evaluation.json and figures",
+                                      "with PSIS diagnostics, or by AIS (--method ais) checked by "
+                                      "BDMC (--bdmc N); writes evaluation.json and figures",
                                       add_arguments, run))
