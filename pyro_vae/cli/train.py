@@ -227,8 +227,10 @@ def report(result: TrainResult) -> int:
     fit = result.fit
     if fit.interrupted:
         state = fit.state
+        size = distributed.current().size
+        again = f"torchrun --nproc-per-node {size} -m pyro_vae" if size > 1 else "pyro-vae"
         print(f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint written. "
-              f"Continue with: pyro-vae train --resume {result.path}", file=sys.stderr)
+              f"Continue with: {again} train --resume {result.path}", file=sys.stderr)
         print(result.path)
         return EXIT_INTERRUPTED
     last = fit.history[-1]
