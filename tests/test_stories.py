@@ -9,6 +9,7 @@ run folder it leaves: the story file kept beside its SHA-256, finite log p(x) es
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import textwrap
@@ -58,6 +59,8 @@ EXAMPLES = {
                             ("z1_dim=4", "z2_dim=2", "hidden=32"), ("z1", "z2"), ("z2=0.5,-0.5",)),
     "spatial": Example("spatial.py:Spatial", None, ("latent_dim=2", "hidden=32"), ("z", "pose"),
                        ("pose=0.3,0,0", "z=0,0")),
+    "quadrants": Example("quadrants.py:Quadrants", None, ("observed=1", "hidden=32"), ("z",),
+                         ("z=0,0",)),
 }
 
 
@@ -255,3 +258,22 @@ def test_a_run_is_rebuilt_from_its_copy_and_refuses_an_edited_one(unseen, tmp_pa
         assert len(err.splitlines()) == 1 and "story.py has changed since the run was trained" in err
     finally:
         (tmp_path / "moved.py").rename(unseen.parent.parent / "width.py")
+
+
+def test_the_quadrants_story_scores_only_the_hidden_quadrants():
+    """log p(h | z, o): the image site sums Bernoulli log-probabilities over the hidden
+    pixels alone, and its mean copies the observed ones."""
+    spec = importlib.util.spec_from_file_location("quadrants", STORIES / "quadrants.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mask = module.hidden_pixels((4, 6), observed=2).reshape(4, 6)
+    assert mask[:2].sum() == 0 and bool(mask[2:].all())           # the top half is shown
+    story = module.Quadrants(24, (4, 6), observed=3, latent_dim=2, hidden=8)
+    x = torch.bernoulli(torch.full((3, 24), 0.5), generator=torch.Generator().manual_seed(0))
+    z = torch.randn(3, 2)
+    image = story.x_dist(z, x)
+    probs = image.base_dist.base_dist.probs
+    by_hand = (torch.distributions.Bernoulli(probs=probs).log_prob(x) * story.hidden).sum(-1)
+    assert torch.allclose(image.log_prob(x), by_hand)
+    assert int(story.hidden.sum()) == 6  # 3 of 4 quadrants shown: the 2 × 3 bottom right
+    assert torch.equal(image.mean[:, ~story.hidden], x[:, ~story.hidden])
