@@ -66,8 +66,8 @@ class Quadrants(nn.Module):
     def x_dist(self, z: Tensor, x: Tensor) -> dist.Distribution:
         """p(h | z, o) on the hidden pixels; the mean copies o on the others. z ``[..., N, d]``."""
         o = self.part(x).expand(z.shape[:-1] + x.shape[-1:])
-        probs = torch.sigmoid(self.decoder(torch.cat([z, o], dim=-1)))
-        probs = torch.where(self.hidden, probs, x).clamp(1e-6, 1 - 1e-6)
+        probs = torch.sigmoid(self.decoder(torch.cat([z, o], dim=-1))).clamp(1e-6, 1 - 1e-6)
+        probs = torch.where(self.hidden, probs, x)  # o copied: masked out of the score
         return dist.Bernoulli(probs=probs, validate_args=False).mask(self.hidden).to_event(1)
 
     def forward(self, x: Tensor) -> None:
