@@ -26,6 +26,18 @@ sublinearly with N as the C heap settles, see the issue-4 note.)
 
     python benchmarks/bench_evaluate.py                         # K = 1000, all 10,000 test images
     python benchmarks/bench_evaluate.py --points 1000 --samples 1000 --loop-points 10
+
+With ``--ais`` it times annealed importance sampling instead (guide start, T steps, C
+chains, L leapfrog steps): :func:`pyro_vae.ais.ais` beside **hand AIS**, a hand-written
+batched loop of the same arithmetic (encode once; per evaluation decode all images ×
+chains, Bernoulli log-likelihood + N(0, I) prior + the guide's diagonal Normal, one
+autograd gradient; the same warm-up pass, schedule, leapfrog and accept steps), interleaved
+chunk by chunk; target ≥ 0.8× its speed. Peak memory above the resident set is printed for
+one ``ais`` call. The issue's full size (1,000 images, T = 1000, C = 16) is extrapolated
+from the rate measured here (linear in images × chains × T on a CPU):
+
+    python benchmarks/bench_evaluate.py --ais                   # 32 images, T = 50, C = 16
+    python benchmarks/bench_evaluate.py --ais --ais-points 1000 --ais-steps 1000   # the issue's size
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ import torch
 from torch import Tensor
 from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
+from pyro_vae.ais import Adaptation, AISConfig, ais, sigmoid_schedule
 from pyro_vae.build import build_vae
 from pyro_vae.config import DataConfig, ModelConfig
 from pyro_vae.data import load_data
@@ -64,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--ais", action="store_true", help="time AIS (pyro-vae vs hand-written) instead")
+    p.add_argument("--ais-points", type=int, default=32, help="AIS: test images")
+    p.add_argument("--ais-steps", type=int, default=50, help="AIS: T")
+    p.add_argument("--ais-chains", type=int, default=16, help="AIS: C")
+    p.add_argument("--ais-leapfrog", type=int, default=10, help="AIS: leapfrog steps per transition")
     return p.parse_args(argv)
 
 
@@ -196,6 +214,119 @@ def memory_vs_n(args) -> None:
               f"its resident set before the call {float(out):8.1f} MiB")
 
 
+class HandAIS:
+    """Hand-written batched AIS with the arithmetic of :func:`pyro_vae.ais.ais` (guide start)
+    for the MLP VAE: z ``[C, n, d]``, log f_β = (1 − β) log q(z|x) + β (log p(z) + log p(x|z))."""
+
+    def __init__(self, model, guide, x: Tensor, cfg: AISConfig) -> None:
+        self.decoder, self.x, self.cfg = model.decoder, x, cfg
+        q = guide.z_dist(x)
+        self.q, self.loc, self.scale = q, q.base_dist.loc, q.base_dist.scale
+
+    def log_f_grad(self, z: Tensor, b0: float, b1: float) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            logits = self.decoder(z)
+            log_px = -binary_cross_entropy_with_logits(logits, self.x.expand_as(logits),
+                                                       reduction="none").sum(-1)
+            log_joint = log_px + (-z**2 / 2 - HALF_LOG_2PI).sum(-1)
+            log_q = normal_log_prob(z, self.loc, self.scale)
+            f0, f1 = (1 - b0) * log_q + b0 * log_joint, (1 - b1) * log_q + b1 * log_joint
+            grad, = torch.autograd.grad(f1.sum(), z)
+        return f0.detach(), f1.detach(), grad
+
+    def hmc(self, z: Tensor, f: Tensor, grad: Tensor, beta: float, eps: Tensor):
+        step = eps[None, :, None]
+        p0 = torch.randn_like(z)
+        q, p = z, p0 + 0.5 * step * grad
+        for i in range(self.cfg.leapfrog):
+            q = q + step * p
+            _, new_f, new_grad = self.log_f_grad(q, beta, beta)
+            p = p + (step if i < self.cfg.leapfrog - 1 else 0.5 * step) * new_grad
+        log_ratio = torch.nan_to_num(new_f - f - 0.5 * (p.pow(2).sum(-1) - p0.pow(2).sum(-1)),
+                                     nan=-math.inf)
+        accept = torch.rand_like(log_ratio).log() < log_ratio
+        return torch.where(accept[..., None], q, z), accept
+
+    def anneal(self, z: Tensor, betas: Tensor, eps: Tensor | None, adapt: Adaptation | None):
+        log_w = torch.zeros(z.shape[:2])
+        for t in range(1, len(betas)):
+            f0, f1, grad = self.log_f_grad(z, float(betas[t - 1]), float(betas[t]))
+            log_w = log_w + f1 - f0
+            if t == len(betas) - 1:
+                break
+            z, accept = self.hmc(z, f1, grad, float(betas[t]), adapt.eps if adapt else eps[t])
+            if adapt is not None:
+                adapt.update(float(betas[t]), accept.float().mean(0))
+        return log_w
+
+    @torch.no_grad()
+    def __call__(self) -> Tensor:
+        cfg, n = self.cfg, self.x.shape[0]
+        draw = lambda: self.q.sample((cfg.chains,))  # noqa: E731
+        adapt = Adaptation(torch.full((n,), cfg.initial_step_size), cfg.target_accept)
+        z = draw()
+        for _ in range(10):
+            _, f, grad = self.log_f_grad(z, 0.0, 0.0)
+            z, accept = self.hmc(z, f, grad, 0.0, adapt.eps)
+            adapt.update(0.0, accept.float().mean(0))
+        self.anneal(z, sigmoid_schedule(min(cfg.warmup_steps, cfg.steps), cfg.sharpness,
+                                        torch.float32), None, adapt)
+        betas = sigmoid_schedule(cfg.steps, cfg.sharpness, torch.float32)
+        return log_mean_exp(self.anneal(draw(), betas, adapt.schedule(betas), None))
+
+
+def bench_ais(model, guide, x: Tensor, args, device) -> None:
+    """pyro-vae's AIS and the hand-written loop on the same chunks, alternating; peak memory."""
+    cfg = AISConfig(steps=args.ais_steps, chains=args.ais_chains, leapfrog=args.ais_leapfrog)
+    x = x[:args.ais_points]
+    chunk = cfg.chunk(device)
+    for p in (*model.parameters(), *guide.parameters()):  # both loops differentiate z alone
+        p.requires_grad_(False)
+    print(f"AIS on {len(x)} MNIST test images, 784-400-50 MLP VAE, guide start, T = {cfg.steps}, "
+          f"C = {cfg.chains}, L = {cfg.leapfrog}, warm-up {min(cfg.warmup_steps, cfg.steps)} steps, "
+          f"{chunk} images per chunk, device {device}, {args.threads} thread(s)")
+    runs = {"hand AIS": lambda c: HandAIS(model, guide, c, cfg)(),
+            "pyro-vae": lambda c: ais(model, guide, c, cfg, seed=None).estimate.per_point}
+    totals = {name: [0.0, 0.0] for name in runs}
+    results: dict[str, list[Tensor]] = {name: [] for name in runs}
+    for i, lo in enumerate(range(0, len(x), chunk)):
+        for name in (list(runs) if i % 2 == 0 else list(reversed(runs))):
+            c0, w0 = clock(device)
+            results[name].append(runs[name](x[lo:lo + chunk]).double().cpu())
+            c1, w1 = clock(device)
+            totals[name][0] += c1 - c0
+            totals[name][1] += w1 - w0
+    means = {name: float(torch.cat(v).mean()) for name, v in results.items()}
+    print(f"  mean log p̂(x): hand AIS {means['hand AIS']:.2f}, pyro-vae {means['pyro-vae']:.2f} "
+          f"nats (independent chains)")
+    rates = {name: show(name, len(x), cpu, wall) for name, (cpu, wall) in totals.items()}
+    cpu_ratio = rates["pyro-vae"] / rates["hand AIS"]
+    wall_ratio = (totals["hand AIS"][1] / totals["pyro-vae"][1])
+    verdict = "met" if max(cpu_ratio, wall_ratio) >= 0.8 else "NOT met"
+    print(f"  pyro-vae / hand AIS: {cpu_ratio:.2f}× (CPU), {wall_ratio:.2f}× (wall); "
+          f"target ≥ 0.8× {verdict}")
+    per_unit = totals["pyro-vae"][1] / (len(x) * cfg.chains * cfg.steps)
+    print(f"  the issue's size (1,000 images, T = 1000, C = 16, L = {cfg.leapfrog}) at this rate: "
+          f"{per_unit * 1000 * 16 * 1000 / 3600:.1f} h wall")
+    for n in (256, 1024):  # one and four chunks of 256 images: memory must not grow with N
+        cmd = [sys.executable, __file__, "--memory-probe", "--ais", "--ais-points", str(n),
+               "--ais-steps", "5", "--ais-chains", str(cfg.chains), "--ais-leapfrog",
+               str(cfg.leapfrog), "--threads", str(args.threads), "--device", args.device,
+               "--data-root", str(args.data_root)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1]
+        print(f"  ais(N = {n:4d}, C = {cfg.chains}) in a fresh process: peak memory above its "
+              f"resident set before the call {float(out):8.1f} MiB")
+
+
+def ais_memory_probe(model, guide, x: Tensor, args, device) -> None:
+    """Run inside a fresh process: peak memory of one ``ais`` call, in MiB."""
+    cfg = AISConfig(steps=args.ais_steps, chains=args.ais_chains, leapfrog=args.ais_leapfrog,
+                    warmup_steps=args.ais_steps)
+    peak = peak_extra_bytes(lambda: ais(model, guide, x[:args.ais_points], cfg), device)
+    print(f"{peak / 2**20:.1f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -209,7 +340,10 @@ def main(argv: list[str] | None = None) -> None:
     guide.to(device).eval()
     torch.manual_seed(0)
     if args.memory_probe:
-        return memory_probe(model, guide, x, args, device)
+        probe = ais_memory_probe if args.ais else memory_probe
+        return probe(model, guide, x, args, device)
+    if args.ais:
+        return bench_ais(model, guide, x, args, device)
     print(f"MNIST test images, 784-400-50 MLP VAE, K = {args.samples}, device {device}, "
           f"{args.threads} thread(s), chunks {args.particle_chunk} draws × {args.point_chunk} images")
     n_loop = min(args.loop_points, len(x))
