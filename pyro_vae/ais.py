@@ -322,7 +322,9 @@ class Annealer:
                     not w.filename.startswith(_LIBRARIES):
                 self.fallback = f"the story reads a tensor's value at {w.filename}:{w.lineno}"
                 return
-        for probe in (u, u + 0.1 * torch.randn_like(u)):
+        with torch.random.fork_rng(devices=[u.device] if u.device.type == "cuda" else []):
+            probes = (u, u + 0.1 * torch.randn_like(u))  # the caller's draws stay as they were
+        for probe in probes:
             with torch.no_grad(), torch.jit.optimized_execution(False):
                 same = torch.allclose(traced(probe, betas), self.pair(probe, betas),
                                       rtol=JIT_RTOL, atol=JIT_ATOL, equal_nan=True)
