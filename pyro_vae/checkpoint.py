@@ -134,6 +134,7 @@ def atomic_write(path: Path, payload: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _mode_of(path))  # mkstemp makes 0600; keep the file readable as before
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -150,6 +151,20 @@ def atomic_write(path: Path, payload: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _mode_of(path: Path) -> int:
+    """The permissions ``path`` has, or those a new file gets under the process's umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        pass
+    try:
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        umask = int(status["Umask"].strip(), 8)
+    except (OSError, KeyError, ValueError):
+        umask = 0o022
+    return 0o666 & ~umask
 
 
 def _alive(pid: int) -> bool:

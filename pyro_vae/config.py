@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Type, TypeVar
 
+from pyro_vae.checkpoint import atomic_write
+
 C = TypeVar("C")
 
 
@@ -194,7 +196,9 @@ def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
 
 
 def save_run_config(config: RunConfig, path: Path) -> None:
-    path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    """Write ``config.json`` atomically: a reader (evaluate on a run being resumed) sees the
+    old file or the new one, never half of one."""
+    atomic_write(Path(path), (json.dumps(dataclasses.asdict(config), indent=2) + "\n").encode())
 
 
 def load_run_config(path: Path, migrate: Callable[[dict], dict] | None = None) -> RunConfig:

@@ -24,7 +24,8 @@ from torch import nn
 from pyro_vae import distributed, figures
 from pyro_vae.build import (build_story, build_story_guide, build_vae,
                             migrate_model_config, seeded, story_is_binary)
-from pyro_vae.checkpoint import appended, load_checkpoint, load_modules, save_checkpoint
+from pyro_vae.checkpoint import (appended, atomic_write, load_checkpoint, load_modules,
+                                 save_checkpoint)
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
 from pyro_vae.data import Data, RawImages, load_raw, resolve_binarize, split_images
 from pyro_vae.catalog import STORIES, is_named
@@ -365,8 +366,8 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
         save_run_config(cfg, path / CONFIG)
     # The checkpoint is the truth: metrics.jsonl is rewritten to match it.
     if world.writer:
-        (path / METRICS).write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n"
-                                            for r in ckpt.state.history))
+        atomic_write(path / METRICS, "".join(json.dumps(dataclasses.asdict(r)) + "\n"
+                                             for r in ckpt.state.history).encode())
     return _run_fit(path, cfg, data, model, guide, ckpt, progress, stop)
 
 

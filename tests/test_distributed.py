@@ -19,6 +19,7 @@ import torch
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.distributed import SINGLE, World, rank_seed, shard
+from pyro_vae.lock import LOCK_FILE, RunLock
 from pyro_vae.runs import CHECKPOINT, METRICS
 
 # A story whose guide draws its noise from each image itself (a fixed pseudo-random function
@@ -66,10 +67,19 @@ DRIVER = """
 import json, sys
 import torch.distributed as dist
 from pyro_vae.cli import main
+
+
+def run(argv):
+    try:
+        return main(argv)
+    except SystemExit as exit_:  # how a rank other than 0 ends on a refusal
+        return exit_.code
+
+
 dist.init_process_group("gloo")
-codes = [main(argv) for argv in json.loads(sys.argv[1])]
+codes = [run(argv) for argv in json.loads(sys.argv[1])]
+print("CODES", dist.get_rank(), json.dumps(codes), flush=True)
 dist.destroy_process_group()
-sys.exit(max(codes))
 """
 
 
@@ -79,8 +89,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(folder: Path, runs: list[list[str]], timeout: float = 240) -> None:
-    """``torchrun --nproc-per-node 2`` on 127.0.0.1, a free port, gloo: each of ``runs``."""
+def _torchrun(folder: Path, runs: list[list[str]], timeout: float = 240) -> dict[int, list[int]]:
+    """``torchrun --nproc-per-node 2`` on 127.0.0.1, a free port, gloo: each of ``runs``;
+    the exit status of each, by rank."""
     driver = folder / "driver.py"
     driver.write_text(DRIVER)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -89,6 +100,8 @@ def _torchrun(folder: Path, runs: list[list[str]], timeout: float = 240) -> None
            json.dumps(runs)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line.split(" ", 2) for line in proc.stdout.splitlines() if line.startswith("CODES ")]
+    return {int(rank): json.loads(codes) for _, rank, codes in lines}
 
 
 def _cli(argv: list[str], capsys=None) -> tuple[int, str]:
@@ -115,7 +128,8 @@ def runs(tmp_path_factory) -> Path:
     - ``steps``: a story whose draws come from the rows (below), one epoch of two steps
       (1024 rows, then the last 414; 512 and 207 per rank);
     - ``vae``: the built-in VAE with random draws per rank, dynamic binarization and the
-      JIT objective, 8 epochs; by 2 ranks also 4 epochs then ``--resume`` to 8 (``*/resumed``).
+      JIT objective, 8 epochs; by 2 ranks also 4 epochs then ``--resume`` to 8 (``*/resumed``);
+    - ``steps/locked``: a folder whose lock this process holds, which the 2 ranks must refuse.
     """
     folder = tmp_path_factory.mktemp("ddp")
     story = folder / "rowdraws.py"
@@ -126,9 +140,14 @@ def runs(tmp_path_factory) -> Path:
     vae = [*BASE, "--hidden", "32", "--latent-dim", "2", "--batch-size", "128", "--epochs", "8",
            "--out", str(folder / "vae")]
     resumed = str(folder / "vae" / "resumed")
-    _torchrun(folder, [["train", *steps, "--name", "two"], ["train", *vae, "--name", "two"],
-                       ["train", *vae, "--name", "resumed", "--epochs", "4"],
-                       ["train", "--resume", resumed, "--epochs", "8", "--no-progress"]])
+    (folder / "steps" / "locked").mkdir(parents=True)
+    lock = RunLock(folder / "steps" / "locked").acquire()
+    codes = _torchrun(folder, [["train", *steps, "--name", "two"], ["train", *vae, "--name", "two"],
+                               ["train", *vae, "--name", "resumed", "--epochs", "4"],
+                               ["train", "--resume", resumed, "--epochs", "8", "--no-progress"],
+                               ["train", *steps, "--name", "locked"]])
+    lock.release()
+    (folder / "codes.json").write_text(json.dumps(codes))
     for argv in (steps, vae):
         code, _ = _cli(["train", *argv, "--name", "one"])
         assert code == 0
@@ -177,6 +196,14 @@ def test_two_ranks_resume_exactly(runs):
     keys = ("epoch", "train_elbo", "val_elbo", "beta")
     straight, resumed = (_metrics(runs / "vae" / n) for n in ("two", "resumed"))
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+
+
+def test_every_rank_is_refused_a_locked_folder_and_goes_on(runs):
+    """Rank 0 meets the lock and every rank exits 2 (none waits for a peer); the ranks then
+    train the next run together (the 2-rank fits above ran in the same processes)."""
+    codes = {int(k): v for k, v in json.loads((runs / "codes.json").read_text()).items()}
+    assert codes == {0: [0, 0, 0, 0, 2], 1: [0, 0, 0, 0, 2]}
+    assert sorted(p.name for p in (runs / "steps" / "locked").iterdir()) == [LOCK_FILE]
 
 
 def test_resume_with_another_number_of_processes_is_refused(runs, capsys):

@@ -207,12 +207,13 @@ def test_real_signals_then_resume_matches_uninterrupted(tmp_path, capsys):
 
 
 def _full_after(monkeypatch, writes: int) -> None:
-    """The device fills up: every fsync of a temporary file after the first ``writes`` fails
-    with ENOSPC, as a write does on a full filesystem (no root needed)."""
+    """The device fills up: every fsync of a checkpoint's temporary file after the first
+    ``writes`` fails with ENOSPC, as a write does on a full filesystem (no root needed)."""
     real, seen = os.fsync, [0]
 
     def fsync(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+        name = os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1]
+        if name.startswith(f".{CHECKPOINT}.") and name.endswith(".tmp"):
             seen[0] += 1
             if seen[0] > writes:
                 raise OSError(errno.ENOSPC, "No space left on device")
