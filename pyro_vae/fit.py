@@ -223,6 +223,10 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
     if state.perm is None:
         state.perm = torch.randperm(len(session.data.train),
                                     generator=session.perm_rng).to(session.device)
+    # A streamed split (pyro_vae/streams.py) reads this rank's batches of the epoch ahead.
+    plan = getattr(session.data.train, "plan", None)
+    if plan is not None:
+        plan(state.perm, cfg.batch_size, session.world, state.step)
     start = time.perf_counter()
     try:
         while state.step < steps:

@@ -14,8 +14,9 @@ one rank: step ``s`` holds rows ``perm[s·B:(s+1)·B]`` cut into ``size`` contig
 own. :func:`batch_loader` reads them through a ``torch.utils.data.DataLoader`` with worker
 processes and pinned memory (for a CUDA device), from any step (a resumed epoch).
 
-Not yet wired to ``pyro-vae train`` (see the issue 13 notes): the fit still takes a
-resident :class:`~pyro_vae.data.Data`.
+:func:`streamed_data` makes a :class:`~pyro_vae.data.Data` whose training split is a
+:class:`StreamedSplit`: :func:`~pyro_vae.fit.fit` trains on it as on resident images, with
+the same draws. Not yet offered by ``pyro-vae train`` (no flag, no automatic choice by size).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from pyro_vae.config import DataConfig
+from pyro_vae.data import Data, Split
 from pyro_vae.distributed import SINGLE, World, shard
 from pyro_vae.validation import DataError
 
@@ -165,9 +168,94 @@ def batch_loader(batches: StepBatches, start: int = 0, workers: int = 2,
                  device: torch.device | None = None) -> DataLoader:
     """The batches of ``batches`` from step ``start`` on, in order, read ahead by
     ``workers`` processes (0: in this process), in pinned memory when ``device`` is CUDA."""
+    # Its own generator: a DataLoader seeds its workers from the global one otherwise, which
+    # would shift every later draw of the fit (workers draw nothing here).
     return DataLoader(batches, batch_size=None, sampler=_From(start, len(batches)),
                       num_workers=workers, pin_memory=device is not None and device.type == "cuda",
-                      prefetch_factor=2 if workers else None, persistent_workers=False)
+                      prefetch_factor=2 if workers else None, persistent_workers=False,
+                      generator=torch.Generator().manual_seed(0))
+
+
+class Rows:
+    """The images of a streamed split as ``x``: ``x[a:b]`` and ``x[index]`` read those rows
+    (``[B, D]`` float32 on the split's device); nothing is held between reads, except the
+    batches a :meth:`StreamedSplit.plan` reads ahead."""
+
+    def __init__(self, split: "StreamedSplit") -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.rows)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), int(np.prod(self.split.source.image_shape)))
+
+    def __getitem__(self, key: slice | Tensor) -> Tensor:
+        wanted = self.split.rows[key] if isinstance(key, slice) else \
+            self.split.rows[torch.as_tensor(key).cpu().numpy()]
+        return self.split.read(wanted).to(self.split.device, non_blocking=True)
+
+
+class StreamedSplit:
+    """A split whose images stay in their file: :class:`~pyro_vae.data.Split`'s interface
+    (``x``, ``labels``, ``fields()``, ``to()``, ``len``) over rows ``rows`` of ``source``.
+
+    :class:`~pyro_vae.data.Data` and the fit use it as they use a resident split: a training
+    batch reads its rows, binarized afterwards in the fit's process with the fit's random
+    stream (so a streamed fit makes the draws of the resident one). :meth:`plan` lets the
+    fit announce an epoch's batches, which a DataLoader then reads ahead in workers.
+    """
+
+    def __init__(self, source: RowSource, rows: np.ndarray, labels: Tensor | None = None,
+                 device: torch.device | str = "cpu", workers: int = 2) -> None:
+        self.source, self.rows, self.labels = source, np.asarray(rows), labels
+        self.device, self.workers = torch.device(device), workers
+        self._ahead: tuple[StepBatches, int, object] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def x(self) -> Rows:
+        return Rows(self)
+
+    def fields(self) -> dict[str, Tensor]:
+        return {} if self.labels is None else {"y": self.labels}
+
+    def to(self, device: torch.device | str) -> "StreamedSplit":
+        labels = None if self.labels is None else self.labels.to(device)
+        return StreamedSplit(self.source, self.rows, labels, device, self.workers)
+
+    def plan(self, perm: Tensor, batch_size: int, world: World, start: int) -> None:
+        """The fit will read steps ``start, start + 1, ...`` of ``perm`` (positions in this
+        split), this rank's share of each: read them ahead through :func:`batch_loader`."""
+        batches = StepBatches(_Subset(self.source, self.rows), perm, batch_size, world)
+        loader = batch_loader(batches, start, self.workers, self.device)
+        self._ahead = (batches, start, iter(loader))
+
+    def read(self, wanted: np.ndarray) -> Tensor:
+        """Source rows ``wanted``: the next batch read ahead when it is that one, else read now."""
+        if self._ahead is not None:
+            batches, step, it = self._ahead
+            if step < len(batches) and np.array_equal(self.rows[batches.index(step).numpy()], wanted):
+                self._ahead = (batches, step + 1, it)
+                return next(it)
+            self._ahead = None  # the fit went another way: stop reading ahead
+        return self.source.rows(wanted)
+
+
+class _Subset:
+    """Rows ``rows`` of ``source`` as a source of their own (positions 0..len−1)."""
+
+    def __init__(self, source: RowSource, chosen: np.ndarray) -> None:
+        self.source, self.chosen, self.image_shape = source, chosen, source.image_shape
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def rows(self, index: np.ndarray) -> Tensor:
+        return self.source.rows(self.chosen[index])
 
 
 def open_rows(path: Path) -> RowSource:
@@ -183,3 +271,27 @@ def open_rows(path: Path) -> RowSource:
 def resident_bytes(source: RowSource) -> int:
     """What the source would take in memory as the fit's float32 tensor."""
     return len(source) * int(np.prod(source.image_shape)) * 4
+
+
+# Validation and test images are held in memory (the fit scores them every epoch), at most
+# this many of each: 10,000 28×28 images are 31 MB as float32.
+RESIDENT_CAP = 10_000
+
+
+def streamed_data(path: Path, cfg: DataConfig, binarize: str, workers: int = 2,
+                  resident_cap: int = RESIDENT_CAP) -> Data:
+    """A :class:`~pyro_vae.data.Data` whose training split stays in ``path`` (a ``.npy``
+    file or an image folder) and is read per batch; validation and test are the first
+    ``resident_cap`` images of their splits, held in memory. The split is drawn from
+    ``cfg.split_seed`` with ``cfg.val_fraction`` and ``cfg.test_fraction`` (a
+    :class:`~pyro_vae.config.DataConfig`); ``binarize`` is resolved (``dynamic``, ...)."""
+    source = open_rows(path)
+    n = len(source)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed)).numpy()
+    n_val, n_test = round(cfg.val_fraction * n), round(cfg.test_fraction * n)
+    if n - n_val - n_test < 1 or n_val < 1:
+        raise DataError(f"{path}: {n} images leave none to train or to validate on")
+    val, test, train = perm[:n_val], perm[n_val:n_val + n_test], perm[n_val + n_test:]
+    held = [Split(source.rows(np.sort(rows[:resident_cap])), None) for rows in (val, test)]
+    return Data(StreamedSplit(source, train, workers=workers), held[0], held[1],
+                tuple(source.image_shape), binarize, str(path))
