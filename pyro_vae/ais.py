@@ -51,12 +51,12 @@ from pyro.distributions.util import sum_rightmost
 from torch import Tensor, nn
 
 from pyro_vae.diagnose import frozen
-from pyro_vae.evaluate import (Estimate, _check_cancelling, _is_enumerated, _local_log_prob,
+from pyro_vae.evaluate import (Estimate, _check_cancelling, _local_log_prob,
                                _seeded, particle_traces)
 from pyro_vae.objectives import _LIBRARIES, JIT_ATOL, JIT_RTOL
 from pyro_vae.registry import Registry
-from pyro_vae.traces import (describe_latent, image_site, is_latent, is_observed, log_mean_exp,
-                             slice_rows, trace_program)
+from pyro_vae.traces import (describe_latent, image_site, is_enumerated, is_latent, is_observed,
+                             log_mean_exp, slice_rows, trace_program)
 
 __all__ = ["AISConfig", "AISResult", "BDMCResult", "STARTS", "ais", "ais_curve", "bdmc",
            "default_steps_grid", "sigmoid_schedule"]
@@ -153,7 +153,7 @@ class Problem:
         trace = trace_program(model, x, batch)
         self.sites = tuple(describe_latent(name, site, x.shape[0], who="AIS")
                            for name, site in trace.nodes.items()
-                           if is_latent(site) and not _is_enumerated(site))
+                           if is_latent(site) and not is_enumerated(site))
         if not self.sites:
             raise ValueError("AIS: the story has no continuous latent site to anneal over")
         self.size = sum(s.size for s in self.sites)
@@ -185,7 +185,7 @@ class Problem:
         """Σ log p of the latent sites and of the observed ones ``[*E, C, n]``."""
         trace = self.model_trace(values)
         n = self.x.shape[0]
-        latent = _local_log_prob(trace, n, lambda name, site: name in values or _is_enumerated(site))
+        latent = _local_log_prob(trace, n, lambda name, site: name in values or is_enumerated(site))
         observed = _local_log_prob(trace, n, lambda name, site: site["is_observed"]
                                    and name not in values)
         return torch.as_tensor(latent), torch.as_tensor(observed), trace

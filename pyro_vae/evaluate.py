@@ -45,7 +45,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_vae.traces import is_latent, log_mean_exp, particle_plate, slice_rows
+from pyro_vae.traces import (is_enumerated, is_latent, log_mean_exp, particle_plate, slice_rows,
+                             trace_program)
 
 __all__ = ["Estimate", "Evaluation", "KCurve", "PSISDiagnostics", "bits_per_dim", "evaluate",
            "log_importance_weights", "log_mean_exp", "psis_diagnostics"]
@@ -200,24 +201,20 @@ def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, batch: di
     # prior, which then cancels between p and the proposal: only observed sites, enumerated
     # sites and the guide's sites enter the weight (with no guide, log p(x | z)).
     log_p = _local_log_prob(model_trace, n, lambda name, site: site["is_observed"]
-                            or name in proposed or _is_enumerated(site))
+                            or name in proposed or is_enumerated(site))
     log_q = 0.0 if guide_trace is None else _local_log_prob(
-        guide_trace, n, lambda name, site: not site["is_observed"] and not _is_enumerated(site))
+        guide_trace, n, lambda name, site: not site["is_observed"] and not is_enumerated(site))
     log_w = torch.as_tensor(log_p - log_q, device=x.device)
     while log_w.dim() > 2:  # Σ over the enumerated values
         log_w = torch.logsumexp(log_w, dim=0)
     return log_w.expand(k, n)
 
 
-def _is_enumerated(site: dict) -> bool:
-    return is_latent(site) and site["infer"].get("enumerate") == "parallel"
-
-
 def _check_cancelling(trace: poutine.Trace, proposed: set[str]) -> None:
     """A latent site drawn from the model's prior cancels from the weight only if it does not
     depend on an enumerated site (its draws would then differ per enumerated value)."""
     for name, site in trace.nodes.items():
-        if is_latent(site) and name not in proposed and not _is_enumerated(site) \
+        if is_latent(site) and name not in proposed and not is_enumerated(site) \
                 and site["log_prob"].dim() > 2:
             raise ValueError(f"latent site {name!r} depends on an enumerated discrete site but "
                              f"is not proposed by the guide; with discrete sites summed out, "
@@ -343,11 +340,15 @@ class Evaluation:
     num_points: int
     data_dim: int
     seconds: float
+    summed: tuple[str, ...] = ()
+    """Discrete sites marked for enumeration: summed exactly over their values inside every
+    weight, not sampled."""
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict (no per-point tensors)."""
         return {"num_samples": self.num_samples, "num_points": self.num_points,
                 "data_dim": self.data_dim, "seconds": self.seconds,
+                "summed_exactly": list(self.summed),
                 "estimates": {name: getattr(self, name).summary() for name in ESTIMATORS},
                 "psis": self.psis.summary(),
                 "curve": {"ks": list(self.curve.ks), "mean": self.curve.mean,
@@ -402,7 +403,17 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
             psis.append(psis_diagnostics(weights[0]))
     return Evaluation(*(Estimate.of(name, torch.cat(per_point[name]), data_dim) for name in ESTIMATORS),
                       _merge_psis(psis), _curve(ks, at_k), num_samples, n, data_dim,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, summed_sites(model, guide, data, batch))
+
+
+def summed_sites(model: Callable, guide: Callable, x: Tensor,
+                 batch: dict[str, Tensor] | None = None) -> tuple[str, ...]:
+    """The sites of guide or model, traced on two rows, that are marked for enumeration."""
+    rows, names = slice_rows(batch or {}, 0, 2), []
+    for program in (guide, model):
+        names += [name for name, site in trace_program(program, x[:2], rows).nodes.items()
+                  if is_enumerated(site) and name not in names]
+    return tuple(names)
 
 
 @contextlib.contextmanager

@@ -150,8 +150,9 @@ def test_m2_trains_from_the_command_line_with_accuracy_figures_evaluate_and_samp
     for png in ("confusion.png", "reliability.png", "reconstructions.png", "prior_samples.png"):
         assert (run / png).stat().st_size > 0
     assert main(["evaluate", str(run), "--samples", "8", "--points", "40", "--no-progress"]) == 0
-    estimates = json.loads((run / "evaluation.json").read_text())["estimates"]
-    assert all(math.isfinite(e["mean"]) for e in estimates.values())
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert all(math.isfinite(e["mean"]) for e in evaluation["estimates"].values())
+    assert evaluation["summed_exactly"] == ["y"]
     assert main(["sample", str(run), "--label", "3", "--n", "4"]) == 0
 
 

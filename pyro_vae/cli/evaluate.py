@@ -70,6 +70,9 @@ def report(result: Evaluation, path: Path) -> None:
     s = result.psis.summary()
     print(f"  PSIS k̂: median {s['khat_median']:.3f}, {100 * s['fraction_khat_above']:.1f}% of images "
           f"above {s['khat_threshold']}; mean ESS/K {s['ess_fraction_mean']:.3f}", file=sys.stderr)
+    if result.summed:
+        print(f"  summed exactly over every value, not sampled: {', '.join(result.summed)}",
+              file=sys.stderr)
     print(path)
 
 
