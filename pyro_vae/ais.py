@@ -58,7 +58,7 @@ from pyro_vae.registry import Registry
 from pyro_vae.traces import (describe_latent, image_site, is_enumerated, is_latent, is_observed,
                              log_mean_exp, slice_rows, trace_program)
 
-__all__ = ["AISConfig", "AISResult", "BDMCResult", "STARTS", "ais", "ais_curve", "bdmc",
+__all__ = ["AISConfig", "AISResult", "BDMCResult", "STARTS", "ais", "ais_curve", "bdmc", "check",
            "default_steps_grid", "sigmoid_schedule"]
 
 STARTS: Registry = Registry("AIS start")
@@ -536,6 +536,18 @@ def _run(model: Callable, guide: Callable | None, x: Tensor, batch: Batch, cfg: 
             _anneal_chunk(annealer, cfg, steps, forward, reverse,
                           None if exact is None else slice_rows(exact, lo, lo + size))
     return forward, reverse
+
+
+@torch.no_grad()
+def check(model: Callable, guide: Callable | None, data: Tensor, cfg: AISConfig,
+          batch: Batch | None = None, max_plate_nesting: int = 1) -> None:
+    """Refuse, before any long run, settings or a story that AIS cannot anneal (ValueError
+    naming the setting or site): the story and start are built on the first two rows."""
+    cfg.check()
+    rows, fields = data[:2], slice_rows(batch or {}, 0, 2)
+    with frozen(*_modules(model, guide)), torch.random.fork_rng(devices=[]):
+        problem = Problem(model, rows, fields, 1, max_plate_nesting)
+        STARTS.lookup(cfg.start)(problem, guide).draw()
 
 
 def default_steps_grid(steps: int) -> tuple[int, ...]:

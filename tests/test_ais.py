@@ -16,7 +16,7 @@ import pytest
 import torch
 from pyro.ops.indexing import Vindex
 
-from pyro_vae.ais import AISConfig, ais, ais_curve, bdmc, sigmoid_schedule
+from pyro_vae.ais import AISConfig, ais, ais_curve, bdmc, check, sigmoid_schedule
 from pyro_vae.evaluate import log_importance_weights, log_mean_exp
 from test_evaluate import draw, posterior_guide, ppca, user_ppca_model
 
@@ -181,6 +181,16 @@ def test_schedule_and_bad_settings():
 
     with pytest.raises(ValueError, match="'mu'.*global latents"):
         ais(global_latent, None, torch.zeros(4), AISConfig(steps=2, chains=2, start="prior"))
+
+    def auxiliary_guide(x):  # q(z | x) only through an auxiliary site: no density at a moving z
+        with pyro.plate("data", x.shape[0]):
+            w = pyro.sample("w", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1),
+                            infer={"is_auxiliary": True})
+            pyro.sample("z", dist.Delta(w, event_dim=1))
+
+    with pytest.raises(ValueError, match="'w' is not a continuous latent.*--ais-start prior"):
+        check(model, auxiliary_guide, x, AISConfig())
+    check(model, auxiliary_guide, x, AISConfig(start="prior"))  # the prior start needs no guide
 
 
 def test_the_traced_target_gives_the_untraced_answer():

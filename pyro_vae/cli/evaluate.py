@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from pyro_vae.ais import STARTS, AISConfig, AISResult, BDMCResult, ais_curve, bdmc, default_steps_grid
+from pyro_vae.ais import check as check_ais
 from pyro_vae.cli.common import COMMANDS, Command, UserError, int_list, positive_int
 from pyro_vae.evaluate import ESTIMATORS, Evaluation, evaluate
 from pyro_vae.figures import plot_ais_curve, plot_khat
@@ -141,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--points {args.points}: the {args.split} split has only {len(x)} images")
         x, batch = x[:args.points], slice_rows(batch, 0, args.points)
     if args.method == "ais" or args.bdmc:
-        ais_config(args)  # bad settings are refused before anything runs
+        # Bad settings, or a story or guide AIS cannot anneal, are refused before anything runs.
+        check_ais(loaded.model, loaded.guide, x, ais_config(args), batch)
     result = evaluate(loaded.model, loaded.guide, x, num_samples=args.samples,
                       particle_chunk=args.particle_chunk, point_chunk=args.point_chunk,
                       hold_points=args.hold_points, batch=batch,
