@@ -174,7 +174,11 @@ def agree(action: Callable[[], Any], world: World) -> Any:
         raise error
     if shared[1] is not None:
         kind, message = shared[1]
-        raise (kind(message) if issubclass(kind, Exception) else RuntimeError(message))
+        try:
+            error = kind(message)  # the same kind, so that the CLI maps it to the same exit
+        except Exception:  # noqa: BLE001 - a kind that takes other arguments
+            error = RuntimeError(message)
+        raise error
     return shared[0]
 
 

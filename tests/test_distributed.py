@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.cli import main
 from pyro_vae.distributed import SINGLE, World, rank_seed, shard
 from pyro_vae.lock import LOCK_FILE, RunLock
 from pyro_vae.runs import CHECKPOINT, METRICS
+from test_faults import _cli  # the CLI in this process: exit status, stderr
 
 # A story whose guide draws its noise from each image itself (a fixed pseudo-random function
 # of the row), so that 2 ranks with their own random streams and 1 process make the same
@@ -102,14 +102,6 @@ def _torchrun(folder: Path, runs: list[list[str]], timeout: float = 240) -> dict
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line.split(" ", 2) for line in proc.stdout.splitlines() if line.startswith("CODES ")]
     return {int(rank): json.loads(codes) for _, rank, codes in lines}
-
-
-def _cli(argv: list[str], capsys=None) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err if capsys else ""
 
 
 def test_shards_and_seeds():

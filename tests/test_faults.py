@@ -28,12 +28,13 @@ TINY = ["--data", "digits", "--hidden", "16", "--latent-dim", "2", "--batch-size
         "--device", "cpu", "--no-progress"]
 
 
-def _cli(argv: list[str], capsys) -> tuple[int, str]:
+def _cli(argv: list[str], capsys=None) -> tuple[int, str]:
+    """The CLI in this process: its exit status and what it wrote to stderr."""
     try:
         code = main(argv)
     except SystemExit as exit_:
         code = exit_.code
-    return code, capsys.readouterr().err
+    return code, capsys.readouterr().err if capsys else ""
 
 
 def _poison(monkeypatch, at_call: int, target: str = "loss") -> list:

@@ -17,11 +17,11 @@ from torch import nn
 
 from pyro_vae.checkpoint import (_temp_prefix, atomic_write, load_checkpoint, save_checkpoint,
                                  sweep_temporary)
-from pyro_vae.cli import main
 from pyro_vae import lock as lock_module
 from pyro_vae.lock import LOCK_FILE, RunLock, RunLockedError
 from pyro_vae.runs import CHECKPOINT, METRICS
 from pyro_vae.state import TrainState
+from test_faults import _cli  # the CLI in this process: exit status, stderr
 
 TINY = ["--data", "digits", "--hidden", "16", "--latent-dim", "2", "--batch-size", "256",
         "--device", "cpu", "--no-progress"]
@@ -32,14 +32,6 @@ HOLD = ("import importlib.util as u, sys, time; "
         "s = u.spec_from_file_location('lock', sys.argv[2]); "
         "m = sys.modules['lock'] = u.module_from_spec(s); s.loader.exec_module(m); "
         "m.RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)")
-
-
-def _cli(argv: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
 
 
 def _holder(folder: Path) -> subprocess.Popen:
