@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="fit and score only these models (e.g. to run two at once); the "
+                        "table shows those that are done")
     return p.parse_args(argv)
 
 
@@ -112,6 +115,11 @@ def patch_configs(args: argparse.Namespace) -> dict[str, RunConfig]:
     gaussian = RunConfig(model=replace(model, likelihood="gaussian-pixel", options=levels),
                          data=DataConfig(name="patches", binarize="dequantize"), train=train)
     return {"patches-conv-logistic": logistic, "patches-conv-gaussian": gaussian}
+
+
+def chosen(configs: dict[str, RunConfig], args: argparse.Namespace) -> list[tuple[str, RunConfig]]:
+    """The models ``--only`` names (all by default)."""
+    return [(n, c) for n, c in configs.items() if args.only is None or n in args.only]
 
 
 def fitted(cfg: RunConfig, out: Path, name: str) -> Path:
@@ -158,7 +166,7 @@ def mnist_table(args: argparse.Namespace) -> None:
     if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         print(f"MNIST not found under {args.data_root}/MNIST/raw; MNIST table skipped")
         return
-    rows = [row(name, p, scored(args, p)) for name, cfg in mnist_configs(args).items()
+    rows = [row(name, p, scored(args, p)) for name, cfg in chosen(mnist_configs(args), args)
             for p in [fitted(cfg, args.out, name)]]
     base = rows[0]["epoch_s"]
     subset = f"first {args.train_subset} training images" if args.train_subset else "all 60,000"
@@ -212,7 +220,7 @@ def per_pixel_logistic(args: argparse.Namespace, steps: int = 300, batch: int = 
 
 def patches_table(args: argparse.Namespace) -> None:
     rows = [per_pixel_logistic(args)]
-    rows += [row(name, p, scored(args, p)) for name, cfg in patch_configs(args).items()
+    rows += [row(name, p, scored(args, p)) for name, cfg in chosen(patch_configs(args), args)
              for p in [fitted(cfg, args.out, name)]]
     print(f"\npatches (5,400 training, 1,000 test 32×32 RGB patches), conv VAEs with z = "
           f"{args.patch_latent_dim}, {args.patch_epochs} epochs, batch 128, seed {args.seed}, "
