@@ -196,7 +196,10 @@ def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, batch: di
         guide_trace.compute_log_prob()
     proposed = set() if guide_trace is None else {
         name for name, site in guide_trace.nodes.items() if is_latent(site)}
-    _check_cancelling(model_trace, proposed)
+    if guide_trace is not None:
+        # With the prior as the proposal every latent cancels within its own enumerated
+        # branch (Σ_c p(c) p(x | z_c), z_c ~ p(z | c)), so nothing needs refusing there.
+        _check_cancelling(model_trace, proposed)
     # Latent sites the guide does not propose were drawn from the model's own conditional
     # prior, which then cancels between p and the proposal: only observed sites, enumerated
     # sites and the guide's sites enter the weight (with no guide, log p(x | z)).
