@@ -35,7 +35,8 @@ class LinearDecoder(nn.Module):
 
 
 @DECODERS.register("linear")
-def linear_decoder(cfg: ModelConfig, opts: object, data_dim: int) -> nn.Module:
+def linear_decoder(cfg: ModelConfig, opts: object, data_dim: int,
+                   image_shape: tuple[int, ...] | None = None) -> nn.Module:
     return LinearDecoder(cfg.latent_dim, data_dim)
 
 

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from pyro_vae import distributed
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import Data
+from pyro_vae.build import scores_eight_bit
+from pyro_vae.data import Data, check_eight_bit
 from pyro_vae.distributed import SINGLE, World
 from pyro_vae.objectives import build_objective
 from pyro_vae.programs import Batch, Program, as_program, check_fields, unique_parameters
@@ -164,8 +165,9 @@ def check_train_config(cfg: TrainConfig) -> None:
 
 
 def _check_data(model: Program, data: Data) -> None:
-    """Images a story scores on {0, 1} only (a Bernoulli likelihood) must be 0 or 1 when no
-    binarization is asked for; read from a trace of the story, whatever its parts."""
+    """Images a story scores on {0, 1} only (a Bernoulli likelihood) must be 0 or 1, and
+    images it scores on the 8-bit grid must lie on k/255, when no binarization is asked for;
+    read from a trace of the story, whatever its parts."""
     if data.binarize != "none":
         return
     x = data.train.x[:2]
@@ -174,6 +176,10 @@ def _check_data(model: Program, data: Data) -> None:
     if scores_binary(trace, x):
         for name in ("train", "val", "test"):
             check_binary(getattr(data, name).x, f"{data.source} {name} images")
+    elif scores_eight_bit(trace, x):
+        for name in ("train", "val", "test"):
+            check_eight_bit(getattr(data, name).x, f"{data.source} {name} images",
+                            "the story scores x on 8-bit pixels (e.g. discretized-logistic)")
 
 
 def _snapshot(session: FitSession) -> dict:

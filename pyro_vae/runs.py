@@ -103,7 +103,7 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
     dim = int(np.prod(shape))
     labels = {} if raw.train_y is None else {"y": torch.as_tensor(raw.train_y[:2]).long()}
     if not cfg.story.model:
-        vae, guide = build_vae(cfg.model, dim, seed=seed)
+        vae, guide = build_vae(cfg.model, dim, seed=seed, image_shape=shape)
         model = as_program(vae, "VAE")
         return (_split(cfg, raw, story_is_binary(model, dim, labels)), model,
                 as_program(guide, cfg.model.guide))

@@ -105,3 +105,17 @@ def test_conv_flags_are_generated_and_recorded(tmp_path, capsys):
     assert (model["encoder"], model["decoder"]) == ("conv", "resnet")
     assert model["options"]["encoder"] == {"conv": {"channels": [4, 8], "features": 256}}
     assert model["options"]["decoder"] == {"resnet": {"channels": [8], "blocks": 2}}
+
+
+def test_a_non_square_image_trains_from_the_command_line(tmp_path):
+    """The run's image shape reaches the built-in VAE's parts, so a 7 × 9 image (which no
+    square reading of D = 63 fits) trains with conv parts, and a linear decoder still builds."""
+    images = (np.random.default_rng(0).random((60, 7, 9)) > 0.5).astype(np.uint8) * 255
+    data = _npz(tmp_path / "x.npz", images)
+    for decoder in ("conv", "linear"):
+        narrow = ["--decoder-conv-channels", "4"] if decoder == "conv" else []
+        assert main(["train", "--data", data, "--encoder", "conv", "--decoder", decoder,
+                     "--encoder-conv-channels", "4", *narrow, "--epochs", "1", "--out", str(tmp_path / "runs"), "--name", decoder,
+                     "--no-progress"]) == 0
+        shape = json.loads((tmp_path / "runs" / decoder / "config.json").read_text())["image_shape"]
+        assert shape == [7, 9]

@@ -13,11 +13,13 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from pyro_vae.build import build_part
+from pyro_vae.build import build_part, build_vae
 from pyro_vae.cli import main
-from pyro_vae.config import DataConfig, ModelConfig
+from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
 from pyro_vae.data import Pixels, from_tensor
+from pyro_vae.fit import fit
 from pyro_vae.models.likelihoods import BinNormal, DiscretizedLogistic
+from pyro_vae.validation import DataError
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 255
 # (location, scale): inside and outside [0, 1], narrower than a bin and wider than the range
@@ -194,3 +196,15 @@ def test_train_evaluate_and_diagnose_work_unchanged(case, colour_file, tmp_path,
         assert iwae["bits_per_dim"] > 0
     assert main(["diagnose", str(run), *TINY_DIAGNOSE]) == 0
     assert (run / "diagnostics.json").exists()
+
+
+def test_fit_refuses_pixels_off_the_8bit_grid_for_an_8bit_likelihood():
+    """The Python API checks what the CLI checks: a story that scores x on k/255 is refused
+    off-grid data by fit, naming the sample, before any step."""
+    model, guide = build_vae(ModelConfig(latent_dim=2, hidden_sizes=(8,),
+                                         likelihood="discretized-logistic"), 16, seed=0)
+    x = torch.randint(0, 256, (40, 4, 4)).float() / 255
+    x[7, 1, 2] = 0.5  # not k/255
+    data = from_tensor(x, binary_likelihood=False)
+    with pytest.raises(DataError, match="pixel value 0.5, which is not on the 8-bit grid"):
+        fit(model, guide, data, TrainConfig(epochs=1, device="cpu"), progress=False)
