@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from pyro_vae.figures import save_figure
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
 from pyro_vae.evaluate import Evaluation, evaluate
 from pyro_vae.models.conditional import draw_regions, project_regions
@@ -77,7 +78,7 @@ def draw(story: LoadedRun, vae: LoadedRun, x: torch.Tensor, y: torch.Tensor, pat
                  title=f"plain VAE: one prior N(0, I) for every digit (1σ, 2σ), d = {one.dim}")
     draw_regions(right, story.model.regions(story.guide, x, {"y": y}),
                  title=f"label prior: one learned N(μ_k, σ_k²) per digit (1σ, 2σ), d = {one.dim}")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from pyro_vae.build import build_part
 from pyro_vae.classify import accuracy, scored_splits
+from pyro_vae.figures import save_figure
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
 from pyro_vae.guides.semisupervised import Classifier
 from pyro_vae.runs import LoadedRun, load_or_train
@@ -81,7 +82,7 @@ def draw(rows: list[tuple[int, float, float]], path: Path) -> Path:
            ylim=(0, 1))
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("8×8 digits: what the unlabelled images add", fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 

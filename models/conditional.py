@@ -85,10 +85,12 @@ class LabelPrior(nn.Module):
         2-D: both projected onto the first two principal components of the encoded points)."""
         from matplotlib.figure import Figure
 
+        from pyro_vae.figures import save_figure
+
         fig = Figure(figsize=(7, 6.5))
         draw_regions(fig.add_subplot(), self.regions(guide, x, batch))
         path = Path(folder) / "label_prior_regions.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        save_figure(fig, path)
         return [path]
 
 

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyro_vae.checkpoint import atomic_write
 from pyro_vae.data import Data, Split
+from pyro_vae.figures import save_figure
 from pyro_vae.traces import slice_rows, trace_program
 
 Batch = dict[str, Tensor]
@@ -144,7 +146,7 @@ def plot_confusion(matrix: np.ndarray, path: Path, title: str) -> Path:
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted (argmax q(y | x))",
            ylabel="true label")
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 
@@ -163,7 +165,7 @@ def plot_reliability(cal: Calibration, path: Path, title: str) -> Path:
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max q(y | x))", ylabel="accuracy")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(f"{title}\nexpected calibration error {cal.ece:.4f}", fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 
@@ -224,5 +226,5 @@ def write_classifier_report(model: object, guide: Callable, data: Data, seed: in
               "expected_calibration_error": cal.ece, "reliability": dataclasses.asdict(cal),
               "confusion": confusion(probs, labels).tolist()}
     classifier_figures(model, guide, data, seed, folder)
-    (Path(folder) / "classifier.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(Path(folder) / "classifier.json", (json.dumps(report, indent=2) + "\n").encode())
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -11,11 +12,21 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from pyro_vae.checkpoint import atomic_write
 from pyro_vae.evaluate import ESTIMATORS, KCurve, PSISDiagnostics
 from pyro_vae.predictive import mean_latents, prior_predictive, reconstruct
 from pyro_vae.traces import index_rows, slice_rows
 
 Batch = dict[str, Tensor]
+
+
+def save_figure(fig: Figure, path: Path | str) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically: a reader (a run being trained and
+    evaluated at once) sees the old picture or the new one, never half of one."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    atomic_write(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def as_images(x: Tensor, image_shape: Sequence[int]) -> np.ndarray:
@@ -50,7 +61,7 @@ def save_grid(x: Tensor, image_shape: Sequence[int], path: Path, ncol: int, titl
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 
@@ -66,7 +77,7 @@ def elbo_curves(history: Sequence, path: Path) -> Path:
     ax.set_ylabel("ELBO (nats per image)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 
@@ -133,7 +144,7 @@ def latent_map(guide: Callable, x: Tensor, labels: Tensor | None, path: Path,
     ax.set_xlabel(f"{axis} [0]")
     ax.set_ylabel(f"{axis} [1]")
     ax.set_title(f"latent map of site {site!r}, {len(z)} test images (d = {z.shape[1]})")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 
@@ -164,25 +175,41 @@ LABELS = {"prior_mc": "prior Monte Carlo  log 1/K Σ p(x|z), z~p(z)",
           "iwae": "IWAE  log 1/K Σ w, z~q(z|x)"}
 
 
-def plot_k_curve(curve: KCurve, path: Path, exact: float | None = None) -> Path:
-    """Each estimator's mean log p(x) (± 2 standard errors over points) against K, log-spaced."""
+def plot_k_curve(curve: KCurve, path: Path, exact: float | None = None,
+                 ais: Sequence = ()) -> Path:
+    """Each estimator's mean log p(x) (± 2 standard errors over points) against K, log-spaced;
+    with ``ais`` (results of :func:`pyro_vae.ais.ais_curve`), AIS against T beside them."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     ks = np.asarray(curve.ks)
+    against = " (against K)" if ais else ""
     for name in ESTIMATORS:
         mean, se = np.asarray(curve.mean[name]), np.asarray(curve.stderr[name])
-        line, = ax.plot(ks, mean, marker="o", ms=3, label=LABELS[name])
+        line, = ax.plot(ks, mean, marker="o", ms=3, label=LABELS[name] + against)
         ax.fill_between(ks, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.15)
+    if ais:
+        _draw_ais(ax, ais)
     if exact is not None:
         ax.axhline(exact, color="black", ls="--", lw=1, label="exact log p(x)")
     ax.set_xscale("log")
-    ax.set_xlabel("K (samples of z per data point)")
+    ax.set_xlabel("K (samples of z per data point)" + (" or T (AIS steps)" if ais else ""))
     ax.set_ylabel("mean log p(x) estimate (nats)")
-    ax.set_title("estimates of log p(x) against K (bands: ±2 s.e. over points)")
+    ax.set_title("estimates of log p(x) against K" + (", and AIS against T" if ais else "")
+                 + " (bands: ±2 s.e. over points)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
+
+
+def _draw_ais(ax, ais: Sequence) -> None:
+    """AIS's mean log p(x) ± 2 s.e. against its number of steps T, in black."""
+    steps = np.asarray([r.config.steps for r in ais])
+    mean = np.asarray([r.estimate.mean for r in ais])
+    se = np.asarray([r.estimate.stderr for r in ais])
+    line, = ax.plot(steps, mean, marker="s", ms=4, color="black",
+                    label=f"AIS, {ais[-1].config.chains} chains (against T)")
+    ax.fill_between(steps, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.1)
 
 
 def plot_khat(psis: PSISDiagnostics, path: Path) -> Path:
@@ -200,35 +227,5 @@ def plot_khat(psis: PSISDiagnostics, path: Path) -> Path:
     ax.set_xlabel("PSIS Pareto k̂ of q(z|x) as proposal for p(z|x)")
     ax.set_ylabel("data points")
     ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path
-
-
-def plot_ais_curve(curve: KCurve, ais: Sequence, path: Path, exact: float | None = None) -> Path:
-    """The K-curve of :func:`plot_k_curve` with AIS against T beside it (``ais``: results of
-    :func:`pyro_vae.ais.ais_curve`, mean ± 2 s.e. over points; none: the K-curve alone)."""
-    if not ais:
-        return plot_k_curve(curve, path, exact)
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    ks = np.asarray(curve.ks)
-    for name in ESTIMATORS:
-        mean, se = np.asarray(curve.mean[name]), np.asarray(curve.stderr[name])
-        line, = ax.plot(ks, mean, marker="o", ms=3, label=f"{LABELS[name]} (against K)")
-        ax.fill_between(ks, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.15)
-    steps = np.asarray([r.config.steps for r in ais])
-    mean = np.asarray([r.estimate.mean for r in ais])
-    se = np.asarray([r.estimate.stderr for r in ais])
-    line, = ax.plot(steps, mean, marker="s", ms=4, color="black",
-                    label=f"AIS, {ais[-1].config.chains} chains (against T)")
-    ax.fill_between(steps, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.1)
-    if exact is not None:
-        ax.axhline(exact, color="black", ls="--", lw=1, label="exact log p(x)")
-    ax.set_xscale("log")
-    ax.set_xlabel("K (samples of z per data point) or T (AIS steps)")
-    ax.set_ylabel("mean log p(x) estimate (nats)")
-    ax.set_title("estimates of log p(x) against K, and AIS against T (bands: ±2 s.e.)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,7 +16,9 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from pyro_vae.checkpoint import atomic_write
 from pyro_vae.diagnose import ACTIVE_THRESHOLD, RHAT_OK, Diagnostics
+from pyro_vae.figures import save_figure
 from pyro_vae.traces import is_real
 
 KHAT_OK = 0.7
@@ -103,7 +106,7 @@ def gap_figure(d: Diagnostics, path: Path) -> Path:
                  f"amortization gap {float(g.amortization.mean()):.2f} nats (means)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 
@@ -131,7 +134,7 @@ def collapse_figure(d: Diagnostics, path: Path) -> Path:
     axes[1, 0].legend(fontsize=8)
     fig.suptitle(f"{d.collapse.active_units} of {d.collapse.latent_dim} units active "
                  f"(u: unconstrained coordinates)")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 
@@ -157,7 +160,7 @@ def pixel_maps_figure(d: Diagnostics, image_shape: Sequence[int], path: Path) ->
             ax.set_title(f"{who}: pixel {what}")
             ax.set_axis_off()
         fig.colorbar(im, ax=list(row), fraction=0.046)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 
@@ -174,7 +177,7 @@ def loglik_figure(d: Diagnostics, path: Path) -> Path:
     ax.set_ylabel("images")
     ax.set_title(f"posterior predictive check (p-value {p.p_value:.2f})")
     ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 
@@ -211,7 +214,7 @@ def pair_figure(d: Diagnostics, path: Path, n: int = 8) -> Path:
     fig.suptitle(f"{name} | x: NUTS (grey), amortized guide (orange), best local Gaussian (blue); "
                  "points with the largest r̂ first")
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path)
     return path
 
 
@@ -266,8 +269,8 @@ def write_html(summary: dict[str, Any], figures: list[Path], path: Path, run_nam
             f"<h2>Inference gaps</h2>{_gap_table(summary)}" + "".join(_inline(f) for f in figures))
     style = ("<style>body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:2px 8px;"
              "border-bottom:1px solid #ddd;text-align:left}</style>")
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>diagnostics</title>"
-                    f"{style}</head><body>{body}</body></html>\n")
+    atomic_write(path, (f"<!doctype html><html><head><meta charset='utf-8'><title>diagnostics"
+                        f"</title>{style}</head><body>{body}</body></html>\n").encode())
     return path
 
 
@@ -291,9 +294,12 @@ def write_diagnostics(d: Diagnostics, folder: Path, image_shape: Sequence[int],
     summary = d.summary()
     summary["verdicts"] = [vars(v) for v in verdicts(summary)]
     json_path = folder / "diagnostics.json"
-    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(json_path, (json.dumps(summary, indent=2) + "\n").encode())
     nc_path = folder / "diagnostics.nc"
-    d.idata.to_netcdf(str(nc_path))
+    # netCDF is written by its own library: to a temporary name, then moved into place.
+    partial = folder / ".diagnostics.nc.partial"
+    d.idata.to_netcdf(str(partial))
+    os.replace(partial, nc_path)
     figures = write_figures(d, image_shape, folder)
     page = write_html(summary, figures, folder / "diagnostics.html", title or str(folder))
     return Written(json_path, nc_path, page, figures)

@@ -283,3 +283,28 @@ def test_real_full_filesystem(tmp_path):
     state = load_checkpoint(tmp_path / "r" / CHECKPOINT).state
     assert state.epoch >= 1
     assert [r[0] for r in _metrics(tmp_path / "r")] == [r.epoch for r in state.history]
+
+
+def test_a_figure_whose_write_fails_leaves_the_old_picture_whole(tmp_path, monkeypatch):
+    """Figures (and evaluate's and diagnose's JSON) are replaced atomically: a reader of a
+    run folder sees the previous PNG or the new one. A full disk mid-write keeps the old."""
+    import pyro_vae.checkpoint as checkpoint
+    from matplotlib.figure import Figure
+
+    from pyro_vae.figures import save_figure
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "a.png")
+    before = path.read_bytes()
+    assert before[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full)  # the bytes do not reach the disk
+    fig.add_subplot().plot([0, 1], [0, 1])
+    with pytest.raises(checkpoint.DiskFullError, match="a.png"):
+        save_figure(fig, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary file left

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from pyro_vae.ais import STARTS, AISConfig, AISResult, BDMCResult, ais_curve, bdmc, default_steps_grid
 from pyro_vae.ais import check as check_ais
+from pyro_vae.checkpoint import atomic_write
 from pyro_vae.cli.common import COMMANDS, Command, UserError, int_list, positive_int
 from pyro_vae.evaluate import ESTIMATORS, Evaluation, evaluate
-from pyro_vae.figures import plot_ais_curve, plot_khat
+from pyro_vae.figures import plot_k_curve, plot_khat
 from pyro_vae.runs import load_run
 from pyro_vae.traces import slice_rows
 
@@ -156,8 +157,8 @@ def run(args: argparse.Namespace) -> int:
     if args.bdmc:
         summary["bdmc"], sandwich = run_bdmc(args, loaded, x, batch)
     out = loaded.path / "evaluation.json"
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    plot_ais_curve(result.curve, curve, loaded.path / "evaluation_k_curve.png")
+    atomic_write(out, (json.dumps(summary, indent=2) + "\n").encode())  # readers: old or new
+    plot_k_curve(result.curve, loaded.path / "evaluation_k_curve.png", ais=curve)
     plot_khat(result.psis, loaded.path / "evaluation_khat.png")
     report(result, out)
     report_ais(curve)
