@@ -65,6 +65,17 @@ def run_config(args: argparse.Namespace, story: str) -> RunConfig:
                      story=StoryConfig(model=story))
 
 
+def mnist_ready(args: argparse.Namespace) -> bool:
+    """Whether MNIST is under ``args.data_root`` (else say so: the caller exits 0); when it is,
+    set torch's threads to ``args.threads`` and make ``args.out``. Shared by the MNIST scripts."""
+    if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        print(f"MNIST not found under {args.data_root}/MNIST/raw; nothing to benchmark")
+        return False
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return True
+
+
 def epochs_done(path: Path) -> int:
     """Epochs recorded in the run's metrics.jsonl (0 when there is no run yet)."""
     if not (path / CHECKPOINT).exists():
@@ -128,11 +139,8 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        print(f"MNIST not found under {args.data_root}/MNIST/raw; nothing to benchmark")
+    if not mnist_ready(args):
         return 0
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
     start, rows = time.perf_counter(), []
     for name in args.models:
         path = fitted(args, name)

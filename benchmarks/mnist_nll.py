@@ -32,12 +32,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
-from pyro_vae.ais import AISConfig, ais, bdmc
-from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from pyro_vae.evaluate import evaluate
-from pyro_vae.runs import CHECKPOINT, METRICS, load_run, resume_run, train_run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conditional_mnist import mnist_ready  # noqa: E402  (a sibling benchmark's helper)
+
+from pyro_vae.ais import AISConfig, ais, bdmc  # noqa: E402
+from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from pyro_vae.evaluate import evaluate  # noqa: E402
+from pyro_vae.runs import CHECKPOINT, METRICS, load_run, resume_run, train_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = "mnist_nll.json"
@@ -210,11 +212,8 @@ def gpu_command(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        print(f"MNIST not found under {args.data_root}/MNIST/raw; nothing to benchmark")
+    if not mnist_ready(args):
         return 0
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
     start, table = time.perf_counter(), {}
     for name in args.rows:
         path = trained(args, name)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conditional_mnist import epochs_done  # noqa: E402  (a sibling benchmark's helper)
+from conditional_mnist import epochs_done, mnist_ready  # noqa: E402  (a sibling benchmark's helper)
 
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig  # noqa: E402
 from pyro_vae.evaluate import evaluate  # noqa: E402
@@ -87,10 +87,8 @@ def baseline_nll(run: LoadedRun, args: argparse.Namespace) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        print(f"MNIST not found under {args.data_root}/MNIST/raw; nothing to benchmark")
+    if not mnist_ready(args):
         return 0
-    torch.set_num_threads(args.threads)
     start, rows = time.perf_counter(), []
     for observed in args.observed:
         run = story_run(args, observed)

@@ -24,10 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conditional_mnist import epochs_done  # noqa: E402  (a sibling benchmark's helper)
+from conditional_mnist import epochs_done, mnist_ready  # noqa: E402  (a sibling benchmark's helper)
 
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig  # noqa: E402
 from pyro_vae.runs import METRICS, resume_run, train_run  # noqa: E402
@@ -93,11 +92,8 @@ def print_table(args: argparse.Namespace, done: dict[int, list[list[dict]]]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        print(f"MNIST not found under {args.data_root}/MNIST/raw; nothing to benchmark")
+    if not mnist_ready(args):
         return 0
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
     start, done = time.perf_counter(), {}
     for seed in args.seeds:
         for labels in args.labels:
