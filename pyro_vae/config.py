@@ -153,9 +153,7 @@ def _check_value(where: str, annotation: str, value: Any) -> Any:
             return tuple(value)
         raise ValueError(f"{where}: expected a list of integers, got {value!r}")
     if annotation.startswith("dict["):
-        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-            return dict(value)
-        raise ValueError(f"{where}: expected a JSON object, got {value!r}")
+        return _check_objects(where, annotation.count("dict["), value)
     options = [t.strip() for t in annotation.split("|")]
     if any(o not in _JSON_TYPES for o in options):  # a type this check does not know: trust it
         return value
@@ -163,6 +161,19 @@ def _check_value(where: str, annotation: str, value: Any) -> Any:
     if isinstance(value, bool) and "bool" not in options or not isinstance(value, allowed):
         raise ValueError(f"{where}: expected {' or '.join(options)}, got {value!r}")
     return value
+
+
+def _check_objects(where: str, depth: int, value: Any) -> dict:
+    """``value`` as ``depth`` levels of JSON objects with string keys (the options'
+    kind → part → field), or a ValueError naming the field ``where`` and the shape."""
+    def nested(v: Any, level: int) -> bool:
+        return isinstance(v, dict) and all(isinstance(k, str) for k in v) and (
+            level == 1 or all(nested(inner, level - 1) for inner in v.values()))
+
+    if not nested(value, depth):
+        shape = " of ".join(["a JSON object"] + ["JSON objects"] * (depth - 1))
+        raise ValueError(f"{where}: expected {shape}, got {value!r}")
+    return dict(value)
 
 
 def _from_dict(cls: Type[C], raw: dict[str, Any], where: str = "config") -> C:

@@ -175,3 +175,13 @@ def test_values_of_the_wrong_type_are_refused_with_their_path(cfg, data):
 def test_section_that_is_not_an_object():
     with pytest.raises(ValueError, match=r"^config.train: expected a JSON object of TrainConfig"):
         run_config_from_dict({"train": [1, 2]})
+
+
+def test_options_must_be_objects_three_levels_deep():
+    """``model.options`` is kind → part → field: a number where a part's object belongs is
+    refused by the field's path (a case the typed check above can draw only by chance)."""
+    raw = dataclasses.asdict(RunConfig())
+    raw["model"]["options"] = {"prior": 1}
+    with pytest.raises(ValueError, match=r"^config\.model\.options: expected a JSON object of "
+                                         r"JSON objects of JSON objects, got \{'prior': 1\}"):
+        run_config_from_dict(raw)
