@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from pathlib import Path
 
 import torch
 
 from pyro_vae import figures
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
-from pyro_vae.evaluate import Evaluation, evaluate
+from pyro_vae.evaluate import evaluate
 from pyro_vae.predictive import prior_predictive
 from pyro_vae.runs import LoadedRun, load_or_train
+
+# The same comparison table as the label-prior example (the script's folder is on sys.path).
+from label_prior import report  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,20 +75,6 @@ def label_draws(run: LoadedRun, label: int, path: Path, n: int = 32) -> Path:
     mean, _ = prior_predictive(run.model, template, {"y": torch.full((n,), label, dtype=torch.long)})
     return figures.save_grid(mean, run.data.image_shape, path, ncol=8,
                              title=f"{n} image means, z ~ N(0, I), y = {label}")
-
-
-def report(conditional: Evaluation, plain: Evaluation, classes: int, story: str) -> None:
-    """log p(x | y) of the story beside the plain VAE's log p(x), IWAE bounds per image."""
-    c, p = conditional.iwae, plain.iwae
-    print(f"{conditional.num_points} test images, K = {conditional.num_samples} draws each "
-          f"(IWAE bound, nats per image, ± s.e.):")
-    print(f"  {story:11s}  log p(x | y)          = {c.mean:9.3f} ± {c.stderr:.3f}   "
-          f"(ELBO {conditional.elbo.mean:.3f})")
-    print(f"  {'plain VAE':11s}  log p(x)              = {p.mean:9.3f} ± {p.stderr:.3f}   "
-          f"(ELBO {plain.elbo.mean:.3f})")
-    print(f"  {story:11s}  log p(x | y) − log {classes} = {c.mean - math.log(classes):9.3f}   "
-          f"≤ the story's own log p(x) = log Σ_y p(y) p(x | y) with p(y) = 1/{classes}: "
-          f"comparable with the VAE's")
 
 
 def main(args: argparse.Namespace) -> None:
