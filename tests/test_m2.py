@@ -182,3 +182,13 @@ def test_m2_on_images_without_labels_is_refused(tmp_path, capsys):
                                    "--no-progress"]), capsys)
     assert code == 2 and "'y'" in line, line
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_resumed_run_keeps_the_accuracy_of_its_earlier_epochs(tmp_path):
+    """--resume rewrites metrics.jsonl to match the checkpoint; the lines it keeps are whole,
+    so the per-epoch accuracy written beside each record survives."""
+    assert _train(tmp_path, "--labels", "30") == 0
+    assert main(["train", "--resume", str(tmp_path / "m2"), "--epochs", "3", "--no-progress"]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "m2" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    assert all("test_accuracy" in line for line in lines)
