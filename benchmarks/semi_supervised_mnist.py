@@ -81,7 +81,8 @@ def print_table(args: argparse.Namespace, done: dict[int, list[list[dict]]]) -> 
     print("|---|---|---|---|---|---|---|")
     for labels, runs in done.items():
         last = [r[-1]["test_accuracy"] for r in runs]
-        best = [max(e["test_accuracy"] for e in r) for r in runs]
+        # Lines written by a resume before the fix that kept them whole lack the accuracy.
+        best = [max(e.get("test_accuracy", 0.0) for e in r) for r in runs]
         sd = statistics.stdev(last) if len(last) > 1 else float("nan")
         seconds = statistics.mean(e["seconds"] for r in runs for e in r)
         pyro_acc, kingma = ANCHORS.get(labels, (float("nan"), float("nan")))

@@ -6,6 +6,7 @@ with another number of processes is refused."""
 from __future__ import annotations
 
 import json
+import re
 import math
 import os
 import socket
@@ -100,8 +101,11 @@ def _torchrun(folder: Path, runs: list[list[str]], timeout: float = 240) -> dict
            json.dumps(runs)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line.split(" ", 2) for line in proc.stdout.splitlines() if line.startswith("CODES ")]
-    return {int(rank): json.loads(codes) for _, rank, codes in lines}
+    # Searched anywhere, not only at a line's start: two ranks share the pipe, and a busy
+    # machine can interleave one rank's unfinished line with the other's report.
+    found = re.findall(r"CODES (\d+) (\[[\d, ]*\])", proc.stdout)
+    assert len(found) == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {int(rank): json.loads(codes) for rank, codes in found}
 
 
 def test_shards_and_seeds():
