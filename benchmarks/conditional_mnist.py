@@ -97,15 +97,16 @@ def fitted(args: argparse.Namespace, name: str) -> Path:
 
 
 def scored(args: argparse.Namespace, path: Path) -> dict:
-    """IWAE and ELBO on the first ``--points`` test images (their labels as ``y``), cached
-    until the fit or the evaluation's settings change."""
+    """IWAE and ELBO on the first ``--points`` test images (their labels as ``y`` for a
+    story that reads them), on ``args.device`` when the script has one, cached until the fit
+    or the evaluation's settings change."""
     cache, key = path / EVALUATION, {"num_points": args.points, "num_samples": args.samples,
                                      "epochs": epochs_done(path), "seed": args.seed}
     if cache.exists():
         saved = json.loads(cache.read_text())
         if all(saved.get(k) == v for k, v in key.items()):
             return saved
-    run = load_run(path)
+    run = load_run(path, getattr(args, "device", "cpu"))
     x = run.data.eval_split("test", seed=args.seed)[:args.points]
     batch = {k: v[:args.points] for k, v in run.data.test.fields().items()}
     result = evaluate(run.model, run.guide, x, num_samples=args.samples, batch=batch,

@@ -41,13 +41,13 @@ from torch.nn.functional import softplus
 
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import load_data
-from pyro_vae.evaluate import bits_per_dim, evaluate
+from pyro_vae.evaluate import bits_per_dim
 from pyro_vae.models.likelihoods import DiscretizedLogistic
 from pyro_vae.models.networks import inverse_softplus
-from pyro_vae.runs import METRICS, load_run, resume_run, train_run
+from pyro_vae.runs import METRICS, resume_run, train_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conditional_mnist import EVALUATION, epochs_done  # noqa: E402  (the same resumable runs)
+from conditional_mnist import epochs_done, scored  # noqa: E402  (the same resumable runs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,23 +132,6 @@ def fitted(cfg: RunConfig, out: Path, name: str) -> Path:
         print(f"[{name}] resuming at epoch {done}", file=sys.stderr)
         resume_run(path, max(cfg.train.epochs, done), progress=False)
     return path
-
-
-def scored(args: argparse.Namespace, path: Path) -> dict:
-    """ELBO and IWAE on the first ``--points`` test images, cached until the fit or the
-    evaluation's settings change."""
-    cache, key = path / EVALUATION, {"num_points": args.points, "num_samples": args.samples,
-                                     "epochs": epochs_done(path), "seed": args.seed}
-    if cache.exists():
-        saved = json.loads(cache.read_text())
-        if all(saved.get(k) == v for k, v in key.items()):
-            return saved
-    run = load_run(path, args.device)
-    x = run.data.eval_split("test", seed=args.seed)[:args.points]
-    result = evaluate(run.model, run.guide, x, num_samples=args.samples, seed=args.seed)
-    summary = {**result.summary(), **key}
-    cache.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def row(name: str, path: Path, evaluation: dict) -> dict:
