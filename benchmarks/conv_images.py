@@ -3,10 +3,10 @@ natural-image patches, in two tables.
 
 ``mnist`` (needs MNIST under ``--data-root``; says so and skips otherwise): the 784-400
 MLP VAE, the conv VAE (``--encoder conv --decoder conv``, default widths 32,64 / 64,32,
-linear layers of 256) and a narrower one (16,32 / 32,16, linear layers of 128), the same
-latent size, Bernoulli likelihood, dynamic binarization, batch 128, seed 0, ``--epochs``
-epochs each. Row: the test IWAE bound on ``--points`` test images with K = ``--samples``
-(one fixed binarization), and the mean seconds per training epoch.
+linear layers of 256) and two narrower ones (16,32 / 32,16 and 8,16 / 16,8, linear layers
+of 128), the same latent size, Bernoulli likelihood, dynamic binarization, batch 128,
+seed 0, ``--epochs`` epochs each. Row: the test IWAE bound on ``--points`` test images with
+K = ``--samples`` (one fixed binarization), and the mean seconds per training epoch.
 
 ``patches`` (offline: 32×32 RGB patches of scikit-learn's sample photographs): test
 bits/dim of
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -39,14 +40,17 @@ from pathlib import Path
 import torch
 from torch.nn.functional import softplus
 
+from pyro_vae.build import build_vae
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import load_data
 from pyro_vae.evaluate import bits_per_dim
+from pyro_vae.fit import fit
 from pyro_vae.models.likelihoods import DiscretizedLogistic
 from pyro_vae.models.networks import inverse_softplus
 from pyro_vae.runs import METRICS, resume_run, train_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import Clock, WARMUP_STEPS, step_subset  # noqa: E402  (the same step clock)
 from conditional_mnist import epochs_done, scored  # noqa: E402  (the same resumable runs)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
+    p.add_argument("--time-steps", type=int, default=0, metavar="N",
+                   help="MNIST: also time N training steps of each chosen model (CPU and "
+                        "wall time per step, 5 interleaved repeats; 0: not timed)")
     p.add_argument("--only", nargs="+", default=None, metavar="NAME",
                    help="fit and score only these models (e.g. to run two at once); the "
                         "table shows those that are done")
@@ -76,17 +83,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def mnist_configs(args: argparse.Namespace) -> dict[str, RunConfig]:
-    """The two MNIST models: only the encoder and decoder differ."""
+    """The MNIST models: only the encoder and decoder differ."""
     data = DataConfig(name=str(subset_file(args)) if args.train_subset else "mnist",
                       root=str(args.data_root))
     train = TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device)
     mlp = ModelConfig(latent_dim=args.latent_dim, hidden_sizes=(400,))
     conv = ModelConfig(latent_dim=args.latent_dim, encoder="conv", decoder="conv")
-    narrow = replace(conv, options={"encoder": {"conv": {"channels": [16, 32], "features": 128}},
-                                    "decoder": {"conv": {"channels": [32, 16], "hidden": 128}}})
-    return {"mnist-mlp-784-400": RunConfig(model=mlp, data=data, train=train),
-            "mnist-conv": RunConfig(model=conv, data=data, train=train),
-            "mnist-conv-16-32": RunConfig(model=narrow, data=data, train=train)}
+    narrow = {f"mnist-conv-{a}-{b}": replace(conv, options={
+        "encoder": {"conv": {"channels": [a, b], "features": 128}},
+        "decoder": {"conv": {"channels": [b, a], "hidden": 128}}}) for a, b in ((16, 32), (8, 16))}
+    models = {"mnist-mlp-784-400": mlp, "mnist-conv": conv, **narrow}
+    return {name: RunConfig(model=m, data=data, train=train) for name, m in models.items()}
 
 
 def subset_file(args: argparse.Namespace) -> Path:
@@ -145,12 +152,52 @@ def row(name: str, path: Path, evaluation: dict) -> dict:
             "eval_s": evaluation["seconds"]}
 
 
+def step_times(args: argparse.Namespace, configs: list[tuple[str, RunConfig]],
+               repeats: int = 5) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds per training step of each model, ``--time-steps`` steps
+    after bench_train's warm-up, the models interleaved in every repeat so that load from
+    other processes hits them alike (CPU time of a 1-thread process is the stable figure on
+    a shared machine)."""
+    data = load_data(configs[0][1].data)
+    subset = step_subset(data, 128, args.time_steps + WARMUP_STEPS + 1)
+    nets = {name: build_vae(cfg.model, data.data_dim, seed=args.seed, image_shape=data.image_shape)
+            for name, cfg in configs}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in nets}
+    for r in range(repeats):
+        for name, cfg in configs:
+            clock = Clock()
+            fit(*nets[name], subset, replace(cfg.train, epochs=1, seed=r), stop=clock,
+                progress=False)
+            times[name].append(clock.per_step())
+    return {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t))
+            for name, t in times.items()}
+
+
 def mnist_table(args: argparse.Namespace) -> None:
     if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         print(f"MNIST not found under {args.data_root}/MNIST/raw; MNIST table skipped")
         return
-    rows = [row(name, p, scored(args, p)) for name, cfg in chosen(mnist_configs(args), args)
+    configs = chosen(mnist_configs(args), args)
+    rows = [row(name, p, scored(args, p)) for name, cfg in configs
             for p in [fitted(cfg, args.out, name)]]
+    mnist_print(args, rows)
+    if args.time_steps:
+        steps_print(args, step_times(args, configs))
+
+
+def steps_print(args: argparse.Namespace, steps: dict[str, tuple[float, float]]) -> None:
+    """The per-step table of :func:`step_times`; ratios are to the first model's CPU time."""
+    first = next(iter(steps.values()))[1]
+    print(f"\nper training step, batch 128, 1 process, median of 5 interleaved repeats of "
+          f"{args.time_steps} steps:\n")
+    print("| model | CPU ms / step | × first row | wall ms / step |")
+    print("|---|---|---|---|")
+    for name, (wall, cpu) in steps.items():
+        print(f"| `{name}` | {1e3 * cpu:.1f} | {cpu / first:.2f} | {1e3 * wall:.1f} |")
+
+
+def mnist_print(args: argparse.Namespace, rows: list[dict]) -> None:
+    """The MNIST table; ``× MLP`` is each row's time per epoch over the first row's."""
     base = rows[0]["epoch_s"]
     subset = f"first {args.train_subset} training images" if args.train_subset else "all 60,000"
     print(f"\nMNIST ({subset}), z = {args.latent_dim}, Bernoulli, dynamic binarization, batch "
