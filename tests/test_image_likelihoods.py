@@ -84,6 +84,34 @@ def test_continuous_bernoulli_is_a_density_on_the_unit_interval():
                           atol=1e-4)
 
 
+LOGITS = [-6.0, -2.0, 0.5, 1.0, 3.0, 9.0]
+
+
+@pytest.mark.parametrize("shown", ["reconstruction", "prior draw"])
+def test_continuous_bernoulli_images_are_its_mean_not_lambda(shown):
+    """What figures and ``pyro-vae sample`` show as the image is E[x] = λ/(2λ − 1) +
+    1/(2 artanh(1 − 2λ)) (Loaiza-Ganem & Cunningham 2019), not λ = sigmoid(logit): the decoder
+    is made to output fixed logits (last layer: zero weights, bias = the logits), whose means
+    differ from λ by up to 0.22. float64 closed form; 1e-5 is float32 rounding."""
+    from torch import nn
+
+    from pyro_vae.predictive import prior_predictive, reconstruct
+
+    model, guide = build_vae(ModelConfig(latent_dim=2, hidden_sizes=(8,),
+                                         likelihood="continuous-bernoulli"), len(LOGITS), seed=0)
+    last = [m for m in model.decoder.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(LOGITS))
+    x = torch.rand(3, len(LOGITS))
+    image = (reconstruct(model, guide, x) if shown == "reconstruction"
+             else prior_predictive(model, x)[0])
+    lam = torch.sigmoid(torch.tensor(LOGITS, dtype=torch.float64))
+    mean = lam / (2 * lam - 1) + 1 / (2 * torch.atanh(1 - 2 * lam))
+    assert torch.allclose(image.double(), mean.expand(3, -1), atol=1e-5)
+    assert float((mean - lam).abs().max()) > 0.2
+
+
 def test_gaussian_default_keeps_its_plain_normal():
     """levels = 1 (the default) builds the Normal it always did: results stay bit for bit."""
     import pyro.distributions as dist
@@ -208,3 +236,44 @@ def test_fit_refuses_pixels_off_the_8bit_grid_for_an_8bit_likelihood():
     data = from_tensor(x, binary_likelihood=False)
     with pytest.raises(DataError, match="pixel value 0.5, which is not on the 8-bit grid"):
         fit(model, guide, data, TrainConfig(epochs=1, device="cpu"), progress=False)
+
+
+def _bernoulli_bias():
+    """benchmarks/bernoulli_bias.py as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bernoulli_bias.py"
+    spec = importlib.util.spec_from_file_location("bernoulli_bias", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bernoulli_bias_exact_curves_match_the_integrals():
+    """The figure's exact curves: the Bernoulli's total mass on [0, 1] is ∫₀¹ λ^x (1 − λ)^(1−x) dx
+    (1/2 at λ = 1/2, never 1) and the CB's mean is ∫₀¹ x p(x) dx (trapezoid rule on 20,001
+    points, float64: error far below the 1e-6 tolerance for these smooth integrands)."""
+    bias = _bernoulli_bias()
+    lam = torch.tensor([0.01, 0.3, 0.5, 0.8, 0.999], dtype=torch.float64)
+    mass, mean = bias.exact_curves(lam)
+    x = torch.linspace(0, 1, 20_001, dtype=torch.float64)[:, None]
+    unnormalized = lam ** x * (1 - lam) ** (1 - x)
+    assert torch.allclose(mass, torch.trapezoid(unnormalized, x[:, 0], dim=0), atol=1e-6)
+    assert float(mass.max()) == pytest.approx(0.5)
+    density = torch.distributions.ContinuousBernoulli(probs=lam).log_prob(x).exp()
+    assert torch.allclose(mean, torch.trapezoid(x * density, x[:, 0], dim=0), atol=1e-6)
+
+
+def test_bernoulli_bias_script_runs(tmp_path, capsys):
+    """Two 2-epoch fits on digits (seconds), the table of three readings and the figure;
+    a second call reads the cached readings back instead of fitting."""
+    bias = _bernoulli_bias()
+    args = ["--epochs", "2", "--points", "10", "--hidden", "16", "--out", str(tmp_path)]
+    assert bias.main(args) == 0
+    first = capsys.readouterr()
+    assert first.out.count("| continuous Bernoulli") == 2 and "[bernoulli] 2 epochs" in first.err
+    assert (tmp_path / "bernoulli_bias-digits-seed0.png").exists()
+    assert bias.main(args) == 0
+    second = capsys.readouterr()
+    assert "epochs in" not in second.err and second.out.splitlines()[3:8] == first.out.splitlines()[3:8]
