@@ -99,6 +99,12 @@ class TrainConfig:
     """Stop after this many epochs without a better validation ELBO."""
     val_every: int = 1
     """Evaluate the validation ELBO every this many epochs (and at the last)."""
+    precision: str = "fp32"
+    """Arithmetic of the training steps' matrix products, a name in
+    ``pyro_vae.precision.PRECISIONS``: ``fp32``, ``fp32-medium`` (torch's float32 matmul
+    precision ``"medium"`` during the steps) or ``bf16`` (products in bfloat16 under
+    autocast; parameters, optimizer state, log-densities and the loss in float32). The
+    validation ELBO and evaluation are float32 whatever this says."""
 
 
 @dataclass(frozen=True)

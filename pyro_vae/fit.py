@@ -24,6 +24,7 @@ from pyro_vae.build import scores_eight_bit
 from pyro_vae.data import Data, check_eight_bit
 from pyro_vae.distributed import SINGLE, World
 from pyro_vae.objectives import build_objective
+from pyro_vae.precision import PRECISIONS
 from pyro_vae.programs import Batch, Program, as_program, check_fields, unique_parameters
 from pyro_vae.state import DivergenceError, EpochRecord, TrainState
 from pyro_vae.traces import index_rows, scores_binary, slice_rows, trace_program
@@ -162,6 +163,7 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ValueError(f"clip_norm must be positive, got {cfg.clip_norm}")
     if cfg.early_stopping is not None and cfg.early_stopping < 1:
         raise ValueError(f"early_stopping must be at least 1 epoch, got {cfg.early_stopping}")
+    PRECISIONS.lookup(cfg.precision)
 
 
 def _check_data(model: Program, data: Data) -> None:
@@ -200,10 +202,13 @@ def _step(session: FitSession, objective, x: Tensor, batch: Batch, beta: float,
           where: Callable[[], str]) -> float:
     """One SVI step on rows ``x`` ``[B, D]`` and their extras ``batch``; returns the batch
     loss (sum over images). ``where()`` says which step this is, for an error message."""
-    if session.ddp is None:
-        loss = objective.differentiable_loss(session.model, session.guide, x, beta=beta, batch=batch)
-    else:
-        loss = session.ddp(x, beta, batch)
+    precision = PRECISIONS[session.config.precision]
+    with precision.forward(session.device):
+        if session.ddp is None:
+            loss = objective.differentiable_loss(session.model, session.guide, x, beta=beta,
+                                                 batch=batch)
+        else:
+            loss = session.ddp(x, beta, batch)
     # The one host sync per step (the scalar loss; summed over ranks, so that all of them
     # agree); before backward it stops a non-finite loss from reaching the optimizer.
     value = distributed.all_sum([float(loss.detach())], session.world)[0]
@@ -212,7 +217,8 @@ def _step(session: FitSession, objective, x: Tensor, batch: Batch, beta: float,
     session.optimizer.zero_grad(set_to_none=True)
     # DDP averages gradients over ranks; times the number of ranks, they are the gradient
     # of the summed loss, as one process computes it on the whole batch.
-    (loss if session.ddp is None else loss * session.world.size).backward()
+    with precision.backward(session.device):
+        (loss if session.ddp is None else loss * session.world.size).backward()
     clip = session.config.clip_norm
     if clip is not None:
         norm = torch.nn.utils.clip_grad_norm_(session.parameters(), clip)
@@ -380,7 +386,8 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
     bar = tqdm(total=config.epochs * steps, initial=state.epoch * steps + state.step,
                disable=not (progress and session.world.writer) or None, unit="step",
                dynamic_ncols=True)
-    with pyro.get_param_store().scope(), pyro.validation_enabled(False), bar:
+    attach = PRECISIONS[config.precision].attach(session.modules())
+    with pyro.get_param_store().scope(), pyro.validation_enabled(False), bar, attach:
         while state.epoch < config.epochs:
             if not _guarded_epoch(session, state, objective, bar, stop, good):
                 interrupted = True

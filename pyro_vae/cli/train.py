@@ -24,6 +24,7 @@ from pyro_vae.fit import DivergenceError
 from pyro_vae.guides import ENCODERS, GUIDES
 from pyro_vae.models import ACTIVATIONS, DECODERS, LIKELIHOODS, PRIORS
 from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.precision import PRECISIONS
 from pyro_vae.runs import TrainResult, resume_run, train_run
 from pyro_vae.catalog import STORIES, default_objective, is_named
 from pyro_vae.stories import parse_arg, parse_spec
@@ -110,6 +111,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after this many epochs without a better validation ELBO")
     g.add_argument("--seed", type=int, default=T.seed, help="random seed")
     g.add_argument("--device", default=T.device, help="cpu, cuda or auto")
+    g.add_argument("--precision", type=choice_of(PRECISIONS), default=T.precision,
+                   help=f"matrix products of the training steps: {', '.join(PRECISIONS)} (default "
+                        f"{T.precision}; evaluation is always fp32)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -169,7 +173,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                         clip_norm=args.clip_norm, seed=args.seed, device=args.device,
                         objective=args.objective or default_objective(args.model) or T.objective,
                         particles=args.particles, beta=args.beta,
-                        kl_warmup=args.kl_warmup, early_stopping=args.early_stopping)
+                        kl_warmup=args.kl_warmup, early_stopping=args.early_stopping,
+                        precision=args.precision)
     return RunConfig(model=model, data=data, train=train, story=story)
 
 

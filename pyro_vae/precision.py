@@ -1,0 +1,90 @@
+"""Arithmetic precision of the fit's matrix products (``TrainConfig.precision``).
+
+- ``fp32``: everything in float32 (the default).
+- ``fp32-medium``: torch's float32 matmul precision is set to ``"medium"`` for the fit's
+  forward and backward passes, and put back as it was after each (so the validation
+  pass, evaluation and anything else in the process keep theirs). Where the hardware
+  has no faster internal format (e.g. a CPU without AVX-512 BF16) nothing changes.
+- ``bf16``: matrix products (linear and convolution layers) run in bfloat16 under
+  ``torch.autocast``, and each such layer's output is cast straight back to float32.
+  Parameters, optimizer state, activations, every log-density and the loss stay
+  float32; only the products' inputs are rounded. On CUDA this is the same switch.
+
+Each entry is a :class:`Precision`: two context managers the fit enters around a
+step's forward pass (the loss) and its backward pass, and ``attach`` for what must
+be in place for the whole fit (the output casts). Evaluation and the validation ELBO
+always run in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from pyro_vae.registry import Registry
+
+PRECISIONS: Registry = Registry("precision")
+
+# Layers whose product autocast runs in bfloat16: their outputs are cast back.
+PRODUCT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+                  nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How one precision setting is applied to a fit."""
+
+    forward: Callable[[torch.device], ContextManager]
+    """Entered around a step's loss computation."""
+    backward: Callable[[torch.device], ContextManager]
+    """Entered around a step's ``loss.backward()``."""
+    attach: Callable[[nn.Module], ContextManager] = lambda module: contextlib.nullcontext()
+    """Entered once for the whole fit, with the modules being fitted."""
+
+
+def _nothing(device: torch.device) -> ContextManager:
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def matmul_precision(level: str) -> Iterator[None]:
+    """torch's float32 matmul precision set to ``level`` inside, restored after."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(level)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _bf16_autocast(device: torch.device) -> ContextManager:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _to_float32(module: nn.Module, inputs: tuple, output: object) -> object:
+    """Forward hook: a bfloat16 product's output back in float32 (other outputs as they are)."""
+    if isinstance(output, Tensor) and output.dtype == torch.bfloat16:
+        return output.float()
+    return output
+
+
+@contextlib.contextmanager
+def float32_outputs(module: nn.Module) -> Iterator[None]:
+    """While inside, every product layer of ``module`` returns float32 (hooks removed after)."""
+    handles = [m.register_forward_hook(_to_float32) for m in module.modules()
+               if isinstance(m, PRODUCT_LAYERS)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+PRECISIONS.register("fp32")(Precision(_nothing, _nothing))
+PRECISIONS.register("fp32-medium")(Precision(lambda d: matmul_precision("medium"),
+                                             lambda d: matmul_precision("medium")))
+PRECISIONS.register("bf16")(Precision(_bf16_autocast, _nothing, float32_outputs))
