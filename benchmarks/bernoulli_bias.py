@@ -12,8 +12,9 @@ For each fit, the decoder at z = E_q[z | x] on ``--points`` test images gives th
 of each pixel: the Bernoulli's λ (its mean), the continuous Bernoulli's mean (what
 pyro-vae's figures and ``sample`` show) and its λ (what one shows when λ is read as the
 image). Printed per reading: the mean absolute error |reading − x| over the test pixels, the
-mean signed error, and the calibration error Σ_b (n_b/N)·|x̄_b − r̄_b| over 10 equal bins of
-the reading (0 when, in each bin, the reading is on average the true grey level).
+mean signed error, the calibration error Σ_b (n_b/N)·|x̄_b − r̄_b| over 10 equal bins of the
+reading (0 when, in each bin, the reading is on average the true grey level), and the mean
+reading of the pixels that are exactly black.
 
 Figure ``--out/bernoulli_bias.png``: left, the binned calibration curves (mean true grey
 level against mean reading, with the identity); right, the exact curves behind them: the
@@ -145,13 +146,13 @@ def figure(rows: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
     fig = Figure(figsize=(11, 4.8))
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     for label, (x, reading) in rows.items():
-        r_bar, x_bar, _ = calibration(reading, x)
-        left.plot(r_bar, x_bar, marker="o", ms=4, label=label)
+        r_bar, x_bar, error = calibration(reading, x)
+        left.plot(r_bar, x_bar, marker="o", ms=4, label=f"{label} (calibration error {error:.3f})")
     left.plot([0, 1], [0, 1], color="black", ls="--", lw=1, label="identity")
     left.set_xlabel("decoder's reading of a test pixel (bin mean)")
     left.set_ylabel("true grey level (mean in the bin)")
     left.set_title("held-out pixels: reading against grey level")
-    left.legend(fontsize=8)
+    left.legend(fontsize=7, loc="lower right")
     lam = torch.linspace(1e-3, 1 - 1e-3, 999, dtype=torch.float64)
     mass, mean = exact_curves(lam)
     right.plot(lam, mass, label="Bernoulli: its total mass ∫₀¹ λ^x (1−λ)^(1−x) dx (≤ 1/2)")
@@ -159,7 +160,7 @@ def figure(rows: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
     right.plot([0, 1], [0, 1], color="black", ls="--", lw=1, label="λ itself")
     right.set_xlabel("λ = sigmoid(decoder output)")
     right.set_title("exact: Bernoulli mass on [0, 1]; continuous Bernoulli mean")
-    right.legend(fontsize=8)
+    right.legend(fontsize=7, loc="lower center")
     for ax in (left, right):
         ax.grid(alpha=0.3)
     return save_figure(fig, path)
@@ -181,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             "continuous Bernoulli: λ read as the image": (cb["x"], cb["lam"])}
     print(f"\n{args.data}, z = {args.latent_dim}, MLP {args.hidden}, {args.epochs} epochs, seed "
           f"{args.seed}; {len(fits['bernoulli']['x'])} test pixels\n")
-    print("| reading | mean abs. error | mean signed error | calibration error |")
-    print("|---|---|---|---|")
+    print("| reading | mean abs. error | mean signed error | calibration error | "
+          "mean reading of black pixels (x = 0) |")
+    print("|---|---|---|---|---|")
     for label, (x, reading) in rows.items():
         print(f"| {label} | {np.abs(reading - x).mean():.4f} | {(reading - x).mean():+.4f} | "
-              f"{calibration(reading, x)[2]:.4f} |")
+              f"{calibration(reading, x)[2]:.4f} | {reading[x == 0].mean():.4f} |")
     path = figure(rows, args.out / f"bernoulli_bias-{args.data}-seed{args.seed}.png")
     print(f"\nfigure: {path}")
     print(f"wall time of this invocation: {time.perf_counter() - start:.0f} s")
