@@ -49,7 +49,7 @@ class DataConfig:
     """Which images to fit and how to prepare them."""
 
     name: str = "digits"
-    """A name in ``DATASETS`` or the path of an ``.npz``/``.npy`` file."""
+    """A name in ``DATASETS``, the path of an ``.npz``/``.npy`` file, or a folder of image files."""
     root: str | None = None
     """Folder holding torchvision datasets; else ``$PYRO_VAE_DATA``, else a per-user cache."""
     download: bool = False
@@ -67,6 +67,11 @@ class DataConfig:
     """Training labels a semi-supervised story keeps (``--labels N``): N rows, balanced across
     classes and chosen by the fit's seed; the rest, and every validation and test label, are
     hidden from the story. ``None`` keeps every training label."""
+    stream: str = "auto"
+    """Whether the training images of a ``.npy`` file or an image folder stay in it and are
+    read batch by batch (``on``), are held in memory (``off``), or ``auto``: on when they would
+    take more than ``pyro_vae.streams.STREAM_SHARE`` of the available memory as float32. A run
+    records the choice made (``on`` or ``off``) in config.json."""
 
 
 @dataclass(frozen=True)

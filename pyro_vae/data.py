@@ -399,9 +399,12 @@ def split_images(raw: RawImages, cfg: DataConfig, binarize: str,
 
 
 def load_data(cfg: DataConfig, binary_likelihood: bool = True) -> Data:
-    """Load, check, scale and split the images that ``cfg`` names."""
+    """Load, check, scale and split the images that ``cfg`` names (the training images of a
+    ``.npy`` file or image folder streamed when ``cfg.stream`` resolves to ``on``)."""
+    from pyro_vae.streams import load_images, split_or_stream  # it builds on this module
+
     binarize = resolve_binarize(cfg.binarize, binary_likelihood)
-    return split_images(load_raw(cfg), cfg, binarize, binary_likelihood)
+    return split_or_stream(load_images(cfg), cfg, binarize, binary_likelihood)
 
 
 def from_tensor(x: Tensor | np.ndarray, labels: Tensor | np.ndarray | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from pyro_vae.build import (build_story, build_story_guide, build_vae,
 from pyro_vae.checkpoint import (appended, atomic_write, load_checkpoint, load_modules,
                                  save_checkpoint)
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
-from pyro_vae.data import Data, RawImages, load_raw, resolve_binarize, split_images
+from pyro_vae.data import Data, RawImages, resolve_binarize
 from pyro_vae.catalog import STORIES, is_named
 from pyro_vae.classify import classifier_figures, epoch_metrics, keep_labels, partly_labelled
 from pyro_vae.lock import writer_lock
@@ -36,6 +37,7 @@ from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_
 from pyro_vae.objectives import build_objective
 from pyro_vae.programs import Program, as_program, check_fields
 from pyro_vae.stories import parse_spec, sha256_of
+from pyro_vae.streams import load_images, resolve_stream, split_or_stream
 from pyro_vae.traces import is_enumerated, is_real, latent_sites, slice_rows, trace_program
 from pyro_vae.validation import check_image_shape, check_label_range
 
@@ -78,7 +80,7 @@ def default_run_name(cfg: RunConfig) -> str:
 def _raw_images(cfg: RunConfig) -> RawImages:
     """The run's images as loaded, checked before any work (same image size as when the run
     started)."""
-    raw = load_raw(cfg.data)
+    raw = load_images(cfg.data)  # the training images streamed when cfg.data.stream says so
     if cfg.image_shape:
         check_image_shape(raw.train_x.shape[1:], cfg.image_shape, raw.source,
                           "the run being resumed (config.json image_shape)")
@@ -86,7 +88,7 @@ def _raw_images(cfg: RunConfig) -> RawImages:
 
 
 def _split(cfg: RunConfig, raw: RawImages, binary: bool) -> Data:
-    return split_images(raw, cfg.data, resolve_binarize(cfg.data.binarize, binary), binary)
+    return split_or_stream(raw, cfg.data, resolve_binarize(cfg.data.binarize, binary), binary)
 
 
 def load_run_data(cfg: RunConfig, folder: Path | None = None) -> Data:
@@ -256,9 +258,14 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     resolve_device(cfg.train.device)
     build_objective(cfg.train)
     sources = _story_sources(cfg.story)
+    # auto becomes on or off here, recorded in config.json (a resume keeps it) and said once
+    # every check has passed (an error stays one line).
+    said: list[str] = []
+    cfg = dataclasses.replace(cfg, data=resolve_stream(cfg.data, said.append))
     data, model, guide = prepare(cfg, None, seed=cfg.train.seed)
     check_objective(cfg, model, guide, data)
     _check_map_site(cfg.story.map_site, model, data)
+    _say(*said)
     cfg = dataclasses.replace(cfg, image_shape=tuple(data.image_shape))
     world = distributed.current()
     path = Path(out) / distributed.from_writer(name or default_run_name(cfg), world)
@@ -266,6 +273,13 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     with distributed.on_writer(world, lambda: writer_lock(_made(path))):
         cfg = distributed.agree(lambda: _fill_new_folder(path, cfg, sources), world)
         return _run_fit(path, cfg, data, model, guide, progress=progress, stop=stop)
+
+
+def _say(*lines: str) -> None:
+    """Lines about how the fit runs, on stderr, from the process that writes the run."""
+    if distributed.current().writer:
+        for line in lines:
+            print(line, file=sys.stderr)
 
 
 def _made(path: Path) -> Path:
@@ -354,11 +368,14 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
                          f"{', '.join(RESUMABLE)}")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
     check_train_config(cfg.train)
+    said: list[str] = []
+    cfg = dataclasses.replace(cfg, data=resolve_stream(cfg.data, said.append))
     data, model, guide = prepare(cfg, path, seed=cfg.train.seed)
     ckpt = _load_into(path, model, guide, data)
     if epochs is not None and epochs < ckpt.state.epoch:
         raise ValueError(f"--epochs {epochs} is fewer than the {ckpt.state.epoch} epochs {path} "
                          f"has already run; give the new total, at least {ckpt.state.epoch}")
+    _say(*said)
     world = distributed.current()
     distributed.check_same_world(ckpt.state.world_size, world, str(path))
     # Only a checkpoint that loaded may change the folder's files; rank 0 alone writes them.

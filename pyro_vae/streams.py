@@ -16,15 +16,22 @@ processes and pinned memory (for a CUDA device), from any step (a resumed epoch)
 
 :func:`streamed_data` makes a :class:`~pyro_vae.data.Data` whose training split is a
 :class:`StreamedSplit`: :func:`~pyro_vae.fit.fit` trains on it as on resident images, with
-the same draws. Not yet offered by ``pyro-vae train`` (no flag, no automatic choice by size).
+the same draws; its validation and test splits are :class:`HeldOutSplit` s, at most
+:data:`HELD_OUT_CAP` rows each, read whole when asked for and not kept.
+
+``pyro-vae train --stream auto|on|off`` (:attr:`~pyro_vae.config.DataConfig.stream`):
+:func:`resolve_stream` makes the choice (``auto``: by size against :data:`STREAM_SHARE` of the
+available memory), :func:`load_images` and :func:`split_or_stream` load and split accordingly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -32,9 +39,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_vae.config import DataConfig
-from pyro_vae.data import Data, Split
+from pyro_vae.data import (DATASETS, Data, Pixels, RawImages, load_raw, split_images)
 from pyro_vae.distributed import SINGLE, World, shard
-from pyro_vae.validation import DataError
+from pyro_vae.validation import DataError, check_images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -43,29 +50,39 @@ class RowSource(Protocol):
     """Rows of an image set, read on demand."""
 
     image_shape: tuple[int, ...]
+    dtype: np.dtype
+    """The pixels' type as stored (uint8 for decoded image files)."""
 
     def __len__(self) -> int: ...
+
+    def scan(self) -> float:
+        """Check the pixels once where that needs a pass; the divisor to [0, 1]."""
+        ...
 
     def rows(self, index: np.ndarray) -> Tensor:
         """Images ``index`` (``[B]`` integers) as float32 in [0, 1], flattened ``[B, D]``."""
         ...
 
 
-def _unit(x: np.ndarray, where: str) -> Tensor:
-    """Pixels as float32 in [0, 1]: uint8 over 255, floats as they are (checked)."""
-    t = torch.from_numpy(np.ascontiguousarray(x))
-    if t.dtype == torch.uint8:
-        return t.float().div_(255)
-    t = t.float()
-    if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
-        raise DataError(f"{where}: pixel values must lie in [0, 1] (or be uint8)")
-    return t
+def _unit(x: np.ndarray, scale: float) -> Tensor:
+    """Pixels as float32 in [0, 1]: divided by ``scale`` (255 for 0–255 pixels, else 1)."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).float()
+    return t.div_(scale) if scale != 1 else t
+
+
+# Rows per block when a .npy file is scanned once, whole: 8 MB of pixels at a time, each
+# block's pages unmapped before the next (min and max make no temporaries).
+SCAN_BYTES = 8 * 2 ** 20
 
 
 class NpyRows:
     """Rows of a ``.npy`` file, read through a memory map opened for each read and closed
     after it: the pages read leave this process's resident memory with the map, and the
-    source pickles to a DataLoader worker as a path, not as the array."""
+    source pickles to a DataLoader worker as a path, not as the array.
+
+    Pixels are brought to [0, 1] as the resident path does (:func:`pyro_vae.data.split_images`):
+    divided by 255 when any exceeds 1. That needs one pass over the file, made (and the pixels
+    checked: finite, in [0, 255]) by :meth:`scan` before the first rows are read."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -76,41 +93,67 @@ class NpyRows:
         shape, dtype, fortran = probe.shape, probe.dtype, np.isfortran(probe) and probe.ndim > 1
         self.offset = probe.offset
         del probe
-        if fortran or len(shape) not in (3, 4):
+        if fortran or len(shape) not in (2, 3, 4):
             raise DataError(f"{self.path} holds an array of shape {list(shape)}"
                             f"{' in Fortran order' if fortran else ''}; expected images "
-                            f"[N, H, W] or [N, C, H, W] in C order")
+                            f"[N, D], [N, H, W] or [N, C, H, W] in C order")
+        if not (np.issubdtype(dtype, np.number) or dtype == bool):
+            raise DataError(f"{self.path}: expected a numeric array, got dtype {dtype}")
         self.shape, self.dtype = tuple(int(d) for d in shape), dtype
         self.image_shape = self.shape[1:]
+        self.scale: float | None = None
 
     def __len__(self) -> int:
         return self.shape[0]
 
+    def _map(self) -> np.memmap:
+        return np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
+
+    def scan(self) -> float:
+        """Check every pixel, block by block, and fix the divisor (255 or 1); once."""
+        if self.scale is None:
+            rows = max(1, SCAN_BYTES // max(1, int(np.prod(self.image_shape)) * self.dtype.itemsize))
+            top = 0.0
+            for lo in range(0, len(self), rows):
+                block = self._map()[lo:lo + rows]
+                low, high = float(block.min()), float(block.max())  # NaN makes both NaN
+                if not 0 <= low <= high <= 255:  # the sample named, as in memory
+                    check_images(np.asarray(block), f"{self.path} (rows from {lo})")
+                top = max(top, high)
+                del block  # unmapped: the scan keeps no pages of the file
+            self.scale = 255.0 if top > 1 else 1.0
+        return self.scale
+
     def rows(self, index: np.ndarray) -> Tensor:
+        scale = self.scan()
         index = np.asarray(index)
         # Reading in file order touches each page once; the rows then go back to index's order.
         order = np.argsort(index, kind="stable")
-        array = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
+        array = self._map()
         try:
             block = np.empty((len(index), *self.image_shape), self.dtype)
             block[order] = array[index[order]]
         finally:
             del array  # unmapped: its pages no longer count against this process
-        return _unit(block, str(self.path)).reshape(len(index), -1)
+        return _unit(block, scale).reshape(len(index), -1)
+
+
+def _decode(path: Path) -> Tensor:
+    """One image file as uint8 ``[C, H, W]``."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    with warnings.catch_warnings():  # torchvision's notice of a future move to torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_image(read_file(str(path)), ImageReadMode.UNCHANGED)
 
 
 class FolderRows:
-    """Rows of a folder of image files (sorted by name), decoded when read."""
+    """Rows of a folder of image files (sorted by name), decoded when read; 8-bit pixels
+    over 255 (a folder held in memory is read through it too, so both paths agree)."""
+
+    dtype = np.dtype(np.uint8)
 
     def __init__(self, folder: Path) -> None:
-        from torchvision.io import ImageReadMode, decode_image, read_file
-
-        def read(p: Path) -> Tensor:
-            with warnings.catch_warnings():  # torchvision's notice of a future move to torchcodec
-                warnings.simplefilter("ignore", DeprecationWarning)
-                return decode_image(read_file(str(p)), ImageReadMode.UNCHANGED)
-
-        self._read = read
         self.folder = Path(folder)
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
@@ -118,11 +161,18 @@ class FolderRows:
         first = self._image(0)
         self.image_shape = tuple(first.shape) if first.shape[0] > 1 else tuple(first.shape[1:])
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.image_shape)
+
+    def scan(self) -> float:
+        return 255.0  # decoded files are 8-bit
+
     def __len__(self) -> int:
         return len(self.files)
 
     def _image(self, i: int) -> Tensor:
-        return self._read(self.files[i])  # [C, H, W] uint8
+        return _decode(self.files[i])  # [C, H, W] uint8
 
     def rows(self, index: np.ndarray) -> Tensor:
         images = [self._image(int(i)) for i in index]
@@ -225,7 +275,7 @@ class StreamedSplit:
 
     def to(self, device: torch.device | str) -> "StreamedSplit":
         labels = None if self.labels is None else self.labels.to(device)
-        return StreamedSplit(self.source, self.rows, labels, device, self.workers)
+        return type(self)(self.source, self.rows, labels, device, self.workers)
 
     def plan(self, perm: Tensor, batch_size: int, world: World, start: int) -> None:
         """The fit will read steps ``start, start + 1, ...`` of ``perm`` (positions in this
@@ -243,6 +293,32 @@ class StreamedSplit:
                 return next(it)
             self._ahead = None  # the fit went another way: stop reading ahead
         return self.source.rows(wanted)
+
+
+class HeldOutSplit(StreamedSplit):
+    """Validation or test rows of a streamed set: ``x`` reads them all (``[N, D]``) each
+    time it is asked for, and nothing holds them in between (the fit keeps the one
+    binarized draw it scores every epoch)."""
+
+    @property
+    def x(self) -> Tensor:  # type: ignore[override]
+        return Rows(self)[:]
+
+
+class Thresholded:
+    """A source whose pixels are binarized at 0.5 when read (``--binarize threshold``)."""
+
+    def __init__(self, source: RowSource) -> None:
+        self.source, self.image_shape, self.dtype = source, source.image_shape, source.dtype
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def scan(self) -> float:
+        return self.source.scan()
+
+    def rows(self, index: np.ndarray) -> Tensor:
+        return (self.source.rows(index) > 0.5).float()
 
 
 class _Subset:
@@ -273,25 +349,141 @@ def resident_bytes(source: RowSource) -> int:
     return len(source) * int(np.prod(source.image_shape)) * 4
 
 
-# Validation and test images are held in memory (the fit scores them every epoch), at most
-# this many of each: 10,000 28×28 images are 31 MB as float32.
-RESIDENT_CAP = 10_000
+# Validation and test images of a streamed set: at most this many rows of each (the first of
+# the split's random order), read whole when asked for. The fit holds one binarized copy of
+# the validation rows: 10,000 28×28 images are 31 MB as float32.
+HELD_OUT_CAP = 10_000
+STREAM_WORKERS = 2  # processes reading batches ahead of the fit
 
 
-def streamed_data(path: Path, cfg: DataConfig, binarize: str, workers: int = 2,
-                  resident_cap: int = RESIDENT_CAP) -> Data:
+def streamed_data(path: Path | RowSource, cfg: DataConfig, binarize: str,
+                  pixels: bool | Pixels = Pixels.ANY, workers: int = STREAM_WORKERS,
+                  held_out_cap: int = HELD_OUT_CAP) -> Data:
     """A :class:`~pyro_vae.data.Data` whose training split stays in ``path`` (a ``.npy``
-    file or an image folder) and is read per batch; validation and test are the first
-    ``resident_cap`` images of their splits, held in memory. The split is drawn from
-    ``cfg.split_seed`` with ``cfg.val_fraction`` and ``cfg.test_fraction`` (a
-    :class:`~pyro_vae.config.DataConfig`); ``binarize`` is resolved (``dynamic``, ...)."""
-    source = open_rows(path)
+    file, an image folder, or a source already open) and is read per batch. The rows of
+    each split are those :func:`~pyro_vae.data.split_images` gives the same images held in
+    memory (``cfg.split_seed``, ``cfg.test_fraction``, ``cfg.val_fraction``); validation and
+    test keep the first ``held_out_cap`` of theirs. ``binarize`` is resolved (``dynamic``, ...);
+    ``pixels`` is what the story scores (refused: see :func:`_check_streamable`)."""
+    source = path if hasattr(path, "rows") else open_rows(Path(path))
+    _check_streamable(source, binarize, Pixels(int(pixels)))
+    source.scan()  # before the workers fork, so that they inherit the divisor
+    if binarize == "threshold":
+        source = Thresholded(source)
     n = len(source)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed)).numpy()
-    n_val, n_test = round(cfg.val_fraction * n), round(cfg.test_fraction * n)
-    if n - n_val - n_test < 1 or n_val < 1:
-        raise DataError(f"{path}: {n} images leave none to train or to validate on")
-    val, test, train = perm[:n_val], perm[n_val:n_val + n_test], perm[n_val + n_test:]
-    held = [Split(source.rows(np.sort(rows[:resident_cap])), None) for rows in (val, test)]
+    n_test, n_val = int(round(cfg.test_fraction * n)), int(round(cfg.val_fraction * n))
+    if n - n_val - n_test < 1 or n_val < 1 or n_test < 1:
+        raise DataError(f"{_where(source)}: {n} images leave an empty split (train "
+                        f"{n - n_val - n_test}, validation {n_val}, test {n_test})")
+    test, val = perm[:n_test][:held_out_cap], perm[n_test:n_test + n_val][:held_out_cap]
+    train = perm[n_test + n_val:].copy()  # the whole permutation is not kept
+    # In the split's order, as in memory (the seeded binarized draw of each row is the same).
+    held = [HeldOutSplit(source, rows, workers=0) for rows in (val, test)]
     return Data(StreamedSplit(source, train, workers=workers), held[0], held[1],
-                tuple(source.image_shape), binarize, str(path))
+                tuple(source.image_shape), binarize, _where(source))
+
+
+def _where(source: RowSource) -> str:
+    return str(getattr(source, "path", None) or getattr(source, "folder", None) or
+               _where(source.source))
+
+
+def _check_streamable(source: RowSource, binarize: str, pixels: Pixels) -> None:
+    """Streamed pixels are checked per block, not by the fit's whole-split checks: a story
+    scoring {0, 1} or 8-bit pixels as they are (``--binarize none``) is refused, and a
+    dequantized one needs 8-bit pixels (uint8 files, image folders)."""
+    if binarize == "none" and pixels != Pixels.ANY:
+        kind = "0 or 1" if pixels == Pixels.BINARY else "on the 8-bit grid"
+        raise DataError(f"--stream on with --binarize none: the story scores pixels {kind}, "
+                        f"which the fit checks on images held in memory; use --binarize "
+                        f"dynamic or threshold, or --stream off")
+    if binarize == "dequantize" and source.dtype != np.uint8:
+        raise DataError(f"--stream on with --binarize dequantize: {_where(source)} holds "
+                        f"{source.dtype} pixels; streamed dequantization needs uint8 pixels")
+
+
+STREAM_MODES = ("auto", "on", "off")
+# ``auto`` streams when the training set as float32 exceeds this share of the available
+# memory: the resident path briefly holds the file's array, the float32 set and its splits
+# (about twice the float32 size), which a quarter leaves room for.
+STREAM_SHARE = 0.25
+
+
+def available_bytes() -> int:
+    """Memory available to new allocations now: MemAvailable of /proc/meminfo (Linux), else
+    the physical memory (os.sysconf)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def streamable_path(name: str) -> Path | None:
+    """The ``.npy`` file or image folder ``name`` names; ``None`` for a registered dataset or
+    anything else (an .npz file is read whole)."""
+    if name in DATASETS:
+        return None
+    path = Path(name).expanduser()
+    return path if path.is_dir() or (path.suffix == ".npy" and path.is_file()) else None
+
+
+def resolve_stream(cfg: DataConfig, say: Callable[[str], None] | None = None) -> DataConfig:
+    """``cfg`` with ``stream`` chosen, ``on`` or ``off`` (``auto``: on when the training
+    images' float32 size exceeds :data:`STREAM_SHARE` of :func:`available_bytes`); ``say``
+    receives one line telling which and why."""
+    if cfg.stream not in STREAM_MODES:
+        raise DataError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {cfg.stream!r}")
+    path = streamable_path(cfg.name)
+    if path is None:
+        if cfg.stream == "on":
+            raise DataError(f"--stream on: {cfg.name} is neither a .npy file nor a folder of "
+                            f"image files (named datasets and .npz files are read whole); use "
+                            f"--stream off or auto")
+        chosen, why = "off", ""
+    elif cfg.stream == "auto":
+        size, limit = _float32_bytes(path), STREAM_SHARE * available_bytes()
+        chosen = "on" if size > limit else "off"
+        why = (f"--stream auto: {size / 1e9:.3g} GB as float32 {'>' if chosen == 'on' else '≤'}"
+               f" {limit / 1e9:.3g} GB, {STREAM_SHARE:.0%} of the available memory")
+    else:
+        chosen, why = cfg.stream, f"--stream {cfg.stream}"
+    if say is not None and path is not None:  # a named dataset has no choice to tell
+        how = (f"streamed from {path} (validation and test: at most {HELD_OUT_CAP:,} rows each)"
+               if chosen == "on" else "held in memory")
+        say(f"training images {how} ({why})")
+    return dataclasses.replace(cfg, stream=chosen)
+
+
+def _float32_bytes(path: Path) -> int:
+    """The images' size as float32; 0 for a file that cannot be streamed (the loader that
+    holds it in memory then says what is wrong with it)."""
+    try:
+        return resident_bytes(open_rows(path))
+    except DataError:
+        return 0
+
+
+def load_images(cfg: DataConfig) -> RawImages:
+    """The images ``cfg`` names, before splitting: in memory, or (``stream`` resolving to
+    ``on``) a :class:`RawImages` whose ``train_x`` is the open row source."""
+    cfg = resolve_stream(cfg)
+    path = streamable_path(cfg.name)
+    if cfg.stream == "on":
+        return RawImages(open_rows(path), None, source=str(path))
+    if path is not None and path.is_dir():
+        folder = FolderRows(path)
+        x = folder.rows(np.arange(len(folder))).reshape(len(folder), *folder.image_shape)
+        return RawImages(x.numpy(), None, source=str(path))
+    return load_raw(cfg)
+
+
+def split_or_stream(raw: RawImages, cfg: DataConfig, binarize: str,
+                    pixels: bool | Pixels = False) -> Data:
+    """:func:`~pyro_vae.data.split_images`, or :func:`streamed_data` for a streamed source."""
+    if hasattr(raw.train_x, "rows"):
+        return streamed_data(raw.train_x, cfg, binarize, pixels)
+    return split_images(raw, cfg, binarize, pixels)

@@ -64,14 +64,32 @@ def test_folder_rows(tmp_path):
 
 
 def test_bad_sources_are_named(tmp_path):
-    np.save(tmp_path / "flat.npy", np.zeros((4, 3)))
-    with pytest.raises(DataError, match=r"flat.npy holds an array of shape \[4, 3\]"):
+    np.save(tmp_path / "flat.npy", np.zeros(4))
+    with pytest.raises(DataError, match=r"flat.npy holds an array of shape \[4\]"):
         NpyRows(tmp_path / "flat.npy")
+    np.save(tmp_path / "words.npy", np.array([["a", "b"]] * 4))
+    with pytest.raises(DataError, match=r"words.npy: expected a numeric array, got dtype <U1"):
+        NpyRows(tmp_path / "words.npy")
     with pytest.raises(DataError, match="holds no image files"):
         FolderRows(tmp_path)
-    np.save(tmp_path / "big.npy", np.full((2, 2, 2), 3.0))
-    with pytest.raises(DataError, match=r"must lie in \[0, 1\]"):
+    bad = np.zeros((5, 2, 2))
+    bad[3, 1, 0] = 300.0
+    np.save(tmp_path / "big.npy", bad)
+    with pytest.raises(DataError, match=r"big.npy \(rows from 0\): sample 3 has values outside "
+                                        r"\[0, 255\]"):
         NpyRows(tmp_path / "big.npy").rows(np.array([0]))
+
+
+@pytest.mark.parametrize("x", [np.array([[[0, 1]], [[1, 1]]], np.uint8),  # binary, not 1/255
+                               np.array([[[0.0, 3.0]], [[255.0, 1.0]]]),  # 0–255 as floats
+                               np.array([[[0.25, 1.0]], [[0.5, 0.0]]], np.float32)])
+def test_npy_rows_scale_pixels_as_the_resident_path(tmp_path, x):
+    """Divided by 255 when any pixel exceeds 1 (known after one scan of the file), as
+    pyro_vae.data.split_images does with the same array in memory."""
+    from pyro_vae.data import _to_unit
+    np.save(tmp_path / "x.npy", x)
+    assert torch.equal(NpyRows(tmp_path / "x.npy").rows(np.array([1, 0])),
+                       _to_unit(x, "x")[[1, 0]])
 
 
 def _resident_kb() -> int:

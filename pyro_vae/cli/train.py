@@ -28,14 +28,16 @@ from pyro_vae.precision import PRECISIONS
 from pyro_vae.runs import TrainResult, resume_run, train_run
 from pyro_vae.catalog import STORIES, default_objective, is_named
 from pyro_vae.stories import parse_arg, parse_spec
+from pyro_vae.streams import STREAM_MODES
 
 M, D, T = ModelConfig(), DataConfig(), TrainConfig()
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=D.name, help=f"dataset name ({', '.join(DATASETS)}) or the "
-                   f"path of an .npz/.npy file of images ([N, H, W] or [N, C, H, W])")
+    g.add_argument("--data", default=D.name, help=f"dataset name ({', '.join(DATASETS)}), the "
+                   f"path of an .npz/.npy file of images ([N, H, W] or [N, C, H, W]), or a "
+                   f"folder of image files (PNG, JPEG) of one size")
     g.add_argument("--data-root", default=None, help="folder holding torchvision datasets "
                    "(default: $PYRO_VAE_DATA, else ~/.cache/pyro-vae/data)")
     g.add_argument("--download", action="store_true", help="let torchvision download missing files")
@@ -43,6 +45,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="binarization for Bernoulli likelihoods (auto: dynamic for bernoulli); "
                         "dequantize: 8-bit pixels spread over their bins, (k + u)/256, for a "
                         "Gaussian's bits/dim (with --levels 256)")
+    # Checked by streams.resolve_stream (one line, exit 2), not by argparse's choices, whose
+    # refusal prints the whole usage above it.
+    g.add_argument("--stream", default=D.stream, metavar="{" + ",".join(STREAM_MODES) + "}",
+                   help="a .npy file's or image folder's training images: read batch by batch "
+                        "from the file (on), held in memory (off), or auto: on when as float32 "
+                        "they exceed a quarter of the available memory; the choice is printed "
+                        "and kept in config.json (--resume keeps it)")
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -168,7 +177,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                         activation=args.activation, **chosen,
                         options=options_from_args(args, chosen))
     data = DataConfig(name=args.data, root=args.data_root, download=args.download,
-                      binarize=args.binarize, labels=args.labels)
+                      binarize=args.binarize, labels=args.labels, stream=args.stream)
     train = TrainConfig(epochs=args.epochs or T.epochs, batch_size=args.batch_size, lr=args.lr,
                         clip_norm=args.clip_norm, seed=args.seed, device=args.device,
                         objective=args.objective or default_objective(args.model) or T.objective,
