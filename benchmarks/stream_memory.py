@@ -9,17 +9,22 @@ at the end.
 
 With ``--fit``, the built-in VAE (784-400-50, dynamic binarization, the JIT objective)
 trains on the file through :func:`pyro_vae.streams.streamed_data` for ``--steps`` steps
-instead, and the validation ELBO of its 10,000 resident validation images is computed at
-the end.
+instead, and the validation ELBO of its 10,000 held-out validation images is computed at
+the end; this process's memory is printed at each phase (torch._dynamo, which torch.optim
+imports when the fit builds its optimizer, is imported first and shown on its own line),
+and the Pss of this process and its workers together (shared pages counted once).
 
     python benchmarks/stream_memory.py                    # 2 GB, 300 steps of 128, 2 workers
     python benchmarks/stream_memory.py --fit              # the same, training the VAE
+    python benchmarks/stream_memory.py --fit --dir /dev/shm   # the file in memory-backed tmpfs
     python benchmarks/stream_memory.py --gigabytes 0.5 --steps 100
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -70,32 +75,68 @@ def read_only(path: Path, args: argparse.Namespace) -> tuple[int, float, float, 
     return seen, time.perf_counter() - started, peak, workers, ""
 
 
+def memory_mb(pid: str = "self") -> dict[str, float]:
+    """Rss, Pss (shared pages split between the processes sharing them), and the anonymous
+    part, from /proc/PID/smaps_rollup, in MB; zeros once the process is gone."""
+    out = {"Rss": 0.0, "Pss": 0.0, "Anonymous": 0.0}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key = line.split(":", 1)[0]
+            if key in out:
+                out[key] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def children() -> list[str]:
+    """This process's child processes (the DataLoader workers)."""
+    try:
+        return Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()
+    except OSError:
+        return []
+
+
 def train_on(path: Path, args: argparse.Namespace) -> tuple[int, float, float, float, str]:
-    """Fit the built-in VAE for ``args.steps`` steps on the streamed file, sampling RSS at
-    every step; then the validation ELBO."""
+    """Fit the built-in VAE for ``args.steps`` steps on the streamed file; VmRSS sampled at
+    every step and at each phase (printed as it goes); then the validation ELBO."""
+    importlib.import_module("torch._dynamo")  # what torch.optim imports at its first optimizer
     from pyro_vae.build import build_vae
     from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
     from pyro_vae.fit import fit, mean_elbo
     from pyro_vae.streams import streamed_data
 
+    phase("torch._dynamo imported (torch.optim does at its first optimizer)")
     data = streamed_data(path, DataConfig(), "dynamic", workers=args.workers)
+    phase("streamed_data (scan of the file, splits)")
     model, guide = build_vae(ModelConfig(latent_dim=50, hidden_sizes=(400,)), data.data_dim, seed=0)
-    polls, peak = [0], [rss_mb()]
+    polls, peak, pss = [0], [rss_mb()], [0.0]
 
     def stop() -> bool:
         polls[0] += 1
         peak[0] = max(peak[0], rss_mb())
+        if polls[0] in (1, 2, 3) or polls[0] % 50 == 0:
+            phase(f"before step {polls[0]}")
+            pss[0] = max(pss[0], sum(memory_mb(pid)["Pss"] for pid in ["self", *children()]))
         return polls[0] > args.steps
 
     started = time.perf_counter()
     result = fit(model, guide, data, TrainConfig(epochs=1, batch_size=args.batch_size, device="cpu"),
                  stop=stop, progress=False)
     seconds = time.perf_counter() - started
+    phase("fit returned")
     val = mean_elbo(result.model, result.guide, data.eval_split("val"))
     peak[0] = max(peak[0], rss_mb())
-    return (result.state.count, seconds, peak[0], float("nan"),
+    phase("validation ELBO")
+    return (result.state.count, seconds, peak[0], pss[0],
             f"; validation ELBO after {result.state.step} steps: {val:.2f} nats on "
-            f"{len(data.val):,} resident images")
+            f"{len(data.val):,} held-out images")
+
+
+def phase(what: str) -> None:
+    """One line: this process's memory now."""
+    m = memory_mb()
+    print(f"  {what:66s} VmRSS {rss_mb():6.0f} MB (anonymous {m['Anonymous']:4.0f} MB)", flush=True)
 
 
 def main() -> None:
@@ -104,25 +145,32 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of this process")
+    p.add_argument("--dir", type=Path, default=Path("/tmp"),
+                   help="where the file is written (/dev/shm when the disk is short of space)")
     p.add_argument("--fit", action="store_true", help="train the VAE on the file")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     rows = int(args.gigabytes * 1e9 / 784)
-    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "images.npy"
         started = time.perf_counter()
         write(path, rows)
         wrote = time.perf_counter() - started
         base = rss_mb()
+        phase("imports (torch, pyro, pyro-vae) and the file written")
         run = train_on if args.fit else read_only
         seen, read, peak, workers, note = run(path, args)
         size_mb = path.stat().st_size / 2 ** 20
-    print(f"file {size_mb:.0f} MB ({rows:,} images 28×28 uint8), written in {wrote:.1f} s")
+    print(f"file {size_mb:.0f} MB in {args.dir} ({rows:,} images 28×28 uint8), written in {wrote:.1f} s")
     print(f"{seen:,} images in {args.steps} batches of {args.batch_size} in {read:.1f} s "
           f"({seen / read:.0f} images/s) with {args.workers} workers")
+    together = (f"this process and its {args.workers} workers together: peak Pss {workers:.0f} MB"
+                if args.fit else f"its {args.workers} workers together: peak VmRSS {workers:.0f} "
+                f"MB (forked: mostly pages shared with this process)")
     print(f"resident memory (VmRSS) of this process: {base:.0f} MB after imports, peak "
           f"{peak:.0f} MB while {'training' if args.fit else 'reading'} (+{peak - base:.0f} MB); "
-          f"its {args.workers} workers together: peak {workers:.0f} MB (forked: mostly pages "
-          f"shared with this process); the file is {size_mb:.0f} MB{note}")
+          f"{together}; the file is {size_mb:.0f} MB{note}")
 
 
 if __name__ == "__main__":
