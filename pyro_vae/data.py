@@ -128,6 +128,9 @@ class Data:
         """A whole split for evaluation, ``[N, D]``; a dynamic binarization (or a
         dequantization) is drawn once, seeded."""
         x = getattr(self, name).x
+        if not isinstance(x, Tensor):  # a streamed training split (pyro_vae/streams.py)
+            raise DataError(f"the {name} images of {self.source} are streamed from the file, "
+                            f"never read whole; score the validation or test split (--split val)")
         if self.binarize not in ("dynamic", "dequantize"):
             return x
         gen = torch.Generator(device=x.device).manual_seed(seed)

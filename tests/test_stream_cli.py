@@ -71,6 +71,11 @@ def test_streamed_run_is_the_resident_run_and_resumes(npy, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0 and f"training images streamed from {npy} " in err, err
     assert _metrics(tmp_path / "on1") == _metrics(tmp_path / "on2")
+    # evaluate scores the held-out test rows; the streamed training split is never read whole
+    assert main(["evaluate", str(tmp_path / "on2"), "--samples", "2", "--points", "20"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "on2"), "--split", "train", "--points", "20"]) == 2
+    assert "are streamed from the file, never read whole" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
