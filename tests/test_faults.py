@@ -185,7 +185,7 @@ def _interrupt(argv: list[str], metrics: Path, lines: int, signum: int) -> tuple
 def test_real_signals_then_resume_matches_uninterrupted(tmp_path, capsys):
     """SIGINT during the fit, SIGTERM during the resumed fit, then a resume to the end:
     the same metrics and parameters as one uninterrupted fit with the same seed."""
-    epochs, run = 12, tmp_path / "r"
+    epochs, run = 40, tmp_path / "r"  # enough epochs that a loaded machine cannot finish before the signal
     argv = ["train", *TINY, "--batch-size", "64", "--epochs", str(epochs), "--out", str(tmp_path),
             "--name", "r"]
     code, err = _interrupt(argv, run / METRICS, 1, signal.SIGINT)
