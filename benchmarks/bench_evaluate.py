@@ -101,7 +101,7 @@ def normal_log_prob(z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
 def bernoulli_log_mass(logits: Tensor, x: Tensor) -> Tensor:
     """log Bernoulli(x; σ(l)) elementwise, by the element-wise path the library uses
     (``BernoulliLogits``): log σ(l) − (1 − x)·l, x broadcast against the logits."""
-    return logsigmoid(logits) - (1 - x) * logits
+    return torch.addcmul(logsigmoid(logits), 1 - x, logits, value=-1)
 
 
 @contextlib.contextmanager

@@ -39,13 +39,15 @@ class BernoulliLogits(dist.Bernoulli):
     for every x (as torch's form is). Torch computes it through
     ``binary_cross_entropy_with_logits``, which makes 1 − x at the size of the logits:
     when x ``[N, D]`` meets logits ``[K, N, D]`` (importance sampling), that is two extra
-    passes over the large tensor, and its log-density takes about 17 % longer on this
-    2-core CPU (18.9 vs 15.6 ms for K = 512, N = 8, D = 784, one thread)."""
+    passes over the large tensor: its log-density takes 18.9 ms on this 2-core CPU for
+    K = 512, N = 8, D = 784 (one thread), this one 14.3 ms."""
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        return logsigmoid(self.logits) - (1 - value) * self.logits
+        # One fused pass for the product and the difference (addcmul), which also broadcasts
+        # a value larger than the logits.
+        return torch.addcmul(logsigmoid(self.logits), 1 - value, self.logits, value=-1)
 
 
 class Gaussian(nn.Module):

@@ -56,6 +56,10 @@ def test_equals_torchs_bernoulli_when_x_is_broadcast_over_draws():
         theirs = dist.Bernoulli(logits=logits, validate_args=False).log_prob(x)
         assert ours.shape == theirs.shape == (7, 5, 64)
         assert torch.allclose(ours, theirs, atol=1e-6, rtol=0)
+    # and the other way: one row of logits shared by a batch of values
+    x = torch.bernoulli(torch.full((5, 64), 0.4))
+    ours = BernoulliLogits(logits=logits[0, 0], validate_args=False).log_prob(x)
+    assert torch.allclose(ours, dist.Bernoulli(logits=logits[0, 0]).log_prob(x), atol=1e-6, rtol=0)
 
 
 def test_the_default_digits_run_ends_at_the_same_validation_elbo(monkeypatch):
