@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -83,17 +84,24 @@ def epochs_done(path: Path) -> int:
     return sum(1 for line in (path / METRICS).read_text().splitlines() if line.strip())
 
 
-def fitted(args: argparse.Namespace, name: str) -> Path:
-    """``--out/name`` trained to ``--epochs``: trained fresh, resumed, or left as it is."""
-    path = args.out / name
+def trained(out: Path, name: str, config: Callable[[], RunConfig], epochs: int,
+            changes: dict | None = None) -> Path:
+    """``out/name`` trained to ``epochs``: trained fresh from ``config()``, resumed (with
+    ``changes``, e.g. the device), or left as it is. Shared by the MNIST scripts."""
+    path = out / name
     done = epochs_done(path)
     if done == 0:
-        print(f"[{name}] training {args.epochs} epochs", file=sys.stderr)
-        train_run(run_config(args, STORIES[name]), args.out, name, progress=False)
-    elif done < args.epochs or not (path / "summary.json").exists():
+        print(f"[{name}] training {epochs} epochs", file=sys.stderr)
+        train_run(config(), out, name, progress=False)
+    elif done < epochs or not (path / "summary.json").exists():
         print(f"[{name}] resuming at epoch {done}", file=sys.stderr)
-        resume_run(path, max(args.epochs, done), progress=False)
+        resume_run(path, max(epochs, done), progress=False, changes=changes)
     return path
+
+
+def fitted(args: argparse.Namespace, name: str) -> Path:
+    """``--out/name`` trained to ``--epochs``."""
+    return trained(args.out, name, lambda: run_config(args, STORIES[name]), args.epochs)
 
 
 def scored(args: argparse.Namespace, path: Path) -> dict:

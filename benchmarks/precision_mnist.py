@@ -25,10 +25,10 @@ from pathlib import Path
 
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.precision import PRECISIONS
-from pyro_vae.runs import METRICS, resume_run, train_run
+from pyro_vae.runs import METRICS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conditional_mnist import epochs_done, mnist_ready, scored  # noqa: E402  (the same resumable runs)
+from conditional_mnist import mnist_ready, scored, trained  # noqa: E402  (the same resumable runs)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,15 +58,8 @@ def run_config(args: argparse.Namespace, precision: str, seed: int) -> RunConfig
 
 def fitted(args: argparse.Namespace, precision: str, seed: int) -> Path:
     """The run folder of (precision, seed), trained to ``--epochs``."""
-    name = f"{precision}-seed{seed}"
-    path, done = args.out / name, epochs_done(args.out / name)
-    if done == 0:
-        print(f"[{name}] training {args.epochs} epochs", file=sys.stderr)
-        train_run(run_config(args, precision, seed), args.out, name, progress=False)
-    elif done < args.epochs or not (path / "summary.json").exists():
-        print(f"[{name}] resuming at epoch {done}", file=sys.stderr)
-        resume_run(path, max(args.epochs, done), progress=False)
-    return path
+    return trained(args.out, f"{precision}-seed{seed}", lambda: run_config(args, precision, seed),
+                   args.epochs)
 
 
 def row(precision: str, seed: int, path: Path, evaluation: dict) -> dict:

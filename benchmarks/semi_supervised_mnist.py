@@ -26,10 +26,10 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conditional_mnist import epochs_done, mnist_ready  # noqa: E402  (a sibling benchmark's helper)
+from conditional_mnist import mnist_ready, trained  # noqa: E402  (a sibling benchmark's helpers)
 
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig  # noqa: E402
-from pyro_vae.runs import METRICS, resume_run, train_run  # noqa: E402
+from pyro_vae.runs import METRICS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Test accuracy: Pyro's ss-VAE tutorial (enumeration + auxiliary loss); Kingma et al. 2014
@@ -59,15 +59,8 @@ def run_config(args: argparse.Namespace, labels: int, seed: int) -> RunConfig:
 
 
 def fitted(args: argparse.Namespace, labels: int, seed: int) -> Path:
-    name = f"m2-{labels}-s{seed}"
-    path, done = args.out / name, epochs_done(args.out / name)
-    if done == 0:
-        print(f"[{name}] training {args.epochs} epochs", file=sys.stderr)
-        train_run(run_config(args, labels, seed), args.out, name, progress=False)
-    elif done < args.epochs:
-        print(f"[{name}] resuming at epoch {done}", file=sys.stderr)
-        resume_run(path, args.epochs, progress=False, changes={"device": args.device})
-    return path
+    return trained(args.out, f"m2-{labels}-s{seed}", lambda: run_config(args, labels, seed),
+                   args.epochs, changes={"device": args.device})
 
 
 def records(path: Path) -> list[dict]:
