@@ -72,7 +72,7 @@ def test_bf16_keeps_every_log_density_and_the_loss_in_float32(digits):
 def test_bf16_products_are_rounded_and_nothing_else(digits):
     model, guide = _vae(digits)
     x = digits.val.x[:64]
-    exact, rounded = _loss(model, guide, x, "fp32"), _loss(model, guide, x, "bf16")
+    exact, rounded = _loss(model, guide, x, "fp32").detach(), _loss(model, guide, x, "bf16").detach()
     # Same draws (seeded), so the difference is rounding alone. bfloat16 keeps 8 bits of
     # mantissa (relative error ≤ 2^-9 per input); over a loss of ~64·45 nats the rounding
     # moves it by far less than 1 % but, on products of this size, by more than float32's 1e-6.
