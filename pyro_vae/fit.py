@@ -386,7 +386,7 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
     bar = tqdm(total=config.epochs * steps, initial=state.epoch * steps + state.step,
                disable=not (progress and session.world.writer) or None, unit="step",
                dynamic_ncols=True)
-    attach = PRECISIONS[config.precision].attach(session.modules())
+    attach = PRECISIONS[config.precision].attach(session.modules(), session.device)
     with pyro.get_param_store().scope(), pyro.validation_enabled(False), bar, attach:
         while state.epoch < config.epochs:
             if not _guarded_epoch(session, state, objective, bar, stop, good):

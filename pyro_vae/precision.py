@@ -5,15 +5,17 @@
   forward and backward passes, and put back as it was after each (so the validation
   pass, evaluation and anything else in the process keep theirs). Where the hardware
   has no faster internal format (e.g. a CPU without AVX-512 BF16) nothing changes.
-- ``bf16``: matrix products (linear and convolution layers) run in bfloat16 under
-  ``torch.autocast``, and each such layer's output is cast straight back to float32.
-  Parameters, optimizer state, activations, every log-density and the loss stay
-  float32; only the products' inputs are rounded. On CUDA this is the same switch.
+- ``bf16``: the products of linear and convolution layers run in bfloat16 (each such
+  layer's forward under ``torch.autocast``), and each layer's output is cast straight back
+  to float32. Everything else (parameters, optimizer state, activations, the products
+  inside distributions such as a full-rank guide's ``scale_tril @ ε``, every log-density
+  and the loss) stays float32; only the layers' inputs are rounded. On CUDA this is the
+  same switch.
 
 Each entry is a :class:`Precision`: two context managers the fit enters around a
 step's forward pass (the loss) and its backward pass, and ``attach`` for what must
-be in place for the whole fit (the output casts). Evaluation and the validation ELBO
-always run in float32.
+be in place for the whole fit (the layers' bfloat16 forwards). Evaluation and the
+validation ELBO always run in float32.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class Precision:
     """Entered around a step's loss computation."""
     backward: Callable[[torch.device], ContextManager]
     """Entered around a step's ``loss.backward()``."""
-    attach: Callable[[nn.Module], ContextManager] = lambda module: contextlib.nullcontext()
-    """Entered once for the whole fit, with the modules being fitted."""
+    attach: Callable[[nn.Module, torch.device], ContextManager] = \
+        lambda module, device: contextlib.nullcontext()
+    """Entered once for the whole fit, with the modules being fitted and their device."""
 
 
 def _nothing(device: torch.device) -> ContextManager:
@@ -61,30 +64,30 @@ def matmul_precision(level: str) -> Iterator[None]:
         torch.set_float32_matmul_precision(before)
 
 
-def _bf16_autocast(device: torch.device) -> ContextManager:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def _to_float32(module: nn.Module, inputs: tuple, output: object) -> object:
-    """Forward hook: a bfloat16 product's output back in float32 (other outputs as they are)."""
-    if isinstance(output, Tensor) and output.dtype == torch.bfloat16:
-        return output.float()
-    return output
+def _bf16_product(forward: Callable[..., Tensor], device: torch.device) -> Callable[..., Tensor]:
+    """``forward`` of a product layer with its product in bfloat16 and its output in float32."""
+    def bf16_forward(*args, **kwargs) -> Tensor:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            out = forward(*args, **kwargs)
+        return out.float()
+    return bf16_forward
 
 
 @contextlib.contextmanager
-def float32_outputs(module: nn.Module) -> Iterator[None]:
-    """While inside, every product layer of ``module`` returns float32 (hooks removed after)."""
-    handles = [m.register_forward_hook(_to_float32) for m in module.modules()
-               if isinstance(m, PRODUCT_LAYERS)]
+def bf16_products(module: nn.Module, device: torch.device) -> Iterator[None]:
+    """While inside, every product layer of ``module`` computes in bfloat16 and returns
+    float32 (its forward is wrapped on the instance; put back after)."""
+    layers = [m for m in module.modules() if isinstance(m, PRODUCT_LAYERS)]
+    for layer in layers:
+        layer.forward = _bf16_product(layer.forward, device)
     try:
         yield
     finally:
-        for h in handles:
-            h.remove()
+        for layer in layers:
+            del layer.forward  # the class's forward again
 
 
 PRECISIONS.register("fp32")(Precision(_nothing, _nothing))
 PRECISIONS.register("fp32-medium")(Precision(lambda d: matmul_precision("medium"),
                                              lambda d: matmul_precision("medium")))
-PRECISIONS.register("bf16")(Precision(_bf16_autocast, _nothing, float32_outputs))
+PRECISIONS.register("bf16")(Precision(_nothing, _nothing, bf16_products))

@@ -13,7 +13,7 @@ from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
 from pyro_vae.data import load_data
 from pyro_vae.fit import fit
 from pyro_vae.objectives import build_objective
-from pyro_vae.precision import PRECISIONS, float32_outputs
+from pyro_vae.precision import PRECISIONS, bf16_products
 
 DEVICE = torch.device("cpu")
 
@@ -32,7 +32,8 @@ def _loss(model, guide, x, precision: str, objective: str = "elbo", seed: int = 
     setting = PRECISIONS[precision]
     loss_fn = build_objective(TrainConfig(objective=objective))
     pyro.set_rng_seed(seed)
-    with setting.attach(torch.nn.ModuleDict({"m": model, "g": guide})), setting.forward(DEVICE):
+    with setting.attach(torch.nn.ModuleDict({"m": model, "g": guide}), DEVICE), \
+            setting.forward(DEVICE):
         return loss_fn.differentiable_loss(model, guide, x, beta=1.0, batch={})
 
 
@@ -53,11 +54,13 @@ def test_every_precision_fits_with_float32_parameters_and_state(digits, precisio
         assert result.guide.encoder(digits.val.x[:2]).dtype == torch.bfloat16
 
 
-def test_bf16_keeps_every_log_density_and_the_loss_in_float32(digits):
-    model, guide = _vae(digits)
+@pytest.mark.parametrize("guide_name", ["diagonal", "full-rank", "iaf"])
+def test_bf16_keeps_every_log_density_and_the_loss_in_float32(digits, guide_name):
+    """Only the layers' products are bfloat16: a full-rank guide's scale_tril @ ε and the
+    IAF's transforms of z run in float32, and so does every log-density."""
+    model, guide = _vae(digits, guide=guide_name)
     x = digits.val.x[:16]
-    setting = PRECISIONS["bf16"]
-    with float32_outputs(torch.nn.ModuleDict({"m": model, "g": guide})), setting.forward(DEVICE):
+    with bf16_products(torch.nn.ModuleDict({"m": model, "g": guide}), DEVICE):
         guide_trace = poutine.trace(guide).get_trace(x)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
     for trace in (guide_trace, model_trace):
