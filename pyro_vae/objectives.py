@@ -24,6 +24,9 @@ Each builder returns an :class:`Objective` (or :class:`Jit`) whose
   A trace records one path through the program's Python code, so :class:`Jit`
   first checks it (see there) and falls back to the untraced loss, with a note,
   when the program's control flow depends on values.
+- ``elbo-compile``: ``Trace_ELBO`` recorded by ``make_fx`` and compiled by
+  ``torch.compile`` (:class:`Compiled`), checked and falling back as ``*-jit`` does;
+  seconds of compiling per batch shape buy faster steps on long fits.
 """
 
 from __future__ import annotations
