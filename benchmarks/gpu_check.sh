@@ -9,7 +9,9 @@
 #    at most 3 tiny device-to-host reads per step (the scalar loss; Pyro's NaN checks
 #    in the eager Trace_ELBO), and that evaluation runs on the GPU;
 # 3. benchmarks/bench_train.py --device cuda prints GPU step and epoch times and the
-#    same ratios vs the hand-written loop (read the wall-time columns on a GPU);
+#    same ratios vs the hand-written loop (read the wall-time columns on a GPU), with the
+#    fp32-medium and bf16 precision settings (TF32 and bfloat16 on the GPU) and the
+#    compiled objective (elbo-compile) as rows of their own;
 # 4. with two GPUs, the 2-rank torchrun path (NCCL) trains and resumes (see the end).
 # Written on a machine without a GPU: not yet run.
 set -euo pipefail
@@ -22,7 +24,8 @@ python -m pyro_vae train --data "$DATA" --data-root ../shared/data --device cuda
     --batch-size 256 --latent-dim 50 --hidden 400 --out "$OUT" --name gpu --no-progress
 python -m pyro_vae evaluate "$OUT/gpu" --device cuda --samples 500 --points 256 --no-progress
 python benchmarks/gpu_check.py "$DATA"
-python benchmarks/bench_train.py --device cuda --data "$DATA" --quick --skip memory
+python benchmarks/bench_train.py --device cuda --data "$DATA" --quick --skip memory \
+    --precisions fp32-medium bf16 --compiled
 # 4. with two or more GPUs: the 2-rank data-parallel path (NCCL, one GPU per rank) trains
 #    2 epochs through torchrun, and a resume by 2 ranks continues it; with one GPU, says so.
 GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
