@@ -305,7 +305,8 @@ def _ratios(base: list[float], other: list[float]) -> tuple[float, float, float]
 
 
 def report_steps(times: dict, batch: int) -> dict[str, float]:
-    """Print the per-step table for one batch size; returns each kind's median CPU ratio."""
+    """Print the per-step table for one batch size; returns each kind's median wall-time ratio
+    to its floor (the process is pinned, so wall time is what torch and XLA share)."""
     floor = times["floor"]
     print(f"\nbatch {batch}: per step, median over {len(floor)} repeats "
           f"(ratio = floor time / this time = this images/s ÷ floor images/s; "

@@ -107,8 +107,9 @@ class TrainConfig:
     precision: str = "fp32"
     """Arithmetic of the training steps' matrix products, a name in
     ``pyro_vae.precision.PRECISIONS``: ``fp32``, ``fp32-medium`` (torch's float32 matmul
-    precision ``"medium"`` during the steps) or ``bf16`` (products in bfloat16 under
-    autocast; parameters, optimizer state, log-densities and the loss in float32). The
+    precision ``"medium"`` during the steps) or ``bf16`` (linear and conv layers compute
+    in bfloat16 under autocast and return float32; parameters, optimizer state, the
+    products inside distributions, log-densities and the loss stay float32). The
     validation ELBO and evaluation are float32 whatever this says."""
 
 
