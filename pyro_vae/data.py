@@ -118,11 +118,14 @@ class Data:
     def train_batch(self, index: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Rows ``index`` of the training images, binarized as configured (``[B, D]``), and
         the same rows of the per-row extras (:meth:`Split.fields`)."""
-        x = self.train.x[index]
-        fields = index_rows(self.train.fields(), index)
+        return self.draw(self.train.x[index]), index_rows(self.train.fields(), index)
+
+    def draw(self, x: Tensor) -> Tensor:
+        """Training rows ``x`` ``[B, D]`` as a step sees them: a fresh Bernoulli draw
+        (``dynamic``) or dequantization (``dequantize``), else ``x`` itself."""
         if self.binarize == "dequantize":
-            return dequantize(x, torch.rand_like(x)), fields
-        return (bernoulli_draw(x) if self.binarize == "dynamic" else x), fields
+            return dequantize(x, torch.rand_like(x))
+        return bernoulli_draw(x) if self.binarize == "dynamic" else x
 
     def eval_split(self, name: str, seed: int = 0) -> Tensor:
         """A whole split for evaluation, ``[N, D]``; a dynamic binarization (or a

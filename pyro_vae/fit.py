@@ -23,6 +23,7 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.build import scores_eight_bit
 from pyro_vae.data import Data, check_eight_bit
 from pyro_vae.distributed import SINGLE, World
+from pyro_vae.fused import FusedStep, unfusable
 from pyro_vae.objectives import build_objective
 from pyro_vae.precision import PRECISIONS
 from pyro_vae.programs import Batch, Program, as_program, check_fields, unique_parameters
@@ -64,6 +65,8 @@ class FitSession:
     """The processes fitting together (``torchrun``); one process by default."""
     ddp: nn.Module | None = None
     """The objective wrapped in ``DistributedDataParallel`` when ``world`` has several ranks."""
+    fused: FusedStep | None = None
+    """The whole step compiled as one program (``elbo-compile``, where it applies)."""
 
     def modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"model": self.model, "guide": self.guide})
@@ -198,10 +201,22 @@ def _restore(session: FitSession, snap: dict) -> None:
     session.optimizer.load_state_dict(snap["optimizer"])
 
 
-def _step(session: FitSession, objective, x: Tensor, batch: Batch, beta: float,
+def _step(session: FitSession, objective, rows: Tensor, beta: float,
           where: Callable[[], str]) -> float:
-    """One SVI step on rows ``x`` ``[B, D]`` and their extras ``batch``; returns the batch
-    loss (sum over images). ``where()`` says which step this is, for an error message."""
+    """One SVI step on the training rows ``rows`` ``[B]``; returns the batch loss (sum over
+    images). ``where()`` says which step this is, for an error message."""
+    if session.fused is not None:
+        value = session.fused(rows, beta, where)
+        if value is not None:
+            return value
+        objective = session.fused.rest
+    return _eager_step(session, objective, rows, beta, where)
+
+
+def _eager_step(session: FitSession, objective, rows: Tensor, beta: float,
+                where: Callable[[], str]) -> float:
+    """:func:`_step` as separate kernels: the batch, the loss, its backward, Adam."""
+    x, batch = session.data.train_batch(rows)
     precision = PRECISIONS[session.config.precision]
     with precision.forward(session.device):
         if session.ddp is None:
@@ -249,7 +264,7 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
             beta = kl_weight(cfg, state.epoch, state.step, steps)
             where = lambda: f"epoch {state.epoch + 1}, step {state.step + 1} of {steps}"  # noqa: E731
             rows = distributed.shard(index, session.world)
-            loss = _step(session, objective, *session.data.train_batch(rows), beta, where)
+            loss = _step(session, objective, rows, beta, where)
             state.loss_sum += loss
             state.count += len(index)
             state.step += 1
@@ -379,6 +394,9 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
         rows = torch.arange(2, device=session.device)
         session.ddp = distributed.data_parallel(session.model, session.guide, objective,
                                                 session.device, lambda: session.data.train_batch(rows))
+    if unfusable(session, objective) is None:
+        session.fused = FusedStep(session, objective, lambda rows, beta, where, loss:
+                                  _eager_step(session, loss, rows, beta, where))
     val_x = session.data.eval_split("val", seed=config.seed)
     steps = session.steps_per_epoch
     started, stopped_early, interrupted = time.perf_counter(), False, False

@@ -1,0 +1,161 @@
+"""The whole step compiled as one program (pyro_vae/fused.py) against the eager step.
+
+Each compiled fit costs ~12 s of compiling on a 2-core CPU, so there are three: a user's
+labelled story with gradient clipping, a deliberately wrong program the checks must
+catch, and a program that cannot be recorded. The rest tests the choice of path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from types import SimpleNamespace
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae.config import DataConfig, TrainConfig
+from pyro_vae.data import load_data
+from pyro_vae.fit import fit
+from pyro_vae.fused import FusedStep, unfusable
+from pyro_vae.objectives import JitFallbackWarning, build_objective
+
+HAS_CXX = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+needs_cxx = pytest.mark.skipif(not HAS_CXX, reason="torch.compile needs a C++ compiler on CPU")
+
+
+def _onehot(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # Not nn.functional.one_hot: it reads the labels' range in Python, which no recording can.
+    return torch.eye(10, dtype=x.dtype, device=x.device)[y]
+
+
+class LabelledStory(nn.Module):
+    """z ~ N(0, I_4); x ~ Bernoulli(logits = f([z, onehot(y)])): a user's story with labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = nn.Sequential(nn.Linear(4 + 10, 32), nn.Softplus(), nn.Linear(32, 64))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(4), 1.0).to_event(1))
+            h = torch.cat([z, _onehot(y, x)], -1)
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(h)).to_event(1), obs=x)
+
+
+class LabelledGuide(nn.Module):
+    """z ~ N(μ(x, y), σ(x, y))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(64 + 10, 32), nn.Softplus(), nn.Linear(32, 8))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        h = self.encoder(torch.cat([x, _onehot(y, x)], -1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(h[:, :4], nn.functional.softplus(h[:, 4:]) + 1e-3)
+                        .to_event(1))
+
+
+def _fit(objective: str, story=LabelledStory, guide=LabelledGuide, **config):
+    """A 3-epoch fit on digits (last batch partial) and the session it ran in."""
+    torch.manual_seed(0)
+    model, q = story(), guide()
+    sessions = []
+    cfg = TrainConfig(epochs=3, batch_size=100, objective=objective, seed=0, **config)
+    result = fit(model, q, load_data(DataConfig(name="digits")), cfg, progress=False,
+                 callbacks=[lambda s, *_: sessions.append(s)])
+    return result, sessions[0]
+
+
+def _same_fit(a, b) -> None:
+    """Equal validation ELBOs (float rounding of a differently ordered program: 1e-4 nats)
+    and the same Adam state, step counts included."""
+    for x, y in zip(a.history, b.history):
+        assert x.val_elbo == pytest.approx(y.val_elbo, abs=1e-4)
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert float(sa[k]["step"]) == float(sb[k]["step"])
+        for slot in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(sa[k][slot], sb[k][slot], rtol=1e-3, atol=1e-6)
+
+
+@needs_cxx
+def test_fused_fit_equals_the_eager_fit():
+    """A labelled user story with clipping: every full batch through the program (the first
+    two checked), the partial last batch eager, and the fit the same as ``elbo``'s."""
+    eager, _ = _fit("elbo", clip_norm=5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JitFallbackWarning)
+        fused, session = _fit("elbo-compile", clip_norm=5.0)
+    steps = session.steps_per_epoch
+    assert session.fused.fallback is None
+    assert session.fused.taken == 3 * (steps - 1) - 2  # all full batches, less the checks
+    _same_fit(eager, fused)
+
+
+@needs_cxx
+def test_a_wrong_program_is_caught_and_the_fit_goes_on_eagerly(monkeypatch):
+    """A program whose update differs from Adam's (β1 off) disagrees with the eager step on
+    the first checked call: a warning names what differed, and the fit equals ``elbo``'s."""
+    original = FusedStep._adam
+
+    def wrong(self, grads, slots, step_size, bc2_sqrt):
+        self.betas = (0.5, self.betas[1])
+        return original(self, grads, slots, step_size, bc2_sqrt)
+
+    monkeypatch.setattr(FusedStep, "_adam", wrong)
+    eager, _ = _fit("elbo")
+    with pytest.warns(JitFallbackWarning, match="first moment"):
+        fused, session = _fit("elbo-compile")
+    assert session.fused.taken == 0 and "differs from the eager step" in session.fused.fallback
+    _same_fit(eager, fused)
+
+
+class ReadingStory(LabelledStory):
+    """Reads a value in Python: make_fx cannot record the branch."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if float(x.mean()) > 2.0:  # never true for pixels in [0, 1]
+            x = x * 0
+        super().forward(x, y)
+
+
+def test_a_program_that_cannot_be_recorded_falls_back():
+    eager, _ = _fit("elbo", story=ReadingStory)
+    with pytest.warns(JitFallbackWarning, match="make_fx could not record it"):
+        fused, session = _fit("elbo-compile", story=ReadingStory)
+    assert session.fused.taken == 0
+    _same_fit(eager, fused)
+
+
+def _session(**changes) -> SimpleNamespace:
+    params = [nn.Parameter(torch.zeros(3))]
+    base = dict(optimizer=torch.optim.Adam(params), ddp=None,
+                config=TrainConfig(objective="elbo-compile"),
+                data=SimpleNamespace(train=SimpleNamespace(x=torch.zeros(4, 3))))
+    return SimpleNamespace(**{**base, **changes})
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({}, None),
+    (dict(ddp=object()), "several processes"),
+    (dict(config=TrainConfig(objective="elbo-compile", precision="bf16")), "not fp32"),
+    (dict(data=SimpleNamespace(train=SimpleNamespace(x=object()))), "streamed"),
+    (dict(optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)), "plain Adam"),
+    (dict(optimizer=torch.optim.Adam([nn.Parameter(torch.zeros(1))], amsgrad=True)), "plain Adam"),
+    (dict(optimizer=torch.optim.Adam([nn.Parameter(torch.zeros(1))], weight_decay=0.1)),
+     "plain Adam"),
+])
+def test_when_the_step_is_one_program(change, reason):
+    why = unfusable(_session(**change), build_objective(TrainConfig(objective="elbo-compile")))
+    assert why is None if reason is None else reason in why
+
+
+def test_other_objectives_keep_the_eager_step():
+    why = unfusable(_session(), build_objective(TrainConfig(objective="elbo-jit")))
+    assert "not elbo-compile" in why
