@@ -26,7 +26,9 @@ Each builder returns an :class:`Objective` (or :class:`Jit`) whose
   when the program's control flow depends on values.
 - ``elbo-compile``: ``Trace_ELBO`` recorded by ``make_fx`` and compiled by
   ``torch.compile`` (:class:`Compiled`), checked and falling back as ``*-jit`` does;
-  seconds of compiling per batch shape buy faster steps on long fits.
+  seconds of compiling per batch shape buy faster steps on long fits. In a fit the
+  whole step (batch, loss, gradients, Adam) is one compiled program where it can be
+  (:mod:`pyro_vae.fused`); the compiled loss serves the other cases.
 """
 
 from __future__ import annotations
@@ -248,6 +250,11 @@ class Compiled(Jit):
     CPU) once per batch shape, so it pays off on long fits. If the graph cannot be
     recorded (a value read in Python) or compiled (no C++ compiler), the untraced loss is
     used, with a :class:`JitFallbackWarning`.
+
+    :func:`~pyro_vae.fit.fit` goes further where it can: one program for the whole step
+    (:class:`~pyro_vae.fused.FusedStep`); this compiled loss is for the fits it does not
+    take (several processes, a precision other than fp32, streamed images, another
+    optimizer) and for callers of ``differentiable_loss``.
     """
 
     def _call(self, compiled, inputs: tuple[Tensor, ...]) -> Tensor:
