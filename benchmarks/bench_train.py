@@ -533,7 +533,8 @@ def parse_args(argv: list[str] | None = None):
                    help="the networks' activation (every row, the peer's too)")
     p.add_argument("--no-numpyro", action="store_true", help="leave out the NumPyro row")
     p.add_argument("--compiled", action="store_true",
-                   help="also time fit:elbo-compile (the loss compiled by torch.compile; its "
+                   help="also time fit:elbo-compile (the whole step compiled by torch.compile; "
+                        "with --paths also fit:iwae-compile; its "
                         "compilation falls in the untimed warm-up steps of every repeat)")
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the process to --threads CPUs")
@@ -566,6 +567,7 @@ def main(args) -> None:
     kinds += ["fit:elbo-compile"] if args.compiled else []
     kinds += [f"fit:elbo-jit+{p}" for p in args.precisions]
     kinds += PATH_KINDS if args.paths else []
+    kinds += ["fit:iwae-compile"] if args.paths and args.compiled else []
     if not args.no_numpyro and args.device == "cpu":
         if peer_available():
             kinds.append(PEER)

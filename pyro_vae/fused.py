@@ -15,7 +15,8 @@ with the same random draws (torch's own random kernels, ``fallback_random``), so
 under a seed a fit matches ``--objective elbo`` up to float rounding. The first
 ``JIT_CHECK_CALLS`` steps are checked against the eager step from the same state;
 a disagreement, or a program that cannot be recorded or compiled, falls back to
-the eager step with a :class:`~pyro_vae.objectives.JitFallbackWarning`.
+the eager step with a :class:`~pyro_vae.objectives.JitFallbackWarning`. Every
+precision setting applies: the program is recorded and run under it.
 
 The program is compiled for the fit's batch size; other batches (the last of an
 epoch) take the untraced eager step.
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from pyro_vae.objectives import (JIT_ATOL, JIT_CHECK_CALLS, JIT_RTOL, Compiled, JitFallbackWarning,
                                  Objective, _cuda, _without_float_copies)
+from pyro_vae.precision import PRECISIONS
 from pyro_vae.state import DivergenceError
 from pyro_vae.traces import index_rows
 
@@ -49,7 +51,6 @@ def unfusable(session, objective) -> str | None:
     reasons = {
         "the objective is not elbo-compile": not isinstance(objective, Compiled),
         "several processes fit together": session.ddp is not None,
-        "the precision is not fp32": session.config.precision != "fp32",
         "the training images are streamed": not isinstance(session.data.train.x, Tensor),
         "the optimizer is not plain Adam": type(opt) is not torch.optim.Adam or group is None
         or any(group.get(k) for k in ("amsgrad", "maximize", "weight_decay", "differentiable")),
@@ -71,6 +72,9 @@ class FusedStep:
         self.betas = session.optimizer.param_groups[0]["betas"]
         self.eps = session.optimizer.param_groups[0]["eps"]
         self.size = min(session.config.batch_size, len(session.data.train))
+        # Recorded, compiled and run under the fit's precision (bf16's layers are wrapped for
+        # the whole fit, so the program records their bfloat16 products as they are).
+        self.precision = lambda: PRECISIONS[session.config.precision].forward(session.device)
         self.program: Callable | None = None
         self.checks_left = JIT_CHECK_CALLS
         self.fallback: str | None = None
@@ -111,7 +115,7 @@ class FusedStep:
                 self.session.data.train.x, index, *(fields[k] for k in sorted(fields)))
 
     def _run(self, inputs: tuple[Tensor, ...], where: Callable[[], str]) -> float:
-        with torch.no_grad():
+        with torch.no_grad(), self.precision():
             loss, norm = self.program(*inputs)
         value = float(loss)
         # Unlike the eager step, the update has happened; the fit rolls a divergence back
@@ -137,7 +141,7 @@ class FusedStep:
         saved = [t.clone() for t in self.slots]
         keys = tuple(sorted(self.session.data.train.fields()))
         with validation_enabled(False), torch.random.fork_rng(devices=_cuda(inputs)), \
-                _without_float_copies(self.objective.elbo):
+                _without_float_copies(self.objective.elbo), self.precision():
             try:
                 graph = make_fx(self._step_function(keys))(*inputs)
             except RuntimeError as err:
@@ -200,7 +204,7 @@ class FusedStep:
         n = len(self.slots) // 4
         saved = [t.clone() for t in self.slots]
         with torch.random.fork_rng(devices=_cuda(inputs)):
-            with torch.no_grad():
+            with torch.no_grad(), self.precision():
                 loss, _ = self.program(*inputs)
             got = [t.clone() for t in self.slots]
         _copy_into(self.slots, saved)

@@ -253,8 +253,8 @@ class Compiled(Jit):
 
     :func:`~pyro_vae.fit.fit` goes further where it can: one program for the whole step
     (:class:`~pyro_vae.fused.FusedStep`); this compiled loss is for the fits it does not
-    take (several processes, a precision other than fp32, streamed images, another
-    optimizer) and for callers of ``differentiable_loss``.
+    take (several processes, streamed images, another optimizer) and for callers of
+    ``differentiable_loss``.
     """
 
     def _call(self, compiled, inputs: tuple[Tensor, ...]) -> Tensor:
@@ -290,7 +290,8 @@ def _without_float_copies(elbo: ELBO) -> Iterator[None]:
     """While recording: Pyro's particle loss also sums a Python float copy of each term
     (``torch_item``, for the loss it reports). make_fx cannot read a value while recording,
     and :class:`SurrogateLoss` discards that copy, so there it reads 0."""
-    module = sys.modules[type(elbo)._differentiable_loss_particle.__module__]
+    particle_loss = getattr(type(elbo), "_differentiable_loss_particle", None)
+    module = None if particle_loss is None else sys.modules[particle_loss.__module__]
     original = getattr(module, "torch_item", None)
     if original is None:
         yield
@@ -375,6 +376,12 @@ def compiled_trace_elbo(cfg: TrainConfig) -> Compiled:
     return Compiled(TraceableTraceELBO(num_particles=cfg.particles,
                                        vectorize_particles=cfg.particles > 1,
                                        max_plate_nesting=MAX_PLATE_NESTING))
+
+
+@OBJECTIVES.register("iwae-compile")
+def compiled_iwae(cfg: TrainConfig) -> Compiled:
+    """``iwae`` compiled by ``torch.compile`` (see :class:`Compiled`): for long fits."""
+    return Compiled(_iwae(cfg))
 
 
 @OBJECTIVES.register("meanfield-jit")
