@@ -394,9 +394,6 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
         rows = torch.arange(2, device=session.device)
         session.ddp = distributed.data_parallel(session.model, session.guide, objective,
                                                 session.device, lambda: session.data.train_batch(rows))
-    if unfusable(session, objective) is None:
-        session.fused = FusedStep(session, objective, lambda rows, beta, where, loss:
-                                  _eager_step(session, loss, rows, beta, where))
     val_x = session.data.eval_split("val", seed=config.seed)
     steps = session.steps_per_epoch
     started, stopped_early, interrupted = time.perf_counter(), False, False
@@ -404,6 +401,7 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
     bar = tqdm(total=config.epochs * steps, initial=state.epoch * steps + state.step,
                disable=not (progress and session.world.writer) or None, unit="step",
                dynamic_ncols=True)
+    session.fused = _fused_step(session, objective, bar)
     attach = PRECISIONS[config.precision].attach(session.modules(), session.device)
     with pyro.get_param_store().scope(), pyro.validation_enabled(False), bar, attach:
         while state.epoch < config.epochs:
@@ -426,6 +424,15 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
     session.capture_rng(state)
     return FitResult(session.model, session.guide, state.history, state.best_val, stopped_early, interrupted,
                      time.perf_counter() - started, state, session.optimizer)
+
+
+def _fused_step(session: FitSession, objective, bar) -> FusedStep | None:
+    """The whole step as one compiled program where it can be (``elbo-compile``); the
+    progress bar says when it is compiling."""
+    if unfusable(session, objective) is not None:
+        return None
+    return FusedStep(session, objective, lambda rows, beta, where, loss:
+                     _eager_step(session, loss, rows, beta, where), bar.set_description_str)
 
 
 def _guarded_epoch(session: FitSession, state: TrainState, objective, bar,

@@ -26,25 +26,28 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from pyro import validation_enabled
 from torch import Tensor
 
 from pyro_vae.objectives import (JIT_ATOL, JIT_CHECK_CALLS, JIT_RTOL, Compiled, JitFallbackWarning,
-                                 Objective, _cuda, _without_float_copies)
+                                 Objective, _cuda, _without_float_copies, quiet_compiler)
 from pyro_vae.precision import PRECISIONS
 from pyro_vae.state import DivergenceError
 from pyro_vae.traces import index_rows
 
+if TYPE_CHECKING:  # fit builds a FusedStep, so it cannot be imported from here at run time
+    from pyro_vae.fit import FitSession
+
 # The step the engine takes otherwise: (rows, β, where, objective) -> the batch loss.
-EagerStep = Callable[[Tensor, float, Callable[[], str], object], float]
+EagerStep = Callable[[Tensor, float, Callable[[], str], Objective], float]
 # The clip_grad_norm_ convention: the norm is divided by (norm + this).
 CLIP_EPS = 1e-6
 
 
-def unfusable(session, objective) -> str | None:
+def unfusable(session: FitSession, objective: Objective) -> str | None:
     """Why this fit's steps cannot be one compiled program, or ``None`` when they can."""
     opt = session.optimizer
     group = opt.param_groups[0] if len(opt.param_groups) == 1 else None
@@ -64,10 +67,13 @@ class FusedStep:
     ``__call__`` returns the batch loss (summed over rows), or ``None`` when the
     program does not take the batch (another size, or after a fallback): then the
     caller takes its eager step with :attr:`rest`, the objective for such batches.
+    ``eager(rows, β, where, objective)`` is that step (for the checks); ``status(text)``
+    shows what is happening (the fit's progress bar), ``""`` when done.
     """
 
-    def __init__(self, session, objective: Compiled, eager: EagerStep) -> None:
-        self.session, self.objective, self.eager = session, objective, eager
+    def __init__(self, session: FitSession, objective: Compiled, eager: EagerStep,
+                 status: Callable[[str], None] = lambda text: None) -> None:
+        self.session, self.objective, self.eager, self.status = session, objective, eager, status
         self.slots = _adam_slots(session.optimizer)
         self.betas = session.optimizer.param_groups[0]["betas"]
         self.eps = session.optimizer.param_groups[0]["eps"]
@@ -92,7 +98,11 @@ class FusedStep:
             return None
         inputs = self._inputs(index, beta)
         if self.program is None:
-            self.program, reason = self._compile(inputs)
+            self.status("compiling the training step")
+            try:
+                self.program, reason = self._compile(inputs)
+            finally:
+                self.status("")
             if reason is not None:
                 return self._fall_back(reason)
         if self.checks_left:
@@ -150,7 +160,7 @@ class FusedStep:
                 _copy_into(self.slots, saved)
             program = torch.compile(graph, dynamic=False, options={"fallback_random": True})
             try:  # compile now, so that a failure falls back instead of stopping the fit
-                with torch.no_grad():
+                with torch.no_grad(), quiet_compiler():
                     program(*inputs)
             except Exception as err:  # noqa: BLE001  (any compiler failure means: fall back)
                 return None, f"torch.compile failed: {str(err).splitlines()[0]}"

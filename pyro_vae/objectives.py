@@ -34,6 +34,7 @@ Each builder returns an :class:`Objective` (or :class:`Jit`) whose
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -274,11 +275,24 @@ class Compiled(Jit):
             compiled = torch.compile(graph, dynamic=False, options={"fallback_random": True})
             try:  # compile now, so that a failure falls back instead of stopping the fit
                 # Without donated buffers: the checked calls differentiate the loss twice.
-                with torch._functorch.config.patch(donated_buffer=False):
+                with torch._functorch.config.patch(donated_buffer=False), quiet_compiler():
                     compiled(*params, *example)
             except Exception as err:  # noqa: BLE001  (any compiler failure means: fall back)
                 return None, f"torch.compile failed: {str(err).splitlines()[0]}"
         return compiled, None
+
+
+@contextlib.contextmanager
+def quiet_compiler() -> Iterator[None]:
+    """While compiling: torch's C++-extension logger warns on every compile that a CUDA build
+    found no CUDA runtime (on any CPU-only machine), which says nothing about the fit."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _cuda(tensors: tuple[Tensor, ...]) -> list[torch.device]:
