@@ -45,6 +45,9 @@ class FitResult:
     seconds: float
     state: TrainState
     optimizer: torch.optim.Optimizer
+    compiled_step: dict | None = None
+    """With ``elbo-compile``/``iwae-compile`` and a whole-step program: the steps it took
+    and, if it fell back to the eager step, why (``None`` otherwise)."""
 
 
 EpochCallback = Callable[["FitSession", TrainState, EpochRecord], None]
@@ -422,8 +425,10 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
                 _restore(session, best[0])
                 break
     session.capture_rng(state)
+    fused = session.fused
     return FitResult(session.model, session.guide, state.history, state.best_val, stopped_early, interrupted,
-                     time.perf_counter() - started, state, session.optimizer)
+                     time.perf_counter() - started, state, session.optimizer,
+                     None if fused is None else {"steps": fused.taken, "fallback": fused.fallback})
 
 
 def _fused_step(session: FitSession, objective, bar) -> FusedStep | None:

@@ -226,6 +226,8 @@ def write_summary(path: Path, result: FitResult) -> None:
         "mean_epoch_seconds": (sum(r.seconds for r in result.history) / len(result.history)
                                if result.history else None),
     }
+    if result.compiled_step is not None:  # did the whole-step program run, or why not
+        summary["compiled_step"] = result.compiled_step
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

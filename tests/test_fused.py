@@ -9,6 +9,7 @@ an interrupted fit resumed. The rest tests the choice of path.
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ from pyro_vae.data import load_data
 from pyro_vae.fit import fit
 from pyro_vae.fused import FusedStep, unfusable
 from pyro_vae.objectives import JitFallbackWarning, build_objective
+from pyro_vae.runs import write_summary
 
 HAS_CXX = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 needs_cxx = pytest.mark.skipif(not HAS_CXX, reason="torch.compile needs a C++ compiler on CPU")
@@ -92,7 +94,7 @@ def _same_fit(a, b) -> None:
     ("elbo", {"precision": "bf16"}),  # the layers' bfloat16 products recorded as they run
     ("iwae", {"particles": 3}),
 ])
-def test_fused_fit_equals_the_eager_fit(objective: str, options: dict):
+def test_fused_fit_equals_the_eager_fit(objective: str, options: dict, tmp_path):
     """A labelled user story with clipping: every full batch through the program (the first
     two checked), the partial last batch eager, and the fit the same as the eager one's."""
     eager, _ = _fit(objective, clip_norm=5.0, **options)
@@ -102,6 +104,10 @@ def test_fused_fit_equals_the_eager_fit(objective: str, options: dict):
     steps = session.steps_per_epoch
     assert session.fused.fallback is None
     assert session.fused.taken == 3 * (steps - 1) - 2  # all full batches, less the checks
+    assert fused.compiled_step == {"steps": session.fused.taken, "fallback": None}
+    assert eager.compiled_step is None
+    write_summary(tmp_path, fused)  # the run folder says whether the program ran
+    assert json.loads((tmp_path / "summary.json").read_text())["compiled_step"]["steps"] > 0
     _same_fit(eager, fused)
 
 
@@ -121,6 +127,7 @@ def test_a_wrong_program_is_caught_and_the_fit_goes_on_eagerly(monkeypatch):
     with pytest.warns(JitFallbackWarning, match="loss differs"):
         fused, session = _fit("elbo-compile", clip_norm=5.0)
     assert session.fused.taken == 0 and "differs from the eager step" in session.fused.fallback
+    assert fused.compiled_step["fallback"] == session.fused.fallback
     _same_fit(eager, fused)
 
 
