@@ -33,7 +33,8 @@ from pyro import validation_enabled
 from torch import Tensor
 
 from pyro_vae.objectives import (JIT_ATOL, JIT_CHECK_CALLS, JIT_RTOL, Compiled, JitFallbackWarning,
-                                 Objective, _cuda, _without_float_copies, quiet_compiler)
+                                 Objective, _cuda, _without_float_copies, kept_buffers,
+                                 quiet_compiler)
 from pyro_vae.precision import PRECISIONS
 from pyro_vae.state import DivergenceError
 from pyro_vae.traces import index_rows
@@ -146,18 +147,15 @@ class FusedStep:
     def _compile(self, inputs: tuple[Tensor, ...]) -> tuple[Callable | None, str | None]:
         """The recorded and compiled step, or ``None`` and why not. Recording runs the step
         for real and so does compiling: Adam's slots and the random state are put back."""
-        from torch.fx.experimental.proxy_tensor import make_fx
-
         saved = [t.clone() for t in self.slots]
-        keys = tuple(sorted(self.session.data.train.fields()))
         with validation_enabled(False), torch.random.fork_rng(devices=_cuda(inputs)), \
                 _without_float_copies(self.objective.elbo), self.precision():
             try:
-                graph = make_fx(self._step_function(keys))(*inputs)
-            except RuntimeError as err:
-                return None, f"make_fx could not record it: {str(err).splitlines()[0]}"
+                graph, reason = self._record(inputs)
             finally:
                 _copy_into(self.slots, saved)
+            if reason is not None:
+                return None, reason
             program = torch.compile(graph, dynamic=False, options={"fallback_random": True})
             try:  # compile now, so that a failure falls back instead of stopping the fit
                 with torch.no_grad(), quiet_compiler():
@@ -167,6 +165,23 @@ class FusedStep:
             finally:
                 _copy_into(self.slots, saved)
         return program, None
+
+    def _record(self, inputs: tuple[Tensor, ...]) -> tuple[Callable | None, str | None]:
+        """The step as an FX graph, or ``None`` and why it cannot be one. A story that updates
+        a module's buffer in place (batch norm's running statistics) is refused: the
+        program would read the buffer as a constant of the recording."""
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        keys = tuple(sorted(self.session.data.train.fields()))
+        with kept_buffers([self.session.modules()]) as written:
+            try:
+                graph = make_fx(self._step_function(keys))(*inputs)
+            except RuntimeError as err:
+                return None, f"make_fx could not record it: {str(err).splitlines()[0]}"
+        if written:
+            return None, (f"the program updates the buffer {written[0]!r} in place (such as "
+                          f"batch norm's running statistics)")
+        return graph, None
 
     def _step_function(self, keys: tuple[str, ...]) -> Callable[..., tuple[Tensor, Tensor]]:
         """The step as a function of :meth:`_inputs`: returns the batch loss and the gradient

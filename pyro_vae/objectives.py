@@ -181,8 +181,13 @@ class Jit(Objective):
         # torch.full passes β to a fill kernel: no host-to-device copy per step on CUDA.
         beta_t = torch.full((), float(beta), dtype=x.dtype, device=x.device)
         if key not in self._traced:
-            params = unique_parameters(*(m for m in (model, guide) if isinstance(m, nn.Module)))
-            traced, reason = self._trace(model, guide, params, keys, (x, beta_t, *values))
+            modules = [m for m in (model, guide) if isinstance(m, nn.Module)]
+            params = unique_parameters(*modules)
+            with kept_buffers(modules) as written:
+                traced, reason = self._trace(model, guide, params, keys, (x, beta_t, *values))
+            if reason is None and written:
+                reason = (f"the program updates the buffer {written[0]!r} in place (such as "
+                          f"batch norm's running statistics), which a recording would not replay")
             if reason is not None:
                 return self._fall_back(reason, model, guide, x, beta, batch)
             self._traced[key] = (traced, params)
@@ -280,6 +285,23 @@ class Compiled(Jit):
             except Exception as err:  # noqa: BLE001  (any compiler failure means: fall back)
                 return None, f"torch.compile failed: {str(err).splitlines()[0]}"
         return compiled, None
+
+
+@contextlib.contextmanager
+def kept_buffers(modules: list[nn.Module]) -> Iterator[list[str]]:
+    """Inside, the modules' buffers may be written (recording a program runs it); after,
+    they hold their values from before, and the yielded list names those that were written
+    in place."""
+    named = [(name, b) for m in modules for name, b in m.named_buffers()]
+    saved = [(b._version, b.clone()) for _, b in named]
+    written: list[str] = []
+    try:
+        yield written
+    finally:
+        written += [name for (name, b), (version, _) in zip(named, saved) if b._version != version]
+        with torch.no_grad():
+            for (_, b), (_, value) in zip(named, saved):
+                b.copy_(value)
 
 
 @contextlib.contextmanager
