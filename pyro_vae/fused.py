@@ -113,14 +113,15 @@ class FusedStep:
 
     def _inputs(self, index: Tensor, beta: float) -> tuple[Tensor, ...]:
         """Adam's slots; each parameter's step size and √(bias correction 2) for this step
-        (``[n]`` each: host arithmetic, which the program would redo per element); β; the
-        images ``[N, D]``, ``index`` and the rows' extras."""
+        (``[n]`` each, computed once here: inside the program inductor would redo them per
+        element; on the device, so no copy to or from the host); β; the images ``[N, D]``,
+        ``index`` and the rows' extras."""
         lr = self.session.optimizer.param_groups[0]["lr"]
         n, (b1, b2) = len(self.slots) // 4, self.betas
         device = self.slots[0].device
-        counts = [c + 1 for c in torch.stack(self.slots[3 * n:]).tolist()]
-        step_size = torch.tensor([lr / (1 - b1 ** t) for t in counts], device=device)
-        bc2_sqrt = torch.tensor([math.sqrt(1 - b2 ** t) for t in counts], device=device)
+        counts = torch.stack(self.slots[3 * n:]).double() + 1
+        step_size = (lr / (1 - b1 ** counts)).float()
+        bc2_sqrt = (1 - b2 ** counts).sqrt().float()
         fields = index_rows(self.session.data.train.fields(), index)
         return (*self.slots, step_size, bc2_sqrt, torch.full((), float(beta), device=device),
                 self.session.data.train.x, index, *(fields[k] for k in sorted(fields)))
