@@ -53,7 +53,8 @@ def unfusable(session: FitSession, objective: Objective) -> str | None:
     opt = session.optimizer
     group = opt.param_groups[0] if len(opt.param_groups) == 1 else None
     reasons = {
-        "the objective is not elbo-compile": not isinstance(objective, Compiled),
+        "the objective is not a compiled one (elbo-compile, iwae-compile)":
+            not isinstance(objective, Compiled),
         "several processes fit together": session.ddp is not None,
         "the training images are streamed": not isinstance(session.data.train.x, Tensor),
         "the optimizer is not plain Adam": type(opt) is not torch.optim.Adam or group is None

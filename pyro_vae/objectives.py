@@ -363,28 +363,30 @@ def _loss_and_grads(loss: Tensor, params: list[Tensor], retain: bool) -> list[Te
     return [loss.detach()] + [torch.zeros_like(p) if g is None else g.detach()
                               for p, g in zip(params, grads)]
 
+def _particles(cfg: TrainConfig) -> dict:
+    """The estimator options every ELBO here shares: ``particles`` draws per image, as one
+    vectorized draw when there are several; latents in the single data plate."""
+    return dict(num_particles=cfg.particles, vectorize_particles=cfg.particles > 1,
+                max_plate_nesting=MAX_PLATE_NESTING)
+
+
 @OBJECTIVES.register("elbo")
 def trace_elbo(cfg: TrainConfig) -> "Objective":
     """``Trace_ELBO``: the single-sample (or ``particles``-sample) reparameterized ELBO."""
-    return Objective(Trace_ELBO(num_particles=cfg.particles, vectorize_particles=cfg.particles > 1,
-                      max_plate_nesting=MAX_PLATE_NESTING))
+    return Objective(Trace_ELBO(**_particles(cfg)))
 
 
 @OBJECTIVES.register("meanfield")
 def trace_mean_field_elbo(cfg: TrainConfig) -> "Objective":
     """``TraceMeanField_ELBO``: the analytic KL where one is registered, else Monte Carlo."""
-    return Objective(TraceMeanField_ELBO(num_particles=cfg.particles,
-                                         vectorize_particles=cfg.particles > 1,
-                                         max_plate_nesting=MAX_PLATE_NESTING))
+    return Objective(TraceMeanField_ELBO(**_particles(cfg)))
 
 
 @OBJECTIVES.register("enum")
 def trace_enum_elbo(cfg: TrainConfig) -> Objective:
     """``TraceEnum_ELBO``: discrete sites marked ``infer={"enumerate": "parallel"}`` are summed
     out exactly (in model or guide) instead of sampled; otherwise the same as ``elbo``."""
-    return Objective(TraceEnum_ELBO(num_particles=cfg.particles,
-                                    vectorize_particles=cfg.particles > 1,
-                                    max_plate_nesting=MAX_PLATE_NESTING))
+    return Objective(TraceEnum_ELBO(**_particles(cfg)))
 
 
 @OBJECTIVES.register("iwae")
@@ -402,16 +404,13 @@ def _iwae(cfg: TrainConfig) -> IWAE:
 
 @OBJECTIVES.register("elbo-jit")
 def jit_trace_elbo(cfg: TrainConfig) -> Jit:
-    return Jit(TraceableTraceELBO(num_particles=cfg.particles, vectorize_particles=cfg.particles > 1,
-                                  max_plate_nesting=MAX_PLATE_NESTING))
+    return Jit(TraceableTraceELBO(**_particles(cfg)))
 
 
 @OBJECTIVES.register("elbo-compile")
 def compiled_trace_elbo(cfg: TrainConfig) -> Compiled:
     """``elbo`` compiled by ``torch.compile`` (see :class:`Compiled`): for long fits."""
-    return Compiled(TraceableTraceELBO(num_particles=cfg.particles,
-                                       vectorize_particles=cfg.particles > 1,
-                                       max_plate_nesting=MAX_PLATE_NESTING))
+    return Compiled(TraceableTraceELBO(**_particles(cfg)))
 
 
 @OBJECTIVES.register("iwae-compile")
@@ -422,9 +421,7 @@ def compiled_iwae(cfg: TrainConfig) -> Compiled:
 
 @OBJECTIVES.register("meanfield-jit")
 def jit_trace_mean_field_elbo(cfg: TrainConfig) -> Jit:
-    return Jit(TraceableMeanField(num_particles=cfg.particles,
-                                  vectorize_particles=cfg.particles > 1,
-                                  max_plate_nesting=MAX_PLATE_NESTING))
+    return Jit(TraceableMeanField(**_particles(cfg)))
 
 
 @OBJECTIVES.register("iwae-jit")
