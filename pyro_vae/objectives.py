@@ -163,6 +163,9 @@ class Jit(Objective):
     on, and a :class:`JitFallbackWarning` says why (``fallback`` keeps the reason).
     """
 
+    recording = "torch.jit trace"
+    """What the fallback warning calls the recorded loss."""
+
     def __init__(self, elbo: ELBO) -> None:
         super().__init__(elbo)
         self._traced: dict = {}
@@ -202,7 +205,7 @@ class Jit(Objective):
 
     def _fall_back(self, reason: str, model, guide, x, beta, batch) -> Tensor:
         self.fallback = reason
-        warnings.warn(f"torch.jit trace not used ({reason}); training with the untraced "
+        warnings.warn(f"{self.recording} not used ({reason}); training with the untraced "
                       f"loss, which is always correct", JitFallbackWarning, stacklevel=3)
         return super().differentiable_loss(model, guide, x, beta=beta, batch=batch)
 
@@ -262,6 +265,8 @@ class Compiled(Jit):
     take (several processes, streamed images, another optimizer) and for callers of
     ``differentiable_loss``.
     """
+
+    recording = "compiled loss"
 
     def _call(self, compiled, inputs: tuple[Tensor, ...]) -> Tensor:
         return compiled(*inputs)
