@@ -32,9 +32,9 @@ import torch
 from pyro import validation_enabled
 from torch import Tensor
 
-from pyro_vae.objectives import (JIT_ATOL, JIT_CHECK_CALLS, JIT_RTOL, Compiled, JitFallbackWarning,
-                                 Objective, _cuda, _without_float_copies, kept_buffers,
-                                 quiet_compiler)
+from pyro_vae.objectives import (JIT_CHECK_CALLS, Compiled, JitFallbackWarning,
+                                 Objective, _cuda, _without_float_copies, first_difference,
+                                 kept_buffers, quiet_compiler)
 from pyro_vae.precision import PRECISIONS
 from pyro_vae.state import DivergenceError
 from pyro_vae.traces import index_rows
@@ -217,7 +217,7 @@ class FusedStep:
             t.add_(1)
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.sub_(step_size[i] * m / (v.sqrt() / bc2_sqrt[i] + eps))
+            p.sub_(_adam_step(m, v, step_size[i], bc2_sqrt[i], eps))
 
     def _checked(self, inputs: tuple[Tensor, ...], index: Tensor, beta: float,
                  where: Callable[[], str]) -> float:
@@ -250,9 +250,14 @@ class FusedStep:
         out = []
         for i in range(n):
             m, v, moved = after[n + i], after[2 * n + i], bool(after[3 * n + i] != before[3 * n + i])
-            step = step_size[i] * m / (v.sqrt() / bc2_sqrt[i] + self.eps)
+            step = _adam_step(m, v, step_size[i], bc2_sqrt[i], self.eps)
             out.append(before[i] - step if moved else before[i])
         return out
+
+
+def _adam_step(m: Tensor, v: Tensor, step_size: Tensor, bc2_sqrt: Tensor, eps: float) -> Tensor:
+    """Adam's change to a parameter from its moments (subtracted): step size · m / (√v̂ + ε)."""
+    return step_size * m / (v.sqrt() / bc2_sqrt + eps)
 
 
 def _adam_slots(opt: torch.optim.Adam) -> list[Tensor]:
@@ -290,9 +295,4 @@ def _disagreement(got: list, expected: list, n: int) -> str | None:
     compared as :class:`~pyro_vae.objectives.Jit` compares gradients."""
     names = ["loss"] + [f"{what} {i}" for what in ("parameter", "first moment", "second moment",
                                                    "step count") for i in range(n)]
-    for name, a, b in zip(names, got, expected):
-        a, b = torch.as_tensor(a).detach(), torch.as_tensor(b).detach()
-        if not torch.allclose(a, b, rtol=JIT_RTOL, atol=JIT_ATOL * max(1.0, float(b.abs().max()))):
-            return (f"its {name} differs from the eager step's by {float((a - b).abs().max()):.3g}:"
-                    f" the program's control flow depends on values")
-    return None
+    return first_difference(names, expected, got, "the eager step's")

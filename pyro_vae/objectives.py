@@ -38,7 +38,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from pyro import validation_enabled
@@ -353,12 +353,20 @@ def _checked(untraced: Callable[[], Tensor], traced: Callable[[], Tensor],
         expected = _loss_and_grads(untraced(), params, retain=False)
     loss = traced()
     got = _loss_and_grads(loss, params, retain=True)
-    for what, a, b in zip(("loss", *(f"gradient {i}" for i in range(len(params)))), expected, got):
+    names = ("loss", *(f"gradient {i}" for i in range(len(params))))
+    return loss, first_difference(names, expected, got, "the untraced one")
+
+
+def first_difference(names: Iterable[str], expected: Iterable, got: Iterable,
+                     reference: str) -> str | None:
+    """Why a recorded program's values ``got`` differ from ``expected`` (tensors or numbers,
+    named by ``names``) beyond rounding, or ``None``: the first that differs."""
+    for what, a, b in zip(names, expected, got):
+        a, b = torch.as_tensor(a).detach(), torch.as_tensor(b).detach()
         if not torch.allclose(a, b, rtol=JIT_RTOL, atol=JIT_ATOL * max(1.0, float(a.abs().max()))):
-            return loss, (f"its {what} differs from the untraced one by "
-                          f"{float((a - b).abs().max()):.3g}: the program's control flow "
-                          f"depends on values")
-    return loss, None
+            return (f"its {what} differs from {reference} by {float((a - b).abs().max()):.3g}: "
+                    f"the program's control flow depends on values")
+    return None
 
 
 def _loss_and_grads(loss: Tensor, params: list[Tensor], retain: bool) -> list[Tensor]:
