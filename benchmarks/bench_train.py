@@ -295,6 +295,26 @@ def time_epochs(kinds: list[str], data: Data, batch: int, args) -> dict[str, lis
     return times
 
 
+def time_long_fits(kinds: list[str], data: Data, batch: int, args) -> dict[str, list[tuple[float, float]]]:
+    """(seconds of the whole fit, median seconds per step over its last third) of an
+    ``--long``-epoch fit of every kind, per repeat, interleaved: everything a user waits
+    for, ``elbo-auto``'s 2,000 traced steps and its compiling included."""
+    runners = {k: make_runner(k, data, batch, args.device, epochs=args.long,
+                              activation=args.activation) for k in kinds}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    for r in range(args.long_repeats):
+        for kind, run in runners.items():
+            clock = Clock()
+            start = time.perf_counter()
+            run(data, r, clock)
+            total = time.perf_counter() - start
+            ticks = [w for w, _ in clock.ticks]
+            tail = ticks[2 * len(ticks) // 3:]
+            times[kind].append((total, statistics.median(b - a for a, b in zip(tail, tail[1:]))))
+            print(f"  repeat {r}: {kind:16s} {total:7.1f} s", flush=True)
+    return times
+
+
 # ---------------------------------------------------------------- reporting
 
 
@@ -343,6 +363,18 @@ def report_epochs(times: dict, batch: int) -> None:
         print(f"  {kind:30s} cpu {statistics.median([c for _, c in t]):6.2f} s  "
               f"wall {statistics.median([w for w, _ in t]):6.2f} s  ratio cpu {rc[0]:.3f} "
               f"[{rc[1]:.3f}-{rc[2]:.3f}]  wall {rw[0]:.3f}  {verdict}")
+
+
+def report_long(times: dict, batch: int, epochs: int, steps: int) -> None:
+    floor = times["floor"]
+    print(f"\nbatch {batch}: whole {epochs}-epoch fits ({steps} steps each), median over "
+          f"{len(floor)} repeats (ratio = floor time / this time)")
+    for kind, t in times.items():
+        total = _ratios([w for w, _ in floor], [w for w, _ in t])
+        step = _ratios([s for _, s in floor], [s for _, s in t])
+        print(f"  {kind:16s} fit {statistics.median(w for w, _ in t):7.1f} s  ratio {total[0]:.3f} "
+              f"[{total[1]:.3f}-{total[2]:.3f}]   last third {1e3 * statistics.median(s for _, s in t):6.2f} "
+              f"ms/step  ratio {step[0]:.3f} [{step[1]:.3f}-{step[2]:.3f}]")
 
 
 def _verdict(ok: bool) -> str:
@@ -536,6 +568,10 @@ def parse_args(argv: list[str] | None = None):
                    help="also time fit:elbo-compile (the whole step compiled by torch.compile; "
                         "with --paths also fit:iwae-compile; its "
                         "compilation falls in the untimed warm-up steps of every repeat)")
+    p.add_argument("--long", type=int, default=0, metavar="EPOCHS",
+                   help="also time whole fits of EPOCHS epochs (floor, fit:elbo-jit, fit:elbo-auto, "
+                        "the default, which compiles in fits of >= 10,000 steps)")
+    p.add_argument("--long-repeats", type=int, default=2)
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the process to --threads CPUs")
     p.add_argument("--quick", action="store_true", help="3 repeats, 1 epoch repeat, 2-epoch memory fit")
@@ -583,6 +619,10 @@ def main(args) -> None:
             ratios[batch] = report_steps(time_steps(kinds, data, batch, args), batch)
         if "epochs" not in args.skip:
             report_epochs(time_epochs(["floor", "fit:elbo", "fit:elbo-jit"], data, batch, args), batch)
+        if args.long:
+            long = ["floor", "fit:elbo-jit", "fit:elbo-auto"]
+            steps = args.long * math.ceil(len(data.train) / batch)
+            report_long(time_long_fits(long, data, batch, args), batch, args.long, steps)
     if ratios:
         report_targets(ratios)
     if args.profile:

@@ -23,8 +23,8 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.build import scores_eight_bit
 from pyro_vae.data import Data, check_eight_bit
 from pyro_vae.distributed import SINGLE, World
-from pyro_vae.fused import FusedStep, unfusable
-from pyro_vae.objectives import build_objective
+from pyro_vae.fused import FusedStep, auto_wait, unfusable
+from pyro_vae.objectives import Auto, build_objective
 from pyro_vae.precision import PRECISIONS
 from pyro_vae.programs import Batch, Program, as_program, check_fields, unique_parameters
 from pyro_vae.state import DivergenceError, EpochRecord, TrainState
@@ -404,7 +404,7 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
     bar = tqdm(total=config.epochs * steps, initial=state.epoch * steps + state.step,
                disable=not (progress and session.world.writer) or None, unit="step",
                dynamic_ncols=True)
-    session.fused = _fused_step(session, objective, bar)
+    session.fused = _fused_step(session, state, objective, bar)
     attach = PRECISIONS[config.precision].attach(session.modules(), session.device)
     with pyro.get_param_store().scope(), pyro.validation_enabled(False), bar, attach:
         while state.epoch < config.epochs:
@@ -431,13 +431,17 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
                      None if fused is None else {"steps": fused.taken, "fallback": fused.fallback})
 
 
-def _fused_step(session: FitSession, objective, bar) -> FusedStep | None:
-    """The whole step as one compiled program where it can be (``elbo-compile``); the
-    progress bar says when it is compiling."""
-    if unfusable(session, objective) is not None:
+def _fused_step(session: FitSession, state: TrainState, objective, bar) -> FusedStep | None:
+    """The whole step as one compiled program where it can be (``elbo-compile``, and
+    ``elbo-auto`` from the step where it pays); the progress bar says when it is compiling."""
+    wait: int | None = 0
+    if isinstance(objective, Auto):
+        steps = session.steps_per_epoch
+        wait = auto_wait(state.epoch * steps + state.step, session.config.epochs * steps)
+    if wait is None or unfusable(session, objective) is not None:
         return None
     return FusedStep(session, objective, lambda rows, beta, where, loss:
-                     _eager_step(session, loss, rows, beta, where), bar.set_description_str)
+                     _eager_step(session, loss, rows, beta, where), bar.set_description_str, wait)
 
 
 def _guarded_epoch(session: FitSession, state: TrainState, objective, bar,

@@ -20,6 +20,11 @@ precision setting applies: the program is recorded and run under it.
 
 The program is compiled for the fit's batch size; other batches (the last of an
 epoch) take the untraced eager step.
+
+The default objective, ``elbo-auto``, takes ``elbo-jit``'s traced step and switches to
+this program where compiling it pays (:func:`auto_wait`): compiling cannot overlap the
+steps (on a thread, Python's lock slowed the eager steps 3×), so it is bought only once
+a fit has shown it is long.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch
 from pyro import validation_enabled
 from torch import Tensor
 
-from pyro_vae.objectives import (JIT_CHECK_CALLS, Compiled, JitFallbackWarning,
+from pyro_vae.objectives import (JIT_CHECK_CALLS, Auto, Compiled, JitFallbackWarning,
                                  Objective, _cuda, _without_float_copies, first_difference,
                                  kept_buffers, quiet_compiler)
 from pyro_vae.precision import PRECISIONS
@@ -46,6 +51,18 @@ if TYPE_CHECKING:  # fit builds a FusedStep, so it cannot be imported from here 
 EagerStep = Callable[[Tensor, float, Callable[[], str], Objective], float]
 # The clip_grad_norm_ convention: the norm is divided by (norm + this).
 CLIP_EPS = 1e-6
+# elbo-auto compiles after AUTO_AFTER steps of a fit (about 20 s of traced steps on a 2-core
+# CPU, what compiling costs cold; a fit that ends sooner pays nothing) when AUTO_LEFT more are
+# planned: compiled steps save 2.5-3.5 ms each there, so they repay the compile about twice.
+AUTO_AFTER, AUTO_LEFT = 2_000, 8_000
+
+
+def auto_wait(done: int, planned: int) -> int | None:
+    """Steps ``elbo-auto`` takes traced before compiling, in a fit that has taken ``done``
+    of its ``planned`` steps (counted over epochs, so a resumed fit switches where the
+    uninterrupted one does); ``None``: too few steps left to repay compiling."""
+    wait = max(AUTO_AFTER - done, 0)
+    return wait if planned - done - wait >= AUTO_LEFT else None
 
 
 def unfusable(session: FitSession, objective: Objective) -> str | None:
@@ -53,8 +70,8 @@ def unfusable(session: FitSession, objective: Objective) -> str | None:
     opt = session.optimizer
     group = opt.param_groups[0] if len(opt.param_groups) == 1 else None
     reasons = {
-        "the objective is not a compiled one (elbo-compile, iwae-compile)":
-            not isinstance(objective, Compiled),
+        "the objective is not a compiled one (elbo-compile, iwae-compile, elbo-auto)":
+            not isinstance(objective, (Compiled, Auto)),
         "several processes fit together": session.ddp is not None,
         "the training images are streamed": not isinstance(session.data.train.x, Tensor),
         "the optimizer is not plain Adam": type(opt) is not torch.optim.Adam or group is None
@@ -70,12 +87,14 @@ class FusedStep:
     program does not take the batch (another size, or after a fallback): then the
     caller takes its eager step with :attr:`rest`, the objective for such batches.
     ``eager(rows, β, where, objective)`` is that step (for the checks); ``status(text)``
-    shows what is happening (the fit's progress bar), ``""`` when done.
+    shows what is happening (the fit's progress bar), ``""`` when done. The first
+    ``wait`` calls are left to the caller (``elbo-auto``'s traced steps).
     """
 
-    def __init__(self, session: FitSession, objective: Compiled, eager: EagerStep,
-                 status: Callable[[str], None] = lambda text: None) -> None:
+    def __init__(self, session: FitSession, objective: Compiled | Auto, eager: EagerStep,
+                 status: Callable[[str], None] = lambda text: None, wait: int = 0) -> None:
         self.session, self.objective, self.eager, self.status = session, objective, eager, status
+        self.wait = wait
         self.slots = _adam_slots(session.optimizer)
         self.betas = session.optimizer.param_groups[0]["betas"]
         self.eps = session.optimizer.param_groups[0]["eps"]
@@ -90,12 +109,16 @@ class FusedStep:
 
     @property
     def rest(self) -> Objective:
-        """The objective for the batches the program does not take: the untraced ELBO (the
-        compiled loss would compile again for their shape), or the compiled loss when the
-        whole step fell back."""
-        return self.objective if self.fallback else Objective(self.objective.elbo)
+        """The objective for the batches the program does not take: the objective itself
+        (``elbo-auto``'s traced loss; the compiled loss after a fallback) or, for a compiled
+        one, the untraced ELBO (the compiled loss would compile again for their shape)."""
+        compiled = isinstance(self.objective, Compiled) and self.fallback is None
+        return Objective(self.objective.elbo) if compiled else self.objective
 
     def __call__(self, index: Tensor, beta: float, where: Callable[[], str]) -> float | None:
+        if self.wait:
+            self.wait -= 1
+            return None
         if self.fallback is not None or index.numel() != self.size:
             return None
         inputs = self._inputs(index, beta)

@@ -24,6 +24,8 @@ Each builder returns an :class:`Objective` (or :class:`Jit`) whose
   A trace records one path through the program's Python code, so :class:`Jit`
   first checks it (see there) and falls back to the untraced loss, with a note,
   when the program's control flow depends on values.
+- ``elbo-auto`` (the default): ``elbo-jit``; a fit long enough to repay compiling
+  switches to ``elbo-compile``'s whole-step program (:func:`pyro_vae.fused.auto_wait`).
 - ``elbo-compile``: ``Trace_ELBO`` recorded by ``make_fx`` and compiled by
   ``torch.compile`` (:class:`Compiled`), checked and falling back as ``*-jit`` does;
   seconds of compiling per batch shape buy faster steps on long fits. In a fit the
@@ -418,6 +420,18 @@ def _iwae(cfg: TrainConfig) -> IWAE:
 @OBJECTIVES.register("elbo-jit")
 def jit_trace_elbo(cfg: TrainConfig) -> Jit:
     return Jit(TraceableTraceELBO(**_particles(cfg)))
+
+
+class Auto(Jit):
+    """The default objective (``elbo-auto``): :class:`Jit`'s traced loss, which
+    :func:`~pyro_vae.fit.fit` replaces by the whole step compiled as one program once a
+    fit is long enough to repay compiling it (:func:`pyro_vae.fused.auto_wait`)."""
+
+
+@OBJECTIVES.register("elbo-auto")
+def auto_trace_elbo(cfg: TrainConfig) -> Auto:
+    """``elbo-jit``, and ``elbo-compile``'s program from the step where it pays off."""
+    return Auto(TraceableTraceELBO(**_particles(cfg)))
 
 
 @OBJECTIVES.register("elbo-compile")

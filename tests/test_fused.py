@@ -23,7 +23,8 @@ from torch import nn
 from pyro_vae.config import DataConfig, TrainConfig
 from pyro_vae.data import load_data
 from pyro_vae.fit import fit
-from pyro_vae.fused import FusedStep, unfusable
+from pyro_vae import fused as fused_module
+from pyro_vae.fused import FusedStep, auto_wait, unfusable
 from pyro_vae.objectives import JitFallbackWarning, build_objective
 from pyro_vae.runs import write_summary
 
@@ -173,6 +174,7 @@ def test_when_the_step_is_one_program(change, reason):
 def test_other_objectives_keep_the_eager_step():
     why = unfusable(_session(), build_objective(TrainConfig(objective="elbo-jit")))
     assert "not a compiled one" in why
+    assert unfusable(_session(), build_objective(TrainConfig(objective="elbo-auto"))) is None
 
 
 @needs_cxx
@@ -191,6 +193,46 @@ def test_an_interrupted_fused_fit_resumes_where_it_stopped():
                state=part.state, optimizer_state=part.optimizer.state_dict(), progress=False)
     assert [h.val_elbo for h in rest.history] == pytest.approx(
         [h.val_elbo for h in whole.history], abs=1e-5)
+
+
+@needs_cxx
+def test_the_default_compiles_where_it_pays(monkeypatch):
+    """``elbo-auto`` with the thresholds scaled down to this 45-step fit: ``elbo-jit``'s
+    steps up to step 20, then the program (checked on its first two calls) for every full
+    batch, and the fit the same as ``elbo-jit``'s."""
+    monkeypatch.setattr(fused_module, "AUTO_AFTER", 20)
+    monkeypatch.setattr(fused_module, "AUTO_LEFT", 10)
+    traced, _ = _fit("elbo-jit", clip_norm=5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JitFallbackWarning)
+        auto, session = _fit("elbo-auto", clip_norm=5.0)
+    steps = session.steps_per_epoch
+    full = [s for s in range(20, 3 * steps) if s % steps != steps - 1]  # the last is partial
+    assert auto.compiled_step == {"steps": len(full) - 2, "fallback": None}
+    _same_fit(traced, auto)
+
+
+def test_the_default_on_a_short_fit_is_the_traced_step(monkeypatch):
+    """Too few steps left after ``AUTO_AFTER`` to repay compiling: nothing is compiled and
+    the fit is ``elbo-jit``'s to the last bit."""
+    monkeypatch.setattr(fused_module, "AUTO_AFTER", 20)
+    monkeypatch.setattr(fused_module, "AUTO_LEFT", 40)
+    traced, _ = _fit("elbo-jit")
+    auto, session = _fit("elbo-auto")
+    assert auto.compiled_step is None and session.fused is None
+    assert [h.val_elbo for h in auto.history] == [h.val_elbo for h in traced.history]
+
+
+@pytest.mark.parametrize("done, planned, wait", [
+    (0, 10_000, 2_000),  # a fresh fit planned for exactly enough steps
+    (0, 9_999, None),
+    (1_500, 12_000, 500),  # resumed before the switch: it happens at step 2,000 all the same
+    (5_000, 13_000, 0),  # resumed after it: the program at once
+    (5_000, 12_999, None),
+])
+def test_when_the_default_compiles(done: int, planned: int, wait: int | None):
+    assert (fused_module.AUTO_AFTER, fused_module.AUTO_LEFT) == (2_000, 8_000)
+    assert auto_wait(done, planned) == wait
 
 
 class NormalizedStory(LabelledStory):
