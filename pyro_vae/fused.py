@@ -53,7 +53,9 @@ EagerStep = Callable[[Tensor, float, Callable[[], str], Objective], float]
 CLIP_EPS = 1e-6
 # elbo-auto compiles after AUTO_AFTER steps of a fit (about 20 s of traced steps on a 2-core
 # CPU, what compiling costs cold; a fit that ends sooner pays nothing) when AUTO_LEFT more are
-# planned: compiled steps save 2.5-3.5 ms each there, so they repay the compile about twice.
+# planned: compiled steps save 2.5-3.5 ms each there, so at the threshold a cold compile about
+# breaks even and a cached one (a few seconds) gains; longer fits gain more
+# (benchmarks/README.md: a 13,082-step MNIST fit took 0.89x elbo-jit's time compiling cold).
 AUTO_AFTER, AUTO_LEFT = 2_000, 8_000
 
 

@@ -44,3 +44,13 @@ def test_the_numpyro_peer_is_a_row_when_installed(capsys):
     out = _run(capsys)
     assert "  numpyro " in out and "÷ numpyro" in out
     assert "× NumPyro's images/s" in out
+
+
+def test_whole_fits_are_timed_with_the_default(capsys):
+    """``--long``: whole fits of the floor, ``elbo-jit`` and the default, each against the floor
+    (a 2-epoch digits fit is far too short for the default to compile: it is elbo-jit's)."""
+    out = _run(capsys, "--no-numpyro", "--skip", "steps", "epochs", "memory", "--long", "2",
+               "--long-repeats", "1")
+    assert "whole 2-epoch fits" in out
+    for row in ("floor", "fit:elbo-jit", "fit:elbo-auto"):
+        assert f"  {row} " in out and f"repeat 0: {row} " in out, row
