@@ -93,10 +93,10 @@ class TrainConfig:
     objective: str = "elbo-auto"
     """Training loss, a name in ``OBJECTIVES``. The default is Pyro's ``Trace_ELBO`` traced
     by ``torch.jit`` (``elbo-jit``: the same loss and gradients as ``elbo``, faster per
-    step); a fit planned for at least 10,000 steps switches after its first 2,000 to the
+    step); a fit planned for at least 22,000 steps switches after its first 2,000 to the
     whole step compiled as one program (``elbo-compile``'s, checked against the eager step;
-    ~20 s of compiling, then 1.2-1.4× faster steps on a CPU). A model whose Python control
-    flow depends on tensor values is detected and trained untraced."""
+    20-40 s of compiling, then 1.1-1.4× faster steps on a CPU). A model whose Python
+    control flow depends on tensor values is detected and trained untraced."""
     particles: int = 1
     """Monte Carlo samples of z per image in the objective."""
     beta: float = 1.0

@@ -51,12 +51,12 @@ if TYPE_CHECKING:  # fit builds a FusedStep, so it cannot be imported from here 
 EagerStep = Callable[[Tensor, float, Callable[[], str], Objective], float]
 # The clip_grad_norm_ convention: the norm is divided by (norm + this).
 CLIP_EPS = 1e-6
-# elbo-auto compiles after AUTO_AFTER steps of a fit (about 20 s of traced steps on a 2-core
-# CPU, what compiling costs cold; a fit that ends sooner pays nothing) when AUTO_LEFT more are
-# planned: compiled steps save 2.5-3.5 ms each there, so at the threshold a cold compile about
-# breaks even and a cached one (a few seconds) gains; longer fits gain more
-# (benchmarks/README.md: a 13,082-step MNIST fit took 0.89x elbo-jit's time compiling cold).
-AUTO_AFTER, AUTO_LEFT = 2_000, 8_000
+# elbo-auto compiles after AUTO_AFTER steps of a fit (20-40 s of traced steps on a 2-core
+# CPU, about what compiling costs cold; a fit that ends sooner pays nothing) when AUTO_LEFT
+# more are planned. Compiled steps saved 1.8-3.6 ms each there and a cold compile took 21 s
+# (2 threads) to 39 s (1 thread), so at the threshold the worst case measured about breaks
+# even and the others gain (benchmarks/README.md, "The default, elbo-auto").
+AUTO_AFTER, AUTO_LEFT = 2_000, 20_000
 
 
 def auto_wait(done: int, planned: int) -> int | None:

@@ -224,14 +224,14 @@ def test_the_default_on_a_short_fit_is_the_traced_step(monkeypatch):
 
 
 @pytest.mark.parametrize("done, planned, wait", [
-    (0, 10_000, 2_000),  # a fresh fit planned for exactly enough steps
-    (0, 9_999, None),
-    (1_500, 12_000, 500),  # resumed before the switch: it happens at step 2,000 all the same
-    (5_000, 13_000, 0),  # resumed after it: the program at once
-    (5_000, 12_999, None),
+    (0, 22_000, 2_000),  # a fresh fit planned for exactly enough steps
+    (0, 21_999, None),
+    (1_500, 30_000, 500),  # resumed before the switch: it happens at step 2,000 all the same
+    (5_000, 25_000, 0),  # resumed after it: the program at once
+    (5_000, 24_999, None),
 ])
 def test_when_the_default_compiles(done: int, planned: int, wait: int | None):
-    assert (fused_module.AUTO_AFTER, fused_module.AUTO_LEFT) == (2_000, 8_000)
+    assert (fused_module.AUTO_AFTER, fused_module.AUTO_LEFT) == (2_000, 20_000)
     assert auto_wait(done, planned) == wait
 
 
