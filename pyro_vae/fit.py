@@ -46,8 +46,8 @@ class FitResult:
     state: TrainState
     optimizer: torch.optim.Optimizer
     compiled_step: dict | None = None
-    """With ``elbo-compile``/``iwae-compile`` and a whole-step program: the steps it took
-    and, if it fell back to the eager step, why (``None`` otherwise)."""
+    """With a whole-step program (``elbo-compile``, ``iwae-compile``, a long ``elbo-auto``
+    fit): the steps it took and, if it fell back, why (``None`` otherwise)."""
 
 
 EpochCallback = Callable[["FitSession", TrainState, EpochRecord], None]
@@ -69,7 +69,8 @@ class FitSession:
     ddp: nn.Module | None = None
     """The objective wrapped in ``DistributedDataParallel`` when ``world`` has several ranks."""
     fused: FusedStep | None = None
-    """The whole step compiled as one program (``elbo-compile``, where it applies)."""
+    """The whole step compiled as one program (``elbo-compile``, ``iwae-compile`` and a
+    long ``elbo-auto`` fit, where it applies)."""
 
     def modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"model": self.model, "guide": self.guide})

@@ -167,8 +167,10 @@ class FusedStep:
 
     def _fall_back(self, reason: str) -> None:
         self.fallback = reason
+        what = getattr(self.rest, "recording", "untraced loss")
         warnings.warn(f"the training step is not compiled as one program ({reason}); "
-                      f"taking the eager step", JitFallbackWarning, stacklevel=4)
+                      f"training on step by step with the {what}", JitFallbackWarning,
+                      stacklevel=4)
         return None
 
     def _compile(self, inputs: tuple[Tensor, ...]) -> tuple[Callable | None, str | None]:

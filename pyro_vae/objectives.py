@@ -378,6 +378,7 @@ def _loss_and_grads(loss: Tensor, params: list[Tensor], retain: bool) -> list[Te
     return [loss.detach()] + [torch.zeros_like(p) if g is None else g.detach()
                               for p, g in zip(params, grads)]
 
+
 def _particles(cfg: TrainConfig) -> dict:
     """The estimator options every ELBO here shares: ``particles`` draws per image, as one
     vectorized draw when there are several; latents in the single data plate."""
