@@ -1,7 +1,7 @@
 """AIS and BDMC against exact answers, with the figures the tests only bound.
 
-The stories are the tests' own (tests/test_evaluate.py's pPCA with a poor diagonal guide,
-tests/test_ais.py's bimodal mixture with an enumerated component), so what is printed
+The stories are the tests' own (tests/evaluation/test_evaluate.py's pPCA with a poor diagonal guide,
+tests/evaluation/test_ais.py's bimodal mixture with an enumerated component), so what is printed
 here is what the tests check, at a larger size:
 
 - pPCA (d = 2, D = 8, 40 images): AIS − exact log p(x) (mean ± s.e. over images) against T,
@@ -27,10 +27,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from pyro_vae.ais import AISConfig, ais, ais_curve, bdmc  # noqa: E402
-from pyro_vae.evaluate import log_importance_weights, log_mean_exp  # noqa: E402
 from test_ais import BimodalMixture  # noqa: E402
 from test_evaluate import draw, posterior_guide, ppca  # noqa: E402
+
+from pyro_vae.evaluation import AISConfig, ais, ais_curve, bdmc, log_importance_weights  # noqa: E402
+from pyro_vae.traces import log_mean_exp  # noqa: E402
 
 STEPS = (1, 10, 100, 500)
 N = 40

@@ -12,7 +12,7 @@ log (1/K Σ_k p(x, z_k) / q(z_k | x)) per image:
   timed on ``--loop-points`` images only.
 - **floor** (baseline 2): hand-written batched PyTorch that encodes each image
   once and decodes K samples in large batches under ``torch.no_grad()``.
-- **pyro-vae**: :func:`pyro_vae.evaluate.log_importance_weights` running the
+- **pyro-vae**: :func:`pyro_vae.evaluation.log_importance_weights` running the
   model and guide programs (Pyro traces with a particle plate), then log-mean-exp.
 - **before**: the same pyro-vae call with the ``bernoulli`` likelihood scoring through
   torch's own Bernoulli, as before issue 15 (the floor and pyro-vae both use the
@@ -32,7 +32,7 @@ sublinearly with N as the C heap settles, see the issue-4 note.)
     python benchmarks/bench_evaluate.py --points 1000 --samples 1000 --loop-points 10
 
 With ``--ais`` it times annealed importance sampling instead (guide start, T steps, C
-chains, L leapfrog steps): :func:`pyro_vae.ais.ais` beside **hand AIS**, a hand-written
+chains, L leapfrog steps): :func:`pyro_vae.evaluation.ais` beside **hand AIS**, a hand-written
 batched loop of the same arithmetic (encode once; per evaluation decode all images ×
 chains, Bernoulli log-likelihood + N(0, I) prior + the guide's diagonal Normal, one
 autograd gradient; the same warm-up pass, schedule, leapfrog and accept steps), interleaved
@@ -60,12 +60,19 @@ import torch
 from torch import Tensor
 from torch.nn.functional import logsigmoid, softplus
 
-from pyro_vae.ais import Adaptation, AISConfig, ais, sigmoid_schedule
-from pyro_vae.build import build_vae
 from pyro_vae.config import DataConfig, ModelConfig
 from pyro_vae.data import load_data
-from pyro_vae.evaluate import default_chunks, log_importance_weights, log_mean_exp
+from pyro_vae.evaluation import (
+    Adaptation,
+    AISConfig,
+    ais,
+    default_chunks,
+    log_importance_weights,
+    sigmoid_schedule,
+)
 from pyro_vae.models import likelihoods
+from pyro_vae.stories import build_vae
+from pyro_vae.traces import log_mean_exp
 
 REPO = Path(__file__).resolve().parents[1]
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -226,7 +233,7 @@ def show(name: str, n: int, cpu: float, wall: float) -> float:
 def memory_probe(model, guide, x: Tensor, args, device) -> None:
     """Run inside a fresh process: peak memory of ``evaluate`` on ``x`` above the process's
     resident set (data and model loaded) just before; prints one number in MiB."""
-    from pyro_vae.evaluate import evaluate
+    from pyro_vae.evaluation import evaluate
 
     peak = peak_extra_bytes(lambda: evaluate(model, guide, x, num_samples=args.samples,
                                              particle_chunk=args.particle_chunk,
@@ -247,7 +254,7 @@ def memory_vs_n(args) -> None:
 
 
 class HandAIS:
-    """Hand-written batched AIS with the arithmetic of :func:`pyro_vae.ais.ais` (guide start)
+    """Hand-written batched AIS with the arithmetic of :func:`pyro_vae.evaluation.ais` (guide start)
     for the MLP VAE: z ``[C, n, d]``, log f_β = (1 − β) log q(z|x) + β (log p(z) + log p(x|z))."""
 
     def __init__(self, model, guide, x: Tensor, cfg: AISConfig) -> None:

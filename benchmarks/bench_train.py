@@ -40,17 +40,17 @@ import contextlib
 import cProfile
 import dataclasses
 import importlib
-import json
 import importlib.util
+import json
 import math
 import os
 import pstats
-import shutil
-import tempfile
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -61,12 +61,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
-from pyro_vae.build import build_vae
 from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
 from pyro_vae.data import Data, Split, load_data
-from pyro_vae.fit import fit
-from pyro_vae.fused import AUTO_AFTER, AUTO_LEFT
-from pyro_vae.precision import PRECISIONS
+from pyro_vae.infer import AUTO_AFTER, AUTO_LEFT, PRECISIONS, fit
+from pyro_vae.stories import build_vae
 
 REPO = Path(__file__).resolve().parents[1]
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -203,7 +201,7 @@ def make_runner(kind: str, data: Data, batch: int, device: str, epochs: int = 1,
 @contextlib.contextmanager
 def _plain_adam(active: bool) -> Iterator[None]:
     """While active, ``fit`` builds the per-tensor Adam it used before issue 7 (``--before``)."""
-    fit_module = importlib.import_module("pyro_vae.fit")
+    fit_module = importlib.import_module("pyro_vae.infer.session")
     original = fit_module.make_optimizer
     if active:
         fit_module.make_optimizer = lambda m, g, cfg, device=None: torch.optim.Adam(
@@ -447,7 +445,7 @@ def child_memory(args) -> None:
         fit(model, guide, data, cfg, progress=False)
         what = f"fit, {args.memory_epochs} epochs, batch 128"
     else:
-        from pyro_vae.evaluate import evaluate
+        from pyro_vae.evaluation import evaluate
 
         x = data.eval_split("test")[:args.eval_points].to(args.device)
         evaluate(model.to(args.device), guide.to(args.device), x, num_samples=5000)
@@ -464,7 +462,7 @@ def measure_memory(args) -> None:
     if (REPO / "pyro_vae" / "evaluate.py").exists():
         children.append("evaluate")
     else:
-        print("  evaluate: pyro_vae/evaluate.py does not exist yet; not measured")
+        print("  evaluate: pyro_vae/evaluation/importance.py does not exist yet; not measured")
     for child in children:
         cmd = [sys.executable, __file__, "--child", child, *sys.argv[1:]]
         out = subprocess.run(cmd, capture_output=True, text=True, check=False)

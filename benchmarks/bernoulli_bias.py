@@ -43,12 +43,12 @@ from pyro import poutine
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-from pyro_vae.build import build_vae
 from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
 from pyro_vae.data import load_data
 from pyro_vae.figures import save_figure
-from pyro_vae.fit import fit
+from pyro_vae.infer import fit
 from pyro_vae.predictive import mean_latents, site_mean
+from pyro_vae.stories import build_vae
 from pyro_vae.traces import image_site, trace_program
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
-from pyro_vae.evaluate import evaluate
+from pyro_vae.evaluation import evaluate
 from pyro_vae.runs import CHECKPOINT, METRICS, load_run, resume_run, train_run
 
 REPO = Path(__file__).resolve().parents[1]

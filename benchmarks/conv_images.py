@@ -40,17 +40,16 @@ from pathlib import Path
 import torch
 from torch.nn.functional import softplus
 
-from pyro_vae.build import build_vae
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.data import load_data
-from pyro_vae.evaluate import bits_per_dim
-from pyro_vae.fit import fit
-from pyro_vae.models.likelihoods import DiscretizedLogistic
-from pyro_vae.models.networks import inverse_softplus
+from pyro_vae.evaluation import bits_per_dim
+from pyro_vae.infer import fit
+from pyro_vae.models import DiscretizedLogistic, inverse_softplus
 from pyro_vae.runs import METRICS, resume_run, train_run
+from pyro_vae.stories import build_vae
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import Clock, WARMUP_STEPS, step_subset  # noqa: E402  (the same step clock)
+from bench_train import WARMUP_STEPS, Clock, step_subset  # noqa: E402  (the same step clock)
 from conditional_mnist import epochs_done, scored  # noqa: E402  (the same resumable runs)
 
 REPO = Path(__file__).resolve().parents[1]

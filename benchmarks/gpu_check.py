@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pyro_vae.build import build_vae
 from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
 from pyro_vae.data import Data, Split, load_data
-from pyro_vae.evaluate import evaluate
-from pyro_vae.fit import fit, mean_elbo
+from pyro_vae.evaluation import evaluate
+from pyro_vae.infer import fit, mean_elbo
+from pyro_vae.stories import build_vae
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 WARMUP, STEPS = 3, 20

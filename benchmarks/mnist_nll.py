@@ -32,13 +32,16 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conditional_mnist import mnist_ready  # noqa: E402  (a sibling benchmark's helper)
 
-from pyro_vae.ais import AISConfig, ais, bdmc  # noqa: E402
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from pyro_vae.evaluate import evaluate  # noqa: E402
+from pyro_vae.evaluation import (  # noqa: E402
+    AISConfig,
+    ais,
+    bdmc,
+    evaluate,  # noqa: E402
+)
 from pyro_vae.runs import CHECKPOINT, METRICS, load_run, resume_run, train_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

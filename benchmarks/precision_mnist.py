@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from pyro_vae.precision import PRECISIONS
+from pyro_vae.infer import PRECISIONS
 from pyro_vae.runs import METRICS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

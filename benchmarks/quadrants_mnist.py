@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conditional_mnist import epochs_done, mnist_ready  # noqa: E402  (a sibling benchmark's helper)
 
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig  # noqa: E402
-from pyro_vae.evaluate import evaluate  # noqa: E402
+from pyro_vae.evaluation import evaluate  # noqa: E402
 from pyro_vae.runs import LoadedRun, load_run, resume_run, train_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conditional_mnist import mnist_ready, trained  # noqa: E402  (a sibling benchmark's helpers)
 

@@ -1,14 +1,14 @@
 """Peak resident memory while streaming batches from a memory-mapped .npy file of ~2 GB.
 
 Writes a uint8 file [N, 28, 28] of the asked size (random pixels), then reads ``--steps``
-training batches of its seeded permutation through ``pyro_vae.streams.batch_loader``
+training batches of its seeded permutation through ``pyro_vae.data.batch_loader``
 (worker processes, as a fit would) and turns each into float32 [B, 784]. Prints the
 resident memory of this process (VmRSS, sampled at every batch) after imports and at its
 peak while reading, and that of its workers, against the file's size. The file is removed
 at the end.
 
 With ``--fit``, the built-in VAE (784-400-50, dynamic binarization, the JIT objective)
-trains on the file through :func:`pyro_vae.streams.streamed_data` for ``--steps`` steps
+trains on the file through :func:`pyro_vae.data.streamed_data` for ``--steps`` steps
 instead, and the validation ELBO of its 10,000 held-out validation images is computed at
 the end; this process's memory is printed at each phase (torch._dynamo, which torch.optim
 imports when the fit builds its optimizer, is imported first and shown on its own line),
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_vae.streams import NpyRows, StepBatches, batch_loader
+from pyro_vae.data import NpyRows, StepBatches, batch_loader
 
 
 def write(path: Path, rows: int) -> None:
@@ -101,10 +101,10 @@ def train_on(path: Path, args: argparse.Namespace) -> tuple[int, float, float, f
     """Fit the built-in VAE for ``args.steps`` steps on the streamed file; VmRSS sampled at
     every step and at each phase (printed as it goes); then the validation ELBO."""
     importlib.import_module("torch._dynamo")  # what torch.optim imports at its first optimizer
-    from pyro_vae.build import build_vae
     from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
-    from pyro_vae.fit import fit, mean_elbo
-    from pyro_vae.streams import streamed_data
+    from pyro_vae.data import streamed_data
+    from pyro_vae.infer import fit, mean_elbo
+    from pyro_vae.stories import build_vae
 
     phase("torch._dynamo imported (torch.optim does at its first optimizer)")
     data = streamed_data(path, DataConfig(), "dynamic", workers=args.workers)

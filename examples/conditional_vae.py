@@ -25,14 +25,21 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae import figures
-from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
-from pyro_vae.evaluate import evaluate
-from pyro_vae.predictive import prior_predictive
-from pyro_vae.runs import LoadedRun, load_or_train
-
 # The same comparison table as the label-prior example (the script's folder is on sys.path).
 from label_prior import report  # noqa: E402
+
+from pyro_vae import (
+    DataConfig,
+    LoadedRun,
+    ModelConfig,
+    RunConfig,
+    StoryConfig,
+    TrainConfig,
+    evaluate,
+    figures,
+    load_or_train,
+    prior_predictive,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,10 +15,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyro_vae import DataConfig, ModelConfig, RunConfig, TrainConfig
-from pyro_vae.runs import load_or_train
-from pyro_vae.diagnose import DiagnoseConfig, diagnose
-from pyro_vae.report import verdicts, write_diagnostics
+from pyro_vae import (
+    DataConfig,
+    DiagnoseConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    diagnose,
+    load_or_train,
+    verdicts,
+    write_diagnostics,
+)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -19,10 +19,15 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae import figures
-from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
-from pyro_vae.predictive import mean_latents, prior_predictive
-from pyro_vae.runs import load_or_train
+from pyro_vae import (
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    figures,
+    load_or_train,
+    mean_latents,
+    prior_predictive,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -27,12 +27,20 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae.figures import save_figure
-from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
-from pyro_vae.evaluate import Evaluation, evaluate
-from pyro_vae.models.conditional import draw_regions, project_regions
-from pyro_vae.predictive import mean_latents
-from pyro_vae.runs import LoadedRun, load_or_train
+from pyro_vae import (
+    DataConfig,
+    Evaluation,
+    LoadedRun,
+    ModelConfig,
+    RunConfig,
+    StoryConfig,
+    TrainConfig,
+    evaluate,
+    load_or_train,
+    mean_latents,
+    save_figure,
+)
+from pyro_vae.models import draw_regions, project_regions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,7 +6,7 @@ digits when no ``--run`` is given) prints, for held-out images:
 
 1. the naive estimate, the seed's formula read literally: P(X) ≈ 1/K Σ p(X | z_k)
    with z_k ~ p(z), for growing K on one image, crawling upwards;
-2. the three estimates of log p(x) of ``pyro_vae.evaluate.evaluate`` over the test
+2. the three estimates of log p(x) of ``pyro_vae.evaluation.evaluate`` over the test
    images, each in nats per image and in bits per pixel, with what each one means;
 3. the PSIS diagnostics saying whether the guided number can be believed,
 
@@ -22,11 +22,16 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
-from pyro_vae.evaluate import evaluate, log_importance_weights
-from pyro_vae.figures import plot_k_curve
-from pyro_vae.runs import load_or_train
-from pyro_vae.traces import log_mean_exp
+from pyro_vae import (
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    evaluate,
+    load_or_train,
+    log_importance_weights,
+    log_mean_exp,
+    plot_k_curve,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,12 +24,20 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from pyro_vae.build import build_part
-from pyro_vae.classify import accuracy, scored_splits
-from pyro_vae.figures import save_figure
-from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
-from pyro_vae.guides.semisupervised import Classifier
-from pyro_vae.runs import LoadedRun, load_or_train
+from pyro_vae import (
+    DataConfig,
+    LoadedRun,
+    ModelConfig,
+    RunConfig,
+    StoryConfig,
+    TrainConfig,
+    accuracy,
+    build_part,
+    load_or_train,
+    save_figure,
+    scored_splits,
+)
+from pyro_vae.guides import Classifier
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,11 +22,18 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from pyro_vae import DataConfig, ModelConfig, TrainConfig, build_vae, fit, load_data
-from pyro_vae.build import with_options
-from pyro_vae.evaluate import log_importance_weights
-from pyro_vae.fit import mean_elbo
-from pyro_vae.traces import log_mean_exp
+from pyro_vae import (
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    build_vae,
+    fit,
+    load_data,
+    log_importance_weights,
+    log_mean_exp,
+    mean_elbo,
+    with_options,
+)
 
 DEFAULT_COMBOS = ("normal/diagonal/elbo", "mixture/diagonal/elbo", "vamp/diagonal/elbo",
                   "flow/diagonal/elbo", "normal/full-rank/elbo", "normal/iaf/elbo",

@@ -1,9 +1,17 @@
 """The inference side: encoder bodies and the amortized guides built on them."""
 
-from pyro_vae.guides.amortized import (GUIDES, AmortizedGuide, DiagonalNormalHead,
-                                       FullRankNormalHead, IAFHead)
+from pyro_vae.guides.amortized import (
+                                       GUIDES,
+                                       AmortizedGuide,
+                                       DiagonalNormalHead,
+                                       FullRankNormalHead,
+                                       IAFHead,
+)
 from pyro_vae.guides.auto import AutoAmortizedGuide
+from pyro_vae.guides.conditional import ConditionalGuide
 from pyro_vae.guides.encoders import ENCODERS, MLPEncoder
+from pyro_vae.guides.semisupervised import Classifier, ClassifierGuide
 
-__all__ = ["ENCODERS", "GUIDES", "AmortizedGuide", "AutoAmortizedGuide", "DiagonalNormalHead",
-           "FullRankNormalHead", "IAFHead", "MLPEncoder"]
+__all__ = ["ENCODERS", "GUIDES", "AmortizedGuide", "AutoAmortizedGuide", "Classifier",
+           "ClassifierGuide", "ConditionalGuide", "DiagonalNormalHead", "FullRankNormalHead",
+           "IAFHead", "MLPEncoder"]

@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from pyro_vae.config import ModelConfig
-from pyro_vae.models.networks import (ACTIVATIONS, FlatImages, ResidualBlock, conv_down, halvings,
-                                      image_chw, mlp)
+from pyro_vae.models import (
+    ACTIVATIONS,
+    FlatImages,
+    ResidualBlock,
+    conv_down,
+    halvings,
+    image_chw,
+    mlp,
+)
 from pyro_vae.registry import Registry
 
 ENCODERS: Registry = Registry("encoder")

@@ -20,8 +20,7 @@ from torch import Tensor, nn
 from torch.nn.functional import one_hot, softplus
 
 from pyro_vae.models.networks import inverse_softplus
-
-Batch = dict[str, Tensor]
+from pyro_vae.programs import Batch
 
 
 class LabelPrior(nn.Module):

@@ -12,8 +12,15 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from pyro_vae.config import ModelConfig
-from pyro_vae.models.networks import (ACTIVATIONS, ResidualBlock, Upsample, conv_up, halvings,
-                                      image_chw, mlp)
+from pyro_vae.models.networks import (
+    ACTIVATIONS,
+    ResidualBlock,
+    Upsample,
+    conv_up,
+    halvings,
+    image_chw,
+    mlp,
+)
 from pyro_vae.registry import Registry
 
 DECODERS: Registry = Registry("decoder")

@@ -9,9 +9,8 @@ training (:mod:`pyro_vae.data` reads the support from the story's trace)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import pyro.distributions as dist
 import torch
@@ -22,6 +21,7 @@ from torch.nn.functional import logsigmoid, softplus
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.models.networks import inverse_softplus
+from pyro_vae.pixels import LEVELS, eight_bit
 from pyro_vae.registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood")
@@ -173,30 +173,6 @@ class ContinuousBernoulli(nn.Module):
 @LIKELIHOODS.register("continuous-bernoulli")
 def continuous_bernoulli(cfg: ModelConfig, opts: object, data_dim: int) -> nn.Module:
     return ContinuousBernoulli()
-
-
-LEVELS = 256
-GRID_TOLERANCE = 1e-3
-"""How far (in levels) 255·x may lie from an integer and still count as 8-bit: float32
-pixels k/255 come back within 1e-4 of k; real-valued data off the grid lands there
-for about 1 pixel in 500, so an image of many pixels is caught."""
-
-
-class EightBit(constraints.Constraint):
-    """Pixels k/255, k = 0 … 255: 8-bit images scaled to [0, 1]."""
-
-    is_discrete = True
-    event_dim = 0
-
-    def check(self, value: Tensor) -> Tensor:
-        k = value * (LEVELS - 1)
-        return (value >= 0) & (value <= 1) & ((k - k.round()).abs() < GRID_TOLERANCE)
-
-    def __repr__(self) -> str:
-        return "EightBit()"
-
-
-eight_bit = EightBit()
 
 
 class DiscretizedLogistic(dist.TorchDistribution):

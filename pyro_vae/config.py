@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Type, TypeVar
 
-from pyro_vae.checkpoint import atomic_write
+from pyro_vae.files import atomic_write
 
 C = TypeVar("C")
 
@@ -70,7 +70,7 @@ class DataConfig:
     stream: str = "auto"
     """Whether the training images of a ``.npy`` file or an image folder stay in it and are
     read batch by batch (``on``), are held in memory (``off``), or ``auto``: on when they would
-    take more than ``pyro_vae.streams.STREAM_SHARE`` of the available memory as float32. A run
+    take more than ``pyro_vae.data.STREAM_SHARE`` of the available memory as float32. A run
     records the choice made (``on`` or ``off``) in config.json."""
 
 
@@ -109,7 +109,7 @@ class TrainConfig:
     """Evaluate the validation ELBO every this many epochs (and at the last)."""
     precision: str = "fp32"
     """Arithmetic of the training steps' matrix products, a name in
-    ``pyro_vae.precision.PRECISIONS``: ``fp32``, ``fp32-medium`` (torch's float32 matmul
+    ``pyro_vae.infer.PRECISIONS``: ``fp32``, ``fp32-medium`` (torch's float32 matmul
     precision ``"medium"`` during the steps) or ``bf16`` (linear and conv layers compute
     in bfloat16 under autocast and return float32; parameters, optimizer state, the
     products inside distributions, log-densities and the loss stay float32). The

@@ -12,12 +12,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from pyro_vae.checkpoint import atomic_write
-from pyro_vae.evaluate import ESTIMATORS, KCurve, PSISDiagnostics
+from pyro_vae.deprecated import MOVED_NAMES, forwarder
+from pyro_vae.files import atomic_write
 from pyro_vae.predictive import mean_latents, prior_predictive, reconstruct
+from pyro_vae.programs import Batch
 from pyro_vae.traces import index_rows, slice_rows
-
-Batch = dict[str, Tensor]
 
 
 def save_figure(fig: Figure, path: Path | str) -> Path:
@@ -170,62 +169,6 @@ def manifold(model: Callable, site: str, template: Tensor, image_shape: Sequence
 
 # ---------------------------------------------------------------- evaluate's figures
 
-LABELS = {"prior_mc": "prior Monte Carlo  log 1/K Σ p(x|z), z~p(z)",
-          "elbo": "ELBO  1/K Σ log w, z~q(z|x)",
-          "iwae": "IWAE  log 1/K Σ w, z~q(z|x)"}
 
-
-def plot_k_curve(curve: KCurve, path: Path, exact: float | None = None,
-                 ais: Sequence = ()) -> Path:
-    """Each estimator's mean log p(x) (± 2 standard errors over points) against K, log-spaced;
-    with ``ais`` (results of :func:`pyro_vae.ais.ais_curve`), AIS against T beside them."""
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    ks = np.asarray(curve.ks)
-    against = " (against K)" if ais else ""
-    for name in ESTIMATORS:
-        mean, se = np.asarray(curve.mean[name]), np.asarray(curve.stderr[name])
-        line, = ax.plot(ks, mean, marker="o", ms=3, label=LABELS[name] + against)
-        ax.fill_between(ks, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.15)
-    if ais:
-        _draw_ais(ax, ais)
-    if exact is not None:
-        ax.axhline(exact, color="black", ls="--", lw=1, label="exact log p(x)")
-    ax.set_xscale("log")
-    ax.set_xlabel("K (samples of z per data point)" + (" or T (AIS steps)" if ais else ""))
-    ax.set_ylabel("mean log p(x) estimate (nats)")
-    ax.set_title("estimates of log p(x) against K" + (", and AIS against T" if ais else "")
-                 + " (bands: ±2 s.e. over points)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)
-    return path
-
-
-def _draw_ais(ax, ais: Sequence) -> None:
-    """AIS's mean log p(x) ± 2 s.e. against its number of steps T, in black."""
-    steps = np.asarray([r.config.steps for r in ais])
-    mean = np.asarray([r.estimate.mean for r in ais])
-    se = np.asarray([r.estimate.stderr for r in ais])
-    line, = ax.plot(steps, mean, marker="s", ms=4, color="black",
-                    label=f"AIS, {ais[-1].config.chains} chains (against T)")
-    ax.fill_between(steps, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.1)
-
-
-def plot_khat(psis: PSISDiagnostics, path: Path) -> Path:
-    """Histogram of the per-point PSIS k̂ of the guide's weights, with the 0.7 threshold."""
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    khat = psis.khat.numpy()
-    finite = khat[np.isfinite(khat)]  # ±∞: equal weights, or too few draws for a tail fit
-    if len(finite):
-        ax.hist(finite, bins=50, color="tab:blue", alpha=0.8)
-    ax.axvline(psis.threshold, color="tab:red", ls="--",
-               label=f"k̂ = {psis.threshold}: {100 * psis.fraction_above:.1f}% of points above")
-    if len(finite) < len(khat):
-        ax.set_title(f"{len(khat) - len(finite)} of {len(khat)} points have an infinite k̂ (not shown)")
-    ax.set_xlabel("PSIS Pareto k̂ of q(z|x) as proposal for p(z|x)")
-    ax.set_ylabel("data points")
-    ax.legend()
-    save_figure(fig, path)
-    return path
+# Names that left this module in 0.2, kept for one release (pyro_vae/deprecated.py).
+__getattr__ = forwarder(__name__, MOVED_NAMES[__name__])

@@ -18,9 +18,8 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from pyro_vae.programs import Batch
 from pyro_vae.traces import image_site, is_latent, trace_program
-
-Batch = dict[str, Tensor]
 
 
 def site_mean(site: dict) -> Tensor:

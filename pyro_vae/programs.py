@@ -17,9 +17,11 @@ This module is a leaf of the engine: it imports nothing from it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
-from typing import Any, Callable, Iterable
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from pyro.poutine.messenger import Messenger
@@ -27,7 +29,8 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor, nn
 from torch.distributions import biject_to, constraints
 
-Batch = dict[str, Tensor]
+Batch = Mapping[str, Tensor]
+"""Per-row extras of a batch of images (``{"y": [N]}``), sliced with x."""
 
 
 class LatentScale(Messenger):
@@ -233,3 +236,41 @@ def unique_parameters(*modules: nn.Module) -> list[nn.Parameter]:
         for p in module.parameters():
             seen.setdefault(id(p), p)
     return list(seen.values())
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """No gradients for the trained parameters while z alone is inferred."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with warnings.catch_warnings():
+            # pyro.module says so of every frozen parameter of a network in training mode.
+            warnings.filterwarnings("ignore", message=".*not registered in the param store")
+            yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Inside, torch's CPU generator (and ``device``'s, if it is a CUDA device) starts from
+    ``seed``; after, the caller's random state is as it was. With ``seed=None`` the block
+    draws from the caller's stream and advances it, as code without a seed does."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=cuda_devices(torch.device(device))):
+        torch.manual_seed(seed)
+        yield
+
+
+def cuda_devices(*where: Tensor | torch.device) -> list[torch.device]:
+    """The CUDA device among tensors or devices ``where`` (at most one), for
+    ``torch.random.fork_rng(devices=...)``: forking every visible GPU's generator costs a
+    synchronisation each, and a CPU-only fork must not initialise CUDA at all."""
+    devices = [w if isinstance(w, torch.device) else w.device for w in where]
+    return [d for d in devices if d.type == "cuda"][:1]

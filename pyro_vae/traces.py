@@ -20,6 +20,8 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to, constraints
 
+from pyro_vae.deprecated import MOVED_NAMES, forwarder
+
 DATA_PLATE = "data"
 
 
@@ -150,15 +152,6 @@ def image_site(trace: poutine.Trace, x: Tensor) -> str:
                      f"pyro.sample(name, distribution, obs=x)")
 
 
-def scores_binary(trace: poutine.Trace, x: Tensor) -> bool:
-    """Whether the site that scores ``x`` in ``trace`` lives on {0, 1} only (a Bernoulli
-    likelihood: grey levels then need a binarization)."""
-    support = trace.nodes[image_site(trace, x)]["fn"].support
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.boolean
-
-
 def constrain(base: dist.Distribution, site: LatentSite) -> dist.Distribution:
     """Carry a distribution of event ``[size]`` to the site: reshaped to its unconstrained
     shape, then pushed through ``biject_to(support)``. A real vector site keeps the
@@ -186,3 +179,7 @@ def index_rows(batch: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
 def particle_plate(k: int, max_plate_nesting: int = 1) -> pyro.plate:
     """A plate of ``k`` vectorized draws, outside the story's own plates."""
     return pyro.plate("_particles", k, dim=-(max_plate_nesting + 1))
+
+
+# Names that left this module in 0.2, kept for one release (pyro_vae/deprecated.py).
+__getattr__ = forwarder(__name__, MOVED_NAMES[__name__])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pyro_vae.deprecated import MOVED_NAMES, forwarder
+
 
 class DataError(ValueError):
     """Images or labels that cannot be fitted; the message says which and why."""
@@ -68,18 +70,6 @@ def check_labels(y: np.ndarray, n: int, name: str) -> None:
         raise DataError(f"{name}: label {i} is {float(y[i]):g}; expected integer class labels")
 
 
-def check_binary(x, name: str) -> None:
-    """A Bernoulli likelihood needs x in {0, 1}: grey levels need a binarization."""
-    import torch
-
-    bad = (x != 0) & (x != 1)
-    if bool(bad.any()):
-        i = int(torch.nonzero(bad.reshape(len(x), -1).any(dim=1))[0])
-        raise DataError(
-            f"{name}: sample {i} has values other than 0 and 1, which a Bernoulli likelihood "
-            f"cannot score; choose --binarize dynamic or threshold, or a Gaussian likelihood")
-
-
 def check_label_range(y, classes: int, name: str) -> None:
     """Class labels ``y`` ``[N]`` must lie in 0..classes−1; the first that does not is named."""
     import torch
@@ -89,3 +79,7 @@ def check_label_range(y, classes: int, name: str) -> None:
         i = int(torch.nonzero(bad)[0])
         raise DataError(f"{name}: label {i} is {int(y[i])}; this story has {classes} classes, "
                         f"so labels must lie in 0..{classes - 1} (--model-arg classes=K)")
+
+
+# Names that left this module in 0.2, kept for one release (pyro_vae/deprecated.py).
+__getattr__ = forwarder(__name__, MOVED_NAMES[__name__])

@@ -14,9 +14,10 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyro_vae.config import DataConfig, TrainConfig
-from pyro_vae.data import from_tensor
-from pyro_vae.fit import fit
-from pyro_vae.objectives import JitFallbackWarning, build_objective
+from pyro_vae.data.loading import from_tensor
+from pyro_vae.infer.loop import fit
+from pyro_vae.infer.objectives import build_objective
+from pyro_vae.jit import JitFallbackWarning
 from pyro_vae.programs import LatentScale, Program, as_program
 
 D = 6
@@ -176,8 +177,8 @@ def test_jit_check_compares_against_the_untraced_loss_on_later_batches():
 
 
 def test_jit_is_kept_for_the_built_in_vae_with_identical_numbers():
-    from pyro_vae.build import build_vae
     from pyro_vae.config import ModelConfig
+    from pyro_vae.stories.build import build_vae
 
     model, guide = (Program(m) for m in build_vae(ModelConfig(latent_dim=2, hidden_sizes=(8,)),
                                                    D, seed=0))

@@ -12,10 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pyro_vae.config import (DataConfig, ModelConfig, RunConfig, TrainConfig, load_run_config,
-                             run_config_from_dict, save_run_config)
-from pyro_vae.data import from_tensor
-from pyro_vae.validation import DataError, check_binary, check_images, check_labels
+from pyro_vae.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    load_run_config,
+    run_config_from_dict,
+    save_run_config,
+)
+from pyro_vae.data.loading import from_tensor
+from pyro_vae.pixels import check_binary
+from pyro_vae.validation import DataError, check_images, check_labels
 
 FAST = settings(max_examples=60, deadline=None)
 shapes = st.tuples(st.integers(1, 12), st.integers(1, 5), st.integers(1, 5))

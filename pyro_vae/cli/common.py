@@ -8,9 +8,9 @@ import errno
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from pyro_vae.checkpoint import CheckpointError, DiskFullError
-from pyro_vae.lock import RunLockedError
+from pyro_vae.files import DiskFullError
 from pyro_vae.registry import Registry, UnknownNameError
+from pyro_vae.runs import CheckpointError, RunLockedError
 from pyro_vae.validation import DataError
 
 COMMANDS: Registry = Registry("command")

@@ -7,10 +7,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pyro_vae.classify import write_classifier_report
 from pyro_vae.cli.common import COMMANDS, Command, positive_int
-from pyro_vae.diagnose import DiagnoseConfig, diagnose
-from pyro_vae.report import active_units_text, write_diagnostics
+from pyro_vae.diagnostics import DiagnoseConfig, active_units_text, diagnose, write_diagnostics
+from pyro_vae.evaluation import write_classifier_report
 from pyro_vae.runs import load_run
 
 C = DiagnoseConfig()

@@ -10,12 +10,23 @@ import json
 import sys
 from pathlib import Path
 
-from pyro_vae.ais import STARTS, AISConfig, AISResult, BDMCResult, ais_curve, bdmc, default_steps_grid
-from pyro_vae.ais import check as check_ais
-from pyro_vae.checkpoint import atomic_write
 from pyro_vae.cli.common import COMMANDS, Command, UserError, int_list, positive_int
-from pyro_vae.evaluate import ESTIMATORS, Evaluation, evaluate
-from pyro_vae.figures import plot_k_curve, plot_khat
+from pyro_vae.evaluation import (
+    ESTIMATORS,
+    STARTS,
+    AISConfig,
+    AISResult,
+    BDMCResult,
+    Evaluation,
+    ais_curve,
+    bdmc,
+    check_ais,
+    default_steps_grid,
+    evaluate,
+    plot_k_curve,
+    plot_khat,
+)
+from pyro_vae.files import atomic_write
 from pyro_vae.runs import load_run
 from pyro_vae.traces import slice_rows
 

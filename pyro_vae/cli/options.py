@@ -12,8 +12,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from pyro_vae.build import PARTS, option_fields
 from pyro_vae.cli.common import UserError, int_list, positive_float, positive_int
+from pyro_vae.stories import PARTS, option_fields
 
 PARSERS = {"positive_int": positive_int, "positive_float": positive_float, "int_list": int_list}
 

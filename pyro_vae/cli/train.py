@@ -11,24 +11,33 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from pyro_vae.cli.options import add_option_arguments, options_from_args
 from pyro_vae import distributed
-from pyro_vae.checkpoint import DiskFullError
-from pyro_vae.cli.common import (COMMANDS, EXIT_DISK_FULL, EXIT_DIVERGED, EXIT_INTERRUPTED,
-                                 EXIT_USAGE, Command, UserError, user_errors,
-                                 choice_of, int_list, non_negative_float, non_negative_int,
-                                 positive_float, positive_int)
+from pyro_vae.cli.common import (
+    COMMANDS,
+    EXIT_DISK_FULL,
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Command,
+    UserError,
+    choice_of,
+    int_list,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    user_errors,
+)
+from pyro_vae.cli.options import add_option_arguments, options_from_args
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
-from pyro_vae.data import BINARIZE_MODES, DATASETS
-from pyro_vae.fit import DivergenceError
+from pyro_vae.data import BINARIZE_MODES, DATASETS, STREAM_MODES
+from pyro_vae.files import DiskFullError
 from pyro_vae.guides import ENCODERS, GUIDES
+from pyro_vae.infer import OBJECTIVES, PRECISIONS
 from pyro_vae.models import ACTIVATIONS, DECODERS, LIKELIHOODS, PRIORS
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.precision import PRECISIONS
 from pyro_vae.runs import TrainResult, resume_run, train_run
-from pyro_vae.catalog import STORIES, default_objective, is_named
-from pyro_vae.stories import parse_arg, parse_spec
-from pyro_vae.streams import STREAM_MODES
+from pyro_vae.state import DivergenceError
+from pyro_vae.stories import STORIES, default_objective, is_named, parse_arg, parse_spec
 
 M, D, T = ModelConfig(), DataConfig(), TrainConfig()
 

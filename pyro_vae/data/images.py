@@ -11,7 +11,6 @@ and ``image_shape`` is ``(C, H, W)``; grey sets keep ``(H, W)``.
 
 from __future__ import annotations
 
-import enum
 import functools
 import os
 import zipfile
@@ -24,28 +23,14 @@ import torch
 from torch import Tensor
 
 from pyro_vae.config import DataConfig
-from pyro_vae.models.likelihoods import eight_bit
+from pyro_vae.pixels import LEVELS, Pixels, check_binary, check_eight_bit
 from pyro_vae.registry import Registry
 from pyro_vae.traces import index_rows
-from pyro_vae.validation import (DataError, check_binary, check_image_shape, check_images,
-                                 check_labels)
+from pyro_vae.validation import DataError, check_image_shape, check_images, check_labels
 
 DATASETS: Registry = Registry("dataset")
 BINARIZE_MODES = ("auto", "dynamic", "threshold", "none", "dequantize")
-LEVELS = 256  # 8-bit pixels
 UNKNOWN_LABEL = -1  # a label hidden from the story (semi-supervised stories)
-
-
-class Pixels(enum.IntEnum):
-    """What a story's image site can score (read from its support). Its truth value says
-    "binary only", so ``True``/``False`` still mean binary / not binary wherever one is given."""
-
-    ANY = 0
-    BINARY = 1
-    EIGHT_BIT = 2
-
-    def __bool__(self) -> bool:
-        return self is Pixels.BINARY
 
 
 @dataclass(frozen=True)
@@ -131,7 +116,7 @@ class Data:
         """A whole split for evaluation, ``[N, D]``; a dynamic binarization (or a
         dequantization) is drawn once, seeded."""
         x = getattr(self, name).x
-        if not isinstance(x, Tensor):  # a streamed training split (pyro_vae/streams.py)
+        if not isinstance(x, Tensor):  # a streamed training split (pyro_vae/data/streams.py)
             raise DataError(f"the {name} images of {self.source} are streamed from the file, "
                             f"never read whole; score the validation or test split (--split val)")
         if self.binarize not in ("dynamic", "dequantize"):
@@ -318,7 +303,7 @@ def resolve_binarize(mode: str, binary_likelihood: bool) -> str:
     return mode
 
 
-def _to_unit(x: np.ndarray, name: str, must_be_binary: bool = False,
+def to_unit(x: np.ndarray, name: str, must_be_binary: bool = False,
              grid_reason: str = "") -> Tensor:
     """Flatten ``[N, *shape]`` to ``[N, D]`` float32 in [0, 1] (0–255 data is divided by 255;
     integer data that is all 0 and 1 is taken as binary, not as nearly black). With a
@@ -332,17 +317,6 @@ def _to_unit(x: np.ndarray, name: str, must_be_binary: bool = False,
     if grid_reason:
         check_eight_bit(t, name, grid_reason)
     return t
-
-
-def check_eight_bit(x: Tensor, name: str, reason: str) -> None:
-    """Pixels ``[N, D]`` in [0, 1] must lie on the 8-bit grid k/255; the first sample off it
-    is named, with ``reason`` (who needs the grid and what to do instead)."""
-    bad = ~eight_bit.check(x)
-    if bool(bad.any()):
-        i = int(torch.nonzero(bad.reshape(len(x), -1).any(dim=1))[0])
-        value = float(x[i][bad[i]][0])
-        raise DataError(f"{name}: sample {i} has pixel value {value:.6g}, which is not on the "
-                        f"8-bit grid k/255; {reason}")
 
 
 def _grid_reason(pixels: int, binarize: str) -> str:
@@ -379,14 +353,14 @@ def split_images(raw: RawImages, cfg: DataConfig, binarize: str,
     error names the sample's index in the file."""
     must_be_binary = binary_likelihood and binarize == "none"
     grid = _grid_reason(binary_likelihood, binarize)
-    x = _to_unit(raw.train_x, f"{raw.source} images", must_be_binary, grid)
+    x = to_unit(raw.train_x, f"{raw.source} images", must_be_binary, grid)
     y = _labels(raw.train_y, len(x), f"{raw.source} labels")
     gen = torch.Generator().manual_seed(cfg.split_seed)
     perm = torch.randperm(len(x), generator=gen)
     if raw.test_x is not None:
         check_image_shape(np.shape(raw.test_x)[1:], np.shape(raw.train_x)[1:],
                           f"{raw.source} test images", "the training set")
-        test = Split(_to_unit(raw.test_x, f"{raw.source} test images", must_be_binary, grid),
+        test = Split(to_unit(raw.test_x, f"{raw.source} test images", must_be_binary, grid),
                      _labels(raw.test_y, len(raw.test_x), f"{raw.source} test labels"))
         n_test = 0
     else:
@@ -404,19 +378,3 @@ def split_images(raw: RawImages, cfg: DataConfig, binarize: str,
     return Data(train, val, test, tuple(raw.train_x.shape[1:]), binarize, raw.source)
 
 
-def load_data(cfg: DataConfig, binary_likelihood: bool = True) -> Data:
-    """Load, check, scale and split the images that ``cfg`` names (the training images of a
-    ``.npy`` file or image folder streamed when ``cfg.stream`` resolves to ``on``)."""
-    from pyro_vae.streams import load_images, split_or_stream  # it builds on this module
-
-    binarize = resolve_binarize(cfg.binarize, binary_likelihood)
-    return split_or_stream(load_images(cfg), cfg, binarize, binary_likelihood)
-
-
-def from_tensor(x: Tensor | np.ndarray, labels: Tensor | np.ndarray | None = None,
-                cfg: DataConfig = DataConfig(name="tensor"), binary_likelihood: bool = True) -> Data:
-    """Python API: split images given as ``[N, *image_shape]`` (0–1 or 0–255)."""
-    as_np = lambda a: a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)  # noqa: E731
-    raw = RawImages(as_np(x), None if labels is None else as_np(labels), source="tensor")
-    binarize = resolve_binarize(cfg.binarize, binary_likelihood)
-    return split_images(raw, cfg, binarize, binary_likelihood)

@@ -15,7 +15,7 @@ own. :func:`batch_loader` reads them through a ``torch.utils.data.DataLoader`` w
 processes and pinned memory (for a CUDA device), from any step (a resumed epoch).
 
 :func:`streamed_data` makes a :class:`~pyro_vae.data.Data` whose training split is a
-:class:`StreamedSplit`: :func:`~pyro_vae.fit.fit` trains on it as on resident images, with
+:class:`StreamedSplit`: :func:`~pyro_vae.infer.fit` trains on it as on resident images, with
 the same draws; its validation and test splits are :class:`HeldOutSplit` s, at most
 :data:`HELD_OUT_CAP` rows each, read whole when asked for and not kept.
 
@@ -39,8 +39,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from pyro_vae.config import DataConfig
-from pyro_vae.data import (DATASETS, Data, Pixels, RawImages, load_raw, split_images)
+from pyro_vae.data.images import DATASETS, Data, RawImages, load_raw, split_images
 from pyro_vae.distributed import SINGLE, World, shard
+from pyro_vae.pixels import Pixels
 from pyro_vae.validation import DataError, check_images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -1,4 +1,4 @@
-"""Figures and the one-page summary of :func:`pyro_vae.diagnose.diagnose`.
+"""Figures and the one-page summary of :func:`pyro_vae.diagnostics.diagnose`.
 
 The page (``diagnostics.html``) carries its figures inline, so it can be mailed
 or opened anywhere; it leads with plain verdicts a person can act on.
@@ -16,9 +16,10 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from pyro_vae.checkpoint import atomic_write
-from pyro_vae.diagnose import ACTIVE_THRESHOLD, RHAT_OK, Diagnostics
+from pyro_vae.diagnostics.config import ACTIVE_THRESHOLD, RHAT_OK
+from pyro_vae.diagnostics.suite import Diagnostics
 from pyro_vae.figures import save_figure
+from pyro_vae.files import atomic_write
 from pyro_vae.traces import is_real
 
 KHAT_OK = 0.7

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyro_vae.checkpoint import atomic_write
 from pyro_vae.data import Data, Split
 from pyro_vae.figures import save_figure
+from pyro_vae.files import atomic_write
+from pyro_vae.programs import Batch
 from pyro_vae.traces import slice_rows, trace_program
-
-Batch = dict[str, Tensor]
 
 
 def partly_labelled(model: object) -> bool:

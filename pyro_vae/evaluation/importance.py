@@ -31,13 +31,12 @@ the normalized importance-sampling effective sample size.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,8 +44,15 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_vae.traces import (is_enumerated, is_latent, log_mean_exp, particle_plate, slice_rows,
-                             trace_program)
+from pyro_vae.programs import seeded
+from pyro_vae.traces import (
+    is_enumerated,
+    is_latent,
+    log_mean_exp,
+    particle_plate,
+    slice_rows,
+    trace_program,
+)
 
 __all__ = ["Estimate", "Evaluation", "KCurve", "PSISDiagnostics", "bits_per_dim", "evaluate",
            "log_importance_weights", "log_mean_exp", "psis_diagnostics"]
@@ -55,7 +61,7 @@ KHAT_THRESHOLD = 0.7
 ESTIMATORS = ("prior_mc", "elbo", "iwae")
 
 
-def _local_log_prob(trace: poutine.Trace, n: int, keep: Callable[[str, dict], bool]) -> Tensor:
+def local_log_prob(trace: poutine.Trace, n: int, keep: Callable[[str, dict], bool]) -> Tensor:
     """Σ of log_prob over the sample sites that ``keep(name, site)`` picks, keeping
     particles and data: ``[k, n]`` (or 0 when none is picked).
 
@@ -199,13 +205,13 @@ def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, batch: di
     if guide_trace is not None:
         # With the prior as the proposal every latent cancels within its own enumerated
         # branch (Σ_c p(c) p(x | z_c), z_c ~ p(z | c)), so nothing needs refusing there.
-        _check_cancelling(model_trace, proposed)
+        check_cancelling(model_trace, proposed)
     # Latent sites the guide does not propose were drawn from the model's own conditional
     # prior, which then cancels between p and the proposal: only observed sites, enumerated
     # sites and the guide's sites enter the weight (with no guide, log p(x | z)).
-    log_p = _local_log_prob(model_trace, n, lambda name, site: site["is_observed"]
+    log_p = local_log_prob(model_trace, n, lambda name, site: site["is_observed"]
                             or name in proposed or is_enumerated(site))
-    log_q = 0.0 if guide_trace is None else _local_log_prob(
+    log_q = 0.0 if guide_trace is None else local_log_prob(
         guide_trace, n, lambda name, site: not site["is_observed"] and not is_enumerated(site))
     log_w = torch.as_tensor(log_p - log_q, device=x.device)
     while log_w.dim() > 2:  # Σ over the enumerated values
@@ -213,7 +219,7 @@ def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, batch: di
     return log_w.expand(k, n)
 
 
-def _check_cancelling(trace: poutine.Trace, proposed: set[str]) -> None:
+def check_cancelling(trace: poutine.Trace, proposed: set[str]) -> None:
     """A latent site drawn from the model's prior cancels from the weight only if it does not
     depend on an enumerated site (its draws would then differ per enumerated value)."""
     for name, site in trace.nodes.items():
@@ -392,7 +398,7 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
     per_point: dict[str, list[Tensor]] = {name: [] for name in ESTIMATORS}
     at_k: dict[str, list[Tensor]] = {name: [] for name in ESTIMATORS}
     psis: list[PSISDiagnostics] = []
-    with _seeded(seed, data.device), _bar(2 * n * num_samples, progress) as bar:
+    with seeded(seed, data.device), _bar(2 * n * num_samples, progress) as bar:
         chunks = _Chunks(*default_chunks(data.device, particle_chunk, point_chunk),
                          max_plate_nesting, args, kwargs or {}, bar.update)
         for lo in range(0, n, hold_points):
@@ -417,18 +423,6 @@ def summed_sites(model: Callable, guide: Callable, x: Tensor,
         names += [name for name, site in trace_program(program, x[:2], rows).nodes.items()
                   if is_enumerated(site) and name not in names]
     return tuple(names)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed torch's generators for the block and restore the caller's state afterwards."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def _bar(total: int, show: bool):

@@ -1,6 +1,6 @@
 """A whole training step as one compiled program (``--objective elbo-compile``).
 
-:class:`~pyro_vae.objectives.Compiled` compiles the loss alone; around it, the
+:class:`~pyro_vae.infer.Compiled` compiles the loss alone; around it, the
 eager step still gathers and binarizes the batch, runs the backward graph and
 steps Adam tensor by tensor. Here ``make_fx`` records all of it, with the
 parameters, Adam's moments and the training images as inputs: the row gather,
@@ -15,7 +15,7 @@ with the same random draws (torch's own random kernels, ``fallback_random``), so
 under a seed a fit matches ``--objective elbo`` up to float rounding. The first
 ``JIT_CHECK_CALLS`` steps are checked against the eager step from the same state;
 a disagreement, or a program that cannot be recorded or compiled, falls back to
-the eager step with a :class:`~pyro_vae.objectives.JitFallbackWarning`. Every
+the eager step with a :class:`~pyro_vae.infer.JitFallbackWarning`. Every
 precision setting applies: the program is recorded and run under it.
 
 The program is compiled for the fit's batch size; other batches (the last of an
@@ -31,21 +31,26 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from pyro import validation_enabled
 from torch import Tensor
 
-from pyro_vae.objectives import (JIT_CHECK_CALLS, Auto, Compiled, JitFallbackWarning,
-                                 Objective, _cuda, _without_float_copies, first_difference,
-                                 kept_buffers, quiet_compiler)
-from pyro_vae.precision import PRECISIONS
+from pyro_vae.infer.objectives import Auto, Compiled, Objective
+from pyro_vae.infer.precision import PRECISIONS
+from pyro_vae.infer.session import FitSession
+from pyro_vae.jit import (
+    JIT_CHECK_CALLS,
+    JitFallbackWarning,
+    first_difference,
+    kept_buffers,
+    quiet_compiler,
+    without_float_copies,
+)
+from pyro_vae.programs import cuda_devices
 from pyro_vae.state import DivergenceError
 from pyro_vae.traces import index_rows
-
-if TYPE_CHECKING:  # fit builds a FusedStep, so it cannot be imported from here at run time
-    from pyro_vae.fit import FitSession
 
 # The step the engine takes otherwise: (rows, β, where, objective) -> the batch loss.
 EagerStep = Callable[[Tensor, float, Callable[[], str], Objective], float]
@@ -177,8 +182,8 @@ class FusedStep:
         """The recorded and compiled step, or ``None`` and why not. Recording runs the step
         for real and so does compiling: Adam's slots and the random state are put back."""
         saved = [t.clone() for t in self.slots]
-        with validation_enabled(False), torch.random.fork_rng(devices=_cuda(inputs)), \
-                _without_float_copies(self.objective.elbo), self.precision():
+        with validation_enabled(False), torch.random.fork_rng(devices=cuda_devices(*inputs)), \
+                without_float_copies(self.objective.elbo), self.precision():
             try:
                 graph, reason = self._record(inputs)
             finally:
@@ -257,7 +262,7 @@ class FusedStep:
         disagreement means the program is not used again."""
         n = len(self.slots) // 4
         saved = [t.clone() for t in self.slots]
-        with torch.random.fork_rng(devices=_cuda(inputs)):
+        with torch.random.fork_rng(devices=cuda_devices(*inputs)):
             with torch.no_grad(), self.precision():
                 loss, _ = self.program(*inputs)
             got = [t.clone() for t in self.slots]
@@ -319,7 +324,7 @@ def _copy_into(targets: list[Tensor], values: list[Tensor]) -> None:
 def _disagreement(got: list, expected: list, n: int) -> str | None:
     """Why the program's step (loss, then the slots) differs from the eager one, or ``None``.
     The moments hold the gradient itself (m = (1 - β1)·g after a first step), so they are
-    compared as :class:`~pyro_vae.objectives.Jit` compares gradients."""
+    compared as :class:`~pyro_vae.infer.Jit` compares gradients."""
     names = ["loss"] + [f"{what} {i}" for what in ("parameter", "first moment", "second moment",
                                                    "step count") for i in range(n)]
     return first_difference(names, expected, got, "the eager step's")

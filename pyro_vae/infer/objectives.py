@@ -25,7 +25,7 @@ Each builder returns an :class:`Objective` (or :class:`Jit`) whose
   first checks it (see there) and falls back to the untraced loss, with a note,
   when the program's control flow depends on values.
 - ``elbo-auto`` (the default): ``elbo-jit``; a fit long enough to repay compiling
-  switches to ``elbo-compile``'s whole-step program (:func:`pyro_vae.fused.auto_wait`).
+  switches to ``elbo-compile``'s whole-step program (:func:`pyro_vae.infer.auto_wait`).
 - ``elbo-compile``: ``Trace_ELBO`` recorded by ``make_fx`` and compiled by
   ``torch.compile`` (:class:`Compiled`), checked and falling back as ``*-jit`` does;
   seconds of compiling per batch shape buy faster steps on long fits. In a fit the
@@ -35,12 +35,8 @@ Each builder returns an :class:`Objective` (or :class:`Jit`) whose
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import sys
 import warnings
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import torch
 from pyro import validation_enabled
@@ -49,7 +45,16 @@ from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch
 from torch import Tensor, nn
 
 from pyro_vae.config import TrainConfig
-from pyro_vae.programs import Batch, scale_latents, unique_parameters
+from pyro_vae.jit import (
+    JIT_CHECK_CALLS,
+    LIBRARIES,
+    JitFallbackWarning,
+    checked_against,
+    kept_buffers,
+    quiet_compiler,
+    without_float_copies,
+)
+from pyro_vae.programs import Batch, cuda_devices, scale_latents, unique_parameters
 from pyro_vae.registry import Registry
 from pyro_vae.traces import log_mean_exp
 
@@ -136,17 +141,9 @@ class Objective:
 
 # The first calls of a traced loss are checked against the untraced one (different batches
 # and draws, so that a branch on values shows up as a disagreement).
-JIT_CHECK_CALLS = 2
 # Traced and untraced run the same float operations in the same order (optimized execution
 # is off), so they agree to rounding; a wrong branch differs by far more.
-JIT_RTOL, JIT_ATOL = 1e-4, 1e-5
 # Code whose tensor reads are known to be shape reads, not branches on values.
-_LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep
-                   for m in (torch, __import__("pyro"), __import__("pyro_vae")))
-
-
-class JitFallbackWarning(UserWarning):
-    """The traced loss could not be trusted for this story; the untraced one is used."""
 
 
 class Jit(Objective):
@@ -155,7 +152,7 @@ class Jit(Objective):
     The model's and guide's parameters are inputs of the trace, so gradients
     reach them exactly as without JIT; β and the per-row extras are inputs too,
     so KL warm-up does not retrace. Under a fixed seed the loss and gradients
-    equal the untraced objective's (tests/test_objectives.py checks it).
+    equal the untraced objective's (tests/infer/test_objectives.py checks it).
 
     A trace is one path through the program's Python code. It is used only
     after two checks: no ``TracerWarning`` came from the story's own code while
@@ -201,7 +198,7 @@ class Jit(Objective):
         if self._checks_left == 0:
             return self._call(traced, inputs)
         self._checks_left -= 1
-        loss, reason = _checked(lambda: super(Jit, self).differentiable_loss(
+        loss, reason = checked_against(lambda: super(Jit, self).differentiable_loss(
             model, guide, x, beta=beta_t, batch=batch), lambda: self._call(traced, inputs), params)
         return loss if reason is None else self._fall_back(reason, model, guide, x, beta, batch)
 
@@ -242,7 +239,7 @@ class Jit(Objective):
             # as a Python bool or number means a branch on values.
             if issubclass(w.category, torch.jit.TracerWarning) and \
                     "Converting a tensor to a Python" in str(w.message) and \
-                    not w.filename.startswith(_LIBRARIES):
+                    not w.filename.startswith(LIBRARIES):
                 return None, (f"the program reads a tensor's value in Python at "
                               f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0]}")
         return traced, None
@@ -262,8 +259,8 @@ class Compiled(Jit):
     recorded (a value read in Python) or compiled (no C++ compiler), the untraced loss is
     used, with a :class:`JitFallbackWarning`.
 
-    :func:`~pyro_vae.fit.fit` goes further where it can: one program for the whole step
-    (:class:`~pyro_vae.fused.FusedStep`); this compiled loss is for the fits it does not
+    :func:`~pyro_vae.infer.fit` goes further where it can: one program for the whole step
+    (:class:`~pyro_vae.infer.FusedStep`); this compiled loss is for the fits it does not
     take (several processes, streamed images, another optimizer) and for callers of
     ``differentiable_loss``.
     """
@@ -278,8 +275,8 @@ class Compiled(Jit):
         from torch.fx.experimental.proxy_tensor import make_fx
 
         loss = self._loss(model, guide, len(params), keys)
-        with validation_enabled(False), torch.random.fork_rng(devices=_cuda(example)), \
-                _without_float_copies(self.elbo):
+        with validation_enabled(False), torch.random.fork_rng(devices=cuda_devices(*example)), \
+                without_float_copies(self.elbo):
             try:
                 graph = make_fx(loss)(*params, *example)
             except RuntimeError as err:
@@ -292,91 +289,6 @@ class Compiled(Jit):
             except Exception as err:  # noqa: BLE001  (any compiler failure means: fall back)
                 return None, f"torch.compile failed: {str(err).splitlines()[0]}"
         return compiled, None
-
-
-@contextlib.contextmanager
-def kept_buffers(modules: list[nn.Module]) -> Iterator[list[str]]:
-    """Inside, the modules' buffers may be written (recording a program runs it); after,
-    they hold their values from before, and the yielded list names those that were written
-    in place."""
-    named = [(name, b) for m in modules for name, b in m.named_buffers()]
-    saved = [(b._version, b.clone()) for _, b in named]
-    written: list[str] = []
-    try:
-        yield written
-    finally:
-        written += [name for (name, b), (version, _) in zip(named, saved) if b._version != version]
-        with torch.no_grad():
-            for (_, b), (_, value) in zip(named, saved):
-                b.copy_(value)
-
-
-@contextlib.contextmanager
-def quiet_compiler() -> Iterator[None]:
-    """While compiling: torch's C++-extension logger warns on every compile that a CUDA build
-    found no CUDA runtime (on any CPU-only machine), which says nothing about the fit."""
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _cuda(tensors: tuple[Tensor, ...]) -> list[torch.device]:
-    return [t.device for t in tensors if t.device.type == "cuda"][:1]
-
-
-@contextlib.contextmanager
-def _without_float_copies(elbo: ELBO) -> Iterator[None]:
-    """While recording: Pyro's particle loss also sums a Python float copy of each term
-    (``torch_item``, for the loss it reports). make_fx cannot read a value while recording,
-    and :class:`SurrogateLoss` discards that copy, so there it reads 0."""
-    particle_loss = getattr(type(elbo), "_differentiable_loss_particle", None)
-    module = None if particle_loss is None else sys.modules[particle_loss.__module__]
-    original = getattr(module, "torch_item", None)
-    if original is None:
-        yield
-        return
-    module.torch_item = lambda value: 0.0
-    try:
-        yield
-    finally:
-        module.torch_item = original
-
-
-def _checked(untraced: Callable[[], Tensor], traced: Callable[[], Tensor],
-             params: list[Tensor]) -> tuple[Tensor, str | None]:
-    """Both losses from the same random state (the traced one last, so that its draws
-    are the ones the fit goes on with): the traced loss, and why it differs or ``None``."""
-    devices = [p.device for p in params if p.device.type == "cuda"][:1]
-    with torch.random.fork_rng(devices=devices):
-        expected = _loss_and_grads(untraced(), params, retain=False)
-    loss = traced()
-    got = _loss_and_grads(loss, params, retain=True)
-    names = ("loss", *(f"gradient {i}" for i in range(len(params))))
-    return loss, first_difference(names, expected, got, "the untraced one")
-
-
-def first_difference(names: Iterable[str], expected: Iterable, got: Iterable,
-                     reference: str) -> str | None:
-    """Why a recorded program's values ``got`` differ from ``expected`` (tensors or numbers,
-    named by ``names``) beyond rounding, or ``None``: the first that differs."""
-    for what, a, b in zip(names, expected, got):
-        a, b = torch.as_tensor(a).detach(), torch.as_tensor(b).detach()
-        if not torch.allclose(a, b, rtol=JIT_RTOL, atol=JIT_ATOL * max(1.0, float(a.abs().max()))):
-            return (f"its {what} differs from {reference} by {float((a - b).abs().max()):.3g}: "
-                    f"the program's control flow depends on values")
-    return None
-
-
-def _loss_and_grads(loss: Tensor, params: list[Tensor], retain: bool) -> list[Tensor]:
-    if not params or not loss.requires_grad:  # a program with nothing to train
-        return [loss.detach()]
-    grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
-    return [loss.detach()] + [torch.zeros_like(p) if g is None else g.detach()
-                              for p, g in zip(params, grads)]
 
 
 def _particles(cfg: TrainConfig) -> dict:
@@ -425,8 +337,8 @@ def jit_trace_elbo(cfg: TrainConfig) -> Jit:
 
 class Auto(Jit):
     """The default objective (``elbo-auto``): :class:`Jit`'s traced loss, which
-    :func:`~pyro_vae.fit.fit` replaces by the whole step compiled as one program once a
-    fit is long enough to repay compiling it (:func:`pyro_vae.fused.auto_wait`)."""
+    :func:`~pyro_vae.infer.fit` replaces by the whole step compiled as one program once a
+    fit is long enough to repay compiling it (:func:`pyro_vae.infer.auto_wait`)."""
 
 
 @OBJECTIVES.register("elbo-auto")

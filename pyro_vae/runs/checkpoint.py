@@ -1,7 +1,7 @@
 """Checkpoints as safetensors files: tensors plus JSON metadata, never pickle.
 
 A checkpoint holds the model and guide parameters, the optimizer state, the
-fit's :class:`~pyro_vae.fit.TrainState` (epoch, position in the epoch, RNG
+fit's :class:`~pyro_vae.infer.TrainState` (epoch, position in the epoch, RNG
 states, history) and the run's config. A SHA-256 digest of all of it sits in
 the metadata; loading recomputes it, so truncation or corruption is caught.
 Files are written atomically: temporary file, fsync, rename. A full disk is reported as
@@ -10,18 +10,12 @@ Files are written atomically: temporary file, fsync, rename. A full disk is repo
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
-import os
-import shutil
-import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -29,6 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from pyro_vae.files import atomic_write
 from pyro_vae.state import EpochRecord, TrainState
 
 FORMAT = "pyro-vae-checkpoint/1"
@@ -49,7 +44,7 @@ class Checkpoint:
     meta: dict[str, Any]
 
 
-def _digest(tensors: dict[str, Tensor], header: str) -> str:
+def header_digest(tensors: dict[str, Tensor], header: str) -> str:
     h = hashlib.sha256(header.encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -71,7 +66,7 @@ def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _flatten(modules: nn.Module, optimizer: torch.optim.Optimizer | None,
+def flatten_state(modules: nn.Module, optimizer: torch.optim.Optimizer | None,
              state) -> tuple[dict[str, Tensor], dict[str, Any]]:
     tensors = _unshared({f"modules/{k}": v for k, v in modules.state_dict().items()})
     header: dict[str, Any] = {"param_groups": None}
@@ -93,124 +88,14 @@ def _flatten(modules: nn.Module, optimizer: torch.optim.Optimizer | None,
 def save_checkpoint(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer | None,
                     state, meta: dict[str, Any]) -> None:
     """Write ``modules`` (e.g. ``ModuleDict(model=..., guide=...)``), optimizer and fit state."""
-    tensors, header = _flatten(modules, optimizer, state)
+    tensors, header = flatten_state(modules, optimizer, state)
     header.update(format=FORMAT, meta=meta)
     text = json.dumps(header, sort_keys=True)
-    payload = st_save(tensors, metadata={"pyro_vae": text, "sha256": _digest(tensors, text)})
+    payload = st_save(tensors, metadata={"pyro_vae": text, "sha256": header_digest(tensors, text)})
     atomic_write(Path(path), payload)
 
 
-class DiskFullError(OSError):
-    """No space was left on the device for a file pyro-vae writes; the file is as it was."""
-
-    def __init__(self, path: Path, needed: int, err: OSError) -> None:
-        self.path, self.needed = Path(path), needed
-        try:
-            free = f"{shutil.disk_usage(self.path.parent).free:,} bytes are free there"
-        except OSError:
-            free = "the free space could not be read"
-        super().__init__(err.errno, f"no space left on the device for {self.path}: writing it "
-                                    f"needs {needed:,} bytes, {free}")
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-_FULL = (errno.ENOSPC, errno.EDQUOT)
 # A temporary file is named after its writer, so that the sweep below can tell whose it is.
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.{_HOST}-{os.getpid()}-"
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Replace ``path`` by ``payload`` so that a crash leaves either the old or the new file.
-
-    Raises:
-        DiskFullError: the device is full; ``path`` is left as it was.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _mode_of(path))  # mkstemp makes 0600; keep the file readable as before
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in _FULL:
-            raise DiskFullError(path, len(payload), err) from None
-        raise
-    sweep_temporary(path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _mode_of(path: Path) -> int:
-    """The permissions ``path`` has, or those a new file gets under the process's umask."""
-    try:
-        return path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        pass
-    try:
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-        umask = int(status["Umask"].strip(), 8)
-    except (OSError, KeyError, ValueError):
-        umask = 0o022
-    return 0o666 & ~umask
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def sweep_temporary(path: Path) -> list[Path]:
-    """Remove the temporary files that writers of ``path`` on this host left when they died
-    mid-write; a live writer's file, and any other host's, is left alone. Returns the removed."""
-    removed = []
-    for stale in Path(path).parent.glob(f".{Path(path).name}.{_HOST}-*-*.tmp"):
-        pid = stale.name[len(f".{Path(path).name}.{_HOST}-"):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            stale.unlink(missing_ok=True)
-            removed.append(stale)
-    return removed
-
-
-@contextlib.contextmanager
-def appended(path: Path, text: str) -> Iterator[None]:
-    """Append ``text`` to ``path`` for good only if the ``with`` block succeeds: on any
-    failure (e.g. the checkpoint the line describes could not be written) the file is cut
-    back to its former length, which needs no space.
-
-    Raises:
-        DiskFullError: the device is full (the file is as it was).
-    """
-    path = Path(path)
-    size = path.stat().st_size if path.exists() else 0
-    try:
-        with open(path, "a") as f:
-            f.write(text)
-            f.flush()
-        yield
-    except BaseException as err:
-        with contextlib.suppress(FileNotFoundError):
-            os.truncate(path, size)
-        if isinstance(err, OSError) and err.errno in _FULL and not isinstance(err, DiskFullError):
-            raise DiskFullError(path, len(text.encode()), err) from None
-        raise
 
 
 def _read_metadata(raw: bytes, path: Path) -> dict[str, str]:
@@ -260,7 +145,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         tensors = st_load(raw)
     except SafetensorError as err:
         raise CheckpointError(f"{path} is corrupt or truncated: {err}") from None
-    if _digest(tensors, meta["pyro_vae"]) != meta.get("sha256"):
+    if header_digest(tensors, meta["pyro_vae"]) != meta.get("sha256"):
         raise CheckpointError(f"{path} is corrupt: its SHA-256 checksum does not match its contents")
     header = json.loads(meta["pyro_vae"])
     try:

@@ -23,21 +23,41 @@ import torch
 from torch import nn
 
 from pyro_vae import distributed, figures
-from pyro_vae.build import (build_story, build_story_guide, build_vae,
-                            migrate_model_config, seeded, story_is_binary)
-from pyro_vae.checkpoint import (appended, atomic_write, load_checkpoint, load_modules,
-                                 save_checkpoint)
 from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
-from pyro_vae.data import Data, RawImages, resolve_binarize
-from pyro_vae.catalog import STORIES, is_named
-from pyro_vae.classify import classifier_figures, epoch_metrics, keep_labels, partly_labelled
-from pyro_vae.lock import writer_lock
-from pyro_vae.fit import (EpochRecord, FitResult, FitSession, TrainState, check_train_config, fit,
-                          materialize, resolve_device)
-from pyro_vae.objectives import build_objective
-from pyro_vae.programs import Program, as_program, check_fields
-from pyro_vae.stories import parse_spec, sha256_of
-from pyro_vae.streams import load_images, resolve_stream, split_or_stream
+from pyro_vae.data import (
+    Data,
+    RawImages,
+    load_images,
+    resolve_binarize,
+    resolve_stream,
+    split_or_stream,
+)
+from pyro_vae.evaluation import classifier_figures, epoch_metrics, keep_labels, partly_labelled
+from pyro_vae.files import appended, atomic_write
+from pyro_vae.infer import (
+    FitResult,
+    FitSession,
+    build_objective,
+    check_train_config,
+    fit,
+    materialize,
+    resolve_device,
+)
+from pyro_vae.programs import Program, as_program, check_fields, seeded
+from pyro_vae.runs.checkpoint import load_checkpoint, load_modules, save_checkpoint
+from pyro_vae.runs.lock import writer_lock
+from pyro_vae.state import EpochRecord, TrainState
+from pyro_vae.stories import (
+    STORIES,
+    build_story,
+    build_story_guide,
+    build_vae,
+    is_named,
+    migrate_model_config,
+    parse_spec,
+    sha256_of,
+    story_is_binary,
+)
 from pyro_vae.traces import is_enumerated, is_real, latent_sites, slice_rows, trace_program
 from pyro_vae.validation import check_image_shape, check_label_range
 
@@ -187,8 +207,7 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
     folder)`` method draws, if it has one."""
     x_test, batch = data.eval_split("test", seed=seed), data.test.fields()
     shape = data.image_shape
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         out = [figures.elbo_curves(history, path / "elbo_curves.png"),
                figures.reconstructions(model, guide, x_test, shape, path / "reconstructions.png",
                                        batch=batch),

@@ -3,7 +3,6 @@ the registries, or a story (and guide) from a file (:mod:`pyro_vae.stories`)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Iterator
@@ -11,18 +10,22 @@ from typing import Iterator
 import pyro
 import torch
 from torch import nn
-from torch.distributions import constraints
 
 from pyro_vae.config import ModelConfig, RunConfig
-from pyro_vae.data import Data, Pixels
+from pyro_vae.data import Data
 from pyro_vae.guides import ENCODERS, GUIDES, AutoAmortizedGuide, MLPEncoder
 from pyro_vae.models import DECODERS, LIKELIHOODS, PRIORS, VAE
-from pyro_vae.models.likelihoods import EightBit
-from pyro_vae.programs import Program, as_program
-from pyro_vae.stories import (StoryError, call_factory, check_story, load_object, parse_spec,
-                              sha256_of)
-from pyro_vae.traces import image_site, scores_binary, slice_rows
-
+from pyro_vae.pixels import Pixels, scored_pixels
+from pyro_vae.programs import Program, as_program, seeded
+from pyro_vae.stories.loader import (
+    StoryError,
+    call_factory,
+    check_story,
+    load_object,
+    parse_spec,
+    sha256_of,
+)
+from pyro_vae.traces import slice_rows
 
 PARTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "decoder": DECODERS, "encoder": ENCODERS,
          "guide": GUIDES}
@@ -121,17 +124,7 @@ def story_is_binary(model: Program, data_dim: int, batch: dict) -> Pixels:
     x = torch.zeros(2, data_dim)
     with pyro.validation_enabled(False):  # zeros stand in for pixels of unknown range
         trace = check_story(model, x, batch, model.name)
-    if scores_binary(trace, x):
-        return Pixels.BINARY
-    return Pixels.EIGHT_BIT if scores_eight_bit(trace, x) else Pixels.ANY
-
-
-def scores_eight_bit(trace, x: torch.Tensor) -> bool:
-    """Whether the site that scores ``x`` in ``trace`` lives on the 8-bit grid k/255."""
-    support = trace.nodes[image_site(trace, x)]["fn"].support
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return isinstance(support, EightBit)
+    return scored_pixels(trace, x)
 
 
 def _story_file(spec: str, sha256: str, folder: Path | None, what: str) -> tuple[Path, str]:
@@ -144,13 +137,6 @@ def _story_file(spec: str, sha256: str, folder: Path | None, what: str) -> tuple
     return path, name
 
 
-@contextlib.contextmanager
-def seeded(seed: int | None) -> Iterator[None]:
-    """Parameters initialized from ``seed`` without touching the caller's random state."""
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
 
 
 def option_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:

@@ -12,14 +12,11 @@ from typing import Any, Callable
 
 from torch import nn
 
-from pyro_vae.build import build_part
 from pyro_vae.config import ModelConfig
-from pyro_vae.guides.amortized import DiagonalNormalHead
-from pyro_vae.guides.conditional import ConditionalGuide
-from pyro_vae.guides.semisupervised import Classifier, ClassifierGuide
-from pyro_vae.models.conditional import ConditionalVAE, LabelPrior
-from pyro_vae.models.semisupervised import M2
+from pyro_vae.guides import Classifier, ClassifierGuide, ConditionalGuide, DiagonalNormalHead
+from pyro_vae.models import M2, ConditionalVAE, LabelPrior
 from pyro_vae.registry import Registry
+from pyro_vae.stories.build import build_part
 
 STORIES: Registry = Registry("story")
 StoryBuilder = Callable[..., tuple[nn.Module, nn.Module]]

@@ -29,8 +29,14 @@ from typing import Any, Callable
 from pyro import poutine
 from torch import Tensor, nn
 
-from pyro_vae.traces import (check_local, describe_latent, image_site, is_enumerated, is_latent,
-                             trace_program)
+from pyro_vae.traces import (
+    check_local,
+    describe_latent,
+    image_site,
+    is_enumerated,
+    is_latent,
+    trace_program,
+)
 
 
 class StoryError(ValueError):

@@ -1,0 +1,5 @@
+"""Deprecated path of the classification reports: use :mod:`pyro_vae.evaluation` (moved in 0.2; this path goes in 0.3)."""
+
+from pyro_vae.deprecated import ALIASES, forwarder
+
+__getattr__ = forwarder(__name__, ALIASES[__name__])

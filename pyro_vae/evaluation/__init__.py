@@ -1,0 +1,80 @@
+"""What a fit is worth: log p(x) by importance sampling (:mod:`~pyro_vae.evaluation.importance`),
+AIS and BDMC (:mod:`~pyro_vae.evaluation.ais`), classification reports for stories with a
+label site (:mod:`~pyro_vae.evaluation.classify`) and their figures.
+"""
+
+from pyro_vae.evaluation.annealing import STARTS, Adaptation, AISConfig, sigmoid_schedule
+from pyro_vae.evaluation.bounds import (
+                                        AISResult,
+                                        BDMCResult,
+                                        ais,
+                                        ais_curve,
+                                        bdmc,
+                                        check_ais,
+                                        default_steps_grid,
+                                        simulate,
+)
+from pyro_vae.evaluation.classify import (
+                                        accuracy,
+                                        classifier_figures,
+                                        epoch_metrics,
+                                        keep_labels,
+                                        label_site,
+                                        partly_labelled,
+                                        scored_splits,
+                                        write_classifier_report,
+)
+from pyro_vae.evaluation.figures import plot_k_curve, plot_khat
+from pyro_vae.evaluation.importance import (
+                                        ESTIMATORS,
+                                        KHAT_THRESHOLD,
+                                        Estimate,
+                                        Evaluation,
+                                        KCurve,
+                                        PSISDiagnostics,
+                                        bits_per_dim,
+                                        default_chunks,
+                                        evaluate,
+                                        k_grid,
+                                        log_importance_weights,
+                                        particle_traces,
+                                        psis_diagnostics,
+)
+
+__all__ = [
+    "accuracy",
+    "Adaptation",
+    "ais",
+    "ais_curve",
+    "AISConfig",
+    "AISResult",
+    "bdmc",
+    "BDMCResult",
+    "bits_per_dim",
+    "check_ais",
+    "classifier_figures",
+    "default_chunks",
+    "default_steps_grid",
+    "epoch_metrics",
+    "Estimate",
+    "ESTIMATORS",
+    "evaluate",
+    "Evaluation",
+    "k_grid",
+    "KCurve",
+    "keep_labels",
+    "KHAT_THRESHOLD",
+    "label_site",
+    "log_importance_weights",
+    "particle_traces",
+    "partly_labelled",
+    "plot_k_curve",
+    "plot_khat",
+    "psis_diagnostics",
+    "PSISDiagnostics",
+    "scored_splits",
+    "sigmoid_schedule",
+    "simulate",
+    "STARTS",
+    "write_classifier_report",
+]

@@ -1,0 +1,247 @@
+"""log p(x) by AIS, per image and as a curve over the number of steps, and its BDMC check
+on simulated images: the drivers of :mod:`~pyro_vae.evaluation.annealing`'s machinery
+(see there for the method), a chunk of images at a time."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+
+from pyro_vae.evaluation.annealing import (
+    STARTS,
+    AISConfig,
+    Annealer,
+    Problem,
+    sigmoid_schedule,
+    warmup,
+)
+from pyro_vae.evaluation.importance import (
+    Estimate,
+)
+from pyro_vae.programs import Batch, frozen, seeded
+from pyro_vae.traces import (
+    image_site,
+    is_observed,
+    log_mean_exp,
+    slice_rows,
+    trace_program,
+)
+
+
+def chain_stderr(log_w: Tensor) -> Tensor:
+    """Standard error of log (1/C Σ w_c) over the C chains ``[C, n]`` (delta method:
+    sd(w) / (√C · mean w)); NaN for one chain."""
+    c = log_w.shape[0]
+    if c < 2:
+        return torch.full(log_w.shape[1:], float("nan"), dtype=log_w.dtype)
+    w = torch.exp(log_w - log_w.max(0).values)
+    return w.std(0) / (math.sqrt(c) * w.mean(0))
+
+
+@dataclass(frozen=True)
+class AISResult:
+    """What :func:`ais` measured on N images: ``estimate`` (per image log p̂(x) and its mean
+    ± s.e. over images, nats and bits/dim), the s.e. of each image's log p̂ over its chains
+    ``chain_stderr`` ``[N]``, its HMC ``acceptance`` rate ``[N]``, and the log weights
+    ``[C, N]``."""
+
+    estimate: Estimate
+    chain_stderr: Tensor
+    acceptance: Tensor
+    log_weights: Tensor
+    config: AISConfig
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps": self.config.steps, "chains": self.config.chains,
+                "start": self.config.start, "leapfrog": self.config.leapfrog,
+                "target_accept": self.config.target_accept,
+                "warmup_steps": min(self.config.warmup_steps, self.config.steps),
+                "step_size_scheme": "separate warm-up pass, then fixed",
+                "estimate": self.estimate.summary(),
+                "chain_stderr_mean": float(self.chain_stderr.mean()),
+                "acceptance_mean": float(self.acceptance.mean()),
+                "acceptance_min": float(self.acceptance.min()),
+                "num_points": int(self.acceptance.numel()), "seconds": self.seconds}
+
+
+@dataclass
+class _Pass:
+    """The log weights ``[C, n]`` and acceptance ``[n]`` chunks of one T, and its seconds."""
+
+    log_w: list[Tensor] = field(default_factory=list)
+    acceptance: list[Tensor] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, log_w: Tensor, acceptance: Tensor, seconds: float) -> None:
+        self.log_w.append(log_w.detach().double().cpu())
+        self.acceptance.append(acceptance.detach().double().cpu())
+        self.seconds += seconds
+
+    def result(self, data_dim: int, cfg: AISConfig, sign: float = 1.0) -> AISResult:
+        """Forward AIS: log p̂ = log mean w. Reverse (``sign`` −1): w estimates 1 / p(x), and
+        −log mean w is the stochastic upper bound."""
+        log_w = torch.cat(self.log_w, dim=1)
+        per_point = sign * log_mean_exp(log_w)
+        return AISResult(Estimate.of("ais", per_point, data_dim), chain_stderr(log_w),
+                         torch.cat(self.acceptance), log_w, cfg, self.seconds)
+
+
+def _anneal_chunk(annealer: Annealer, cfg: AISConfig, steps: Sequence[int],
+                  forward: list[_Pass], reverse: list[_Pass] | None = None,
+                  exact: dict[str, Tensor] | None = None) -> None:
+    """One chunk: one warm-up pass (its step sizes serve every T, read off against β), then
+    forward AIS at each T in ``steps`` and, given exact posterior draws ``exact``
+    ``{name: [n, ...]}``, AIS backwards from them."""
+    problem = annealer.problem
+    adapt = warmup(annealer, cfg, max(steps))
+    for i, t in enumerate(steps):
+        betas = sigmoid_schedule(t, cfg.sharpness, adapt.eps.dtype)
+        begin = time.perf_counter()
+        u = problem.unconstrain(annealer.start.draw())
+        forward[i].add(*annealer.anneal(u, betas, adapt.schedule(betas)),
+                       time.perf_counter() - begin)
+        if reverse is not None and exact is not None:
+            begin = time.perf_counter()
+            u = problem.unconstrain({k: v.expand(cfg.chains, *v.shape) for k, v in exact.items()})
+            down = betas.flip(0)
+            reverse[i].add(*annealer.anneal(u, down, adapt.schedule(down)),
+                           time.perf_counter() - begin)
+
+
+def _modules(*programs: Callable | None) -> list[nn.Module]:
+    return [p for p in programs if isinstance(p, nn.Module)]
+
+
+def _run(model: Callable, guide: Callable | None, x: Tensor, batch: Batch, cfg: AISConfig,
+         steps: Sequence[int], nesting: int, exact: dict[str, Tensor] | None = None
+         ) -> tuple[list[_Pass], list[_Pass]]:
+    """Forward (and with ``exact``, reverse) passes at each T, a chunk of images at a time."""
+    forward, reverse = [_Pass() for _ in steps], [_Pass() for _ in steps]
+    size = cfg.chunk(x.device)
+    with frozen(*_modules(model, guide)):
+        for lo in range(0, x.shape[0], size):
+            rows, fields = x[lo:lo + size], slice_rows(batch, lo, lo + size)
+            problem = Problem(model, rows, fields, cfg.chains, nesting)
+            annealer = Annealer(problem, STARTS.lookup(cfg.start)(problem, guide), cfg.leapfrog,
+                                cfg.jit)
+            _anneal_chunk(annealer, cfg, steps, forward, reverse,
+                          None if exact is None else slice_rows(exact, lo, lo + size))
+    return forward, reverse
+
+
+@torch.no_grad()
+def check_ais(model: Callable, guide: Callable | None, data: Tensor, cfg: AISConfig,
+          batch: Batch | None = None, max_plate_nesting: int = 1) -> None:
+    """Refuse, before any long run, settings or a story that AIS cannot anneal (ValueError
+    naming the setting or site): the story and start are built on the first two rows."""
+    cfg.check()
+    rows, fields = data[:2], slice_rows(batch or {}, 0, 2)
+    with frozen(*_modules(model, guide)), torch.random.fork_rng(devices=[]):
+        problem = Problem(model, rows, fields, 1, max_plate_nesting)
+        STARTS.lookup(cfg.start)(problem, guide).draw()
+
+
+def default_steps_grid(steps: int) -> tuple[int, ...]:
+    """T/16, T/4 and T (distinct, at least 1): the AIS-against-T curve."""
+    return tuple(sorted({max(1, steps // 16), max(1, steps // 4), steps}))
+
+
+@torch.no_grad()
+def ais_curve(model: Callable, guide: Callable | None, data: Tensor, cfg: AISConfig = AISConfig(),
+              steps: Sequence[int] | None = None, *, seed: int | None = 0,
+              batch: Batch | None = None, max_plate_nesting: int = 1) -> tuple[AISResult, ...]:
+    """log p(x) of each row of ``data`` ``[N, ...]`` by annealed importance sampling, at each
+    T in ``steps`` (default: ``cfg.steps`` alone), each T with its own independent chains.
+
+    Args:
+        model, guide: Pyro programs ``model(x, **batch)`` (the story contract); the guide is
+            read only with ``cfg.start == "guide"``.
+        data: the images, on the device to compute on.
+        cfg: C, the start and the HMC settings (:class:`AISConfig`).
+        seed: seeds every draw without touching the caller's random state; None uses it.
+        batch: per-row extras ``{name: [N, ...]}`` (labels ``y``), sliced with ``data``.
+    """
+    cfg.check()
+    steps = tuple(steps or (cfg.steps,))
+    with seeded(seed, data.device):
+        forward, _ = _run(model, guide, data, batch or {}, cfg, steps, max_plate_nesting)
+    dim = int(data[0].numel())
+    return tuple(f.result(dim, dataclasses.replace(cfg, steps=t)) for f, t in zip(forward, steps))
+
+
+def ais(model: Callable, guide: Callable | None, data: Tensor, cfg: AISConfig = AISConfig(),
+        **kwargs: Any) -> AISResult:
+    """:func:`ais_curve` at T = ``cfg.steps`` alone."""
+    return ais_curve(model, guide, data, cfg, (cfg.steps,), **kwargs)[0]
+
+
+@dataclass(frozen=True)
+class BDMCResult:
+    """The sandwich on N simulated images, per T in ``steps``: forward AIS (``lower``, a
+    stochastic lower bound of log p(x)) and reverse AIS from the exact latents (``upper``,
+    a stochastic upper bound), and the per-image gap upper − lower."""
+
+    steps: tuple[int, ...]
+    lower: tuple[AISResult, ...]
+    upper: tuple[AISResult, ...]
+    data: Tensor
+    """The simulated images ``[N, ...]``."""
+
+    def gap(self, i: int) -> Estimate:
+        """upper − lower per image at ``steps[i]``, its mean ± s.e. over images."""
+        lo, up = self.lower[i].estimate, self.upper[i].estimate
+        return Estimate.of("bdmc_gap", up.per_point - lo.per_point, 1)
+
+    def summary(self) -> dict[str, Any]:
+        rows = [{"steps": t, "lower": lo.estimate.summary(), "upper": up.estimate.summary(),
+                 "gap_mean": self.gap(i).mean, "gap_stderr": self.gap(i).stderr,
+                 "acceptance_mean": float(lo.acceptance.mean())}
+                for i, (t, lo, up) in enumerate(zip(self.steps, self.lower, self.upper))]
+        return {"num_points": int(self.lower[0].acceptance.numel()),
+                "chains": self.lower[0].config.chains, "start": self.lower[0].config.start,
+                "per_steps": rows, "gap_mean": rows[-1]["gap_mean"]}
+
+
+@torch.no_grad()
+def simulate(model: Callable, template: Tensor, batch: Batch | None = None
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+    """x ~ p(x) shaped like ``template`` ``[N, ...]`` (its extras ``batch`` kept), with the
+    continuous latents that made it ``{name: [N, ...]}`` (exact draws from p(z | x))."""
+    image = image_site(trace_program(model, template, batch), template)
+    trace = trace_program(poutine.uncondition(model), template, batch)
+    observed = [name for name, site in trace.nodes.items()
+                if site["type"] == "sample" and (is_observed(site)
+                                                 or site["infer"].get("was_observed"))]
+    if observed != [image]:
+        raise ValueError(f"BDMC simulates the image site {image!r} alone, but the story "
+                         f"observes {observed}: the others would be drawn anew too")
+    latents = {s.name: trace.nodes[s.name]["value"]
+               for s in Problem(model, template, batch or {}, 1).sites}
+    return trace.nodes[image]["value"], latents
+
+
+def bdmc(model: Callable, guide: Callable | None, template: Tensor, cfg: AISConfig = AISConfig(),
+         steps: Sequence[int] | None = None, *, seed: int | None = 0, batch: Batch | None = None,
+         max_plate_nesting: int = 1) -> BDMCResult:
+    """Bidirectional Monte Carlo on ``len(template)`` images simulated from the model
+    (rows of ``template`` ``[N, ...]`` and its extras give their shape and labels), at each
+    T in ``steps`` (default :func:`default_steps_grid` of ``cfg.steps``)."""
+    cfg.check()
+    steps = tuple(steps or default_steps_grid(cfg.steps))
+    batch = batch or {}
+    with seeded(seed, template.device):
+        x, latents = simulate(model, template, batch)
+        with torch.no_grad():
+            forward, reverse = _run(model, guide, x, batch, cfg, steps, max_plate_nesting, latents)
+    dim = int(x[0].numel())
+    configs = [dataclasses.replace(cfg, steps=t) for t in steps]
+    return BDMCResult(steps, tuple(f.result(dim, c) for f, c in zip(forward, configs)),
+                      tuple(r.result(dim, c, sign=-1.0) for r, c in zip(reverse, configs)), x)

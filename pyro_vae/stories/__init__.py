@@ -1,0 +1,52 @@
+"""Where a model comes from: the built-in VAE assembled from registered parts
+(:mod:`~pyro_vae.stories.build`), the shipped stories (:mod:`~pyro_vae.stories.catalog`) and a
+user's story file (:mod:`~pyro_vae.stories.loader`).
+"""
+
+from pyro_vae.stories.build import (
+                                    PARTS,
+                                    build_part,
+                                    build_story,
+                                    build_story_guide,
+                                    build_vae,
+                                    check_model_config,
+                                    migrate_model_config,
+                                    option_fields,
+                                    part_options,
+                                    story_is_binary,
+                                    with_options,
+)
+from pyro_vae.stories.catalog import STORIES, default_objective, is_named
+from pyro_vae.stories.loader import (
+                                    StoryError,
+                                    call_factory,
+                                    check_story,
+                                    load_object,
+                                    parse_arg,
+                                    parse_spec,
+                                    sha256_of,
+)
+
+__all__ = [
+    "build_part",
+    "build_story",
+    "build_story_guide",
+    "build_vae",
+    "call_factory",
+    "check_model_config",
+    "check_story",
+    "default_objective",
+    "is_named",
+    "load_object",
+    "migrate_model_config",
+    "option_fields",
+    "parse_arg",
+    "parse_spec",
+    "part_options",
+    "PARTS",
+    "sha256_of",
+    "STORIES",
+    "story_is_binary",
+    "StoryError",
+    "with_options",
+]

@@ -1,0 +1,239 @@
+"""User mistakes at the command line: exit status 2 and one clear line, never a traceback,
+and no run folder left behind. Runs ``main`` in-process (the same code as the script)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.cli import main
+from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_vae.runs.folders import CHECKPOINT, CONFIG, train_run
+
+from support import Evil  # a pickle that would create a marker file
+
+BASE = ["train", "--no-progress", "--epochs", "1", "--hidden", "8", "--device", "cpu"]
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str]:
+    """Exit status and the last stderr line, checked to be a one-line error, no traceback."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith(f"pyro-vae {argv[0]}: error: "), err
+    # argparse prints its usage above the error; our own errors are exactly one line
+    assert len(lines) == 1 or lines[0].startswith("usage:"), err
+    return code, lines[-1]
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+    (["--epochs", "-3"], "--epochs: must be a positive integer, got -3"),
+    (["--epochs", "ten"], "--epochs: invalid"),
+    (["--batch-size", "0"], "--batch-size: must be a positive integer, got 0"),
+    (["--batch-size", "-1"], "--batch-size: must be a positive integer"),
+    (["--lr", "0"], "--lr: must be a positive number, got 0"),
+    (["--lr", "-0.1"], "--lr: must be a positive number"),
+    (["--lr", "nan"], "--lr: must be a positive number, got nan"),
+    (["--lr", "inf"], "--lr: must be a positive number, got inf"),
+    (["--latent-dim", "0"], "--latent-dim: must be a positive integer, got 0"),
+    (["--latent-dim", "-2"], "--latent-dim: must be a positive integer"),
+    (["--hidden", "0"], "--hidden: expected positive integers"),
+    (["--hidden", "a,b"], "--hidden: expected comma-separated integers"),
+    (["--sigma", "-1"], "--sigma: must be a positive number"),
+    (["--particles", "0"], "--particles: must be a positive integer"),
+    (["--kl-warmup", "-1"], "--kl-warmup: must be zero or a positive integer"),
+    (["--clip-norm", "0"], "--clip-norm: must be a positive number"),
+    (["--early-stopping", "0"], "--early-stopping: must be a positive integer"),
+    (["--prior", "gamma"], "--prior: unknown prior 'gamma'; valid prior names: .*normal"),
+    (["--guide", "exact"], "--guide: unknown guide 'exact'; valid guide names: .*diagonal"),
+    (["--likelihood", "poisson"], "--likelihood: unknown likelihood 'poisson'; valid likelihood names"),
+    (["--objective", "kl"], "--objective: unknown objective 'kl'; valid objective names: .*elbo"),
+    (["--activation", "swishy"], "--activation: unknown"),
+    (["--binarize", "maybe"], "--binarize: invalid choice: 'maybe'"),
+])
+def test_bad_arguments(tmp_path, capsys, args, match):
+    code, line = cli([*BASE, "--out", str(tmp_path), *args], capsys)
+    assert code == 2
+    assert re.search(match, line), line
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--data", "cifar"], "unknown dataset 'cifar'; valid dataset names: celeba, cifar10, digits"),
+    (["--device", "gpu0"], "unknown device 'gpu0'; expected cpu, cuda, cuda:N or auto"),
+    (["--prior", "vamp", "--guide", "iaf"], "the vamp prior cannot be used with the 'iaf' guide"),
+    (["--objective", "iwae", "--particles", "1"], "the iwae objective needs particles >= 2"),
+])
+def test_bad_names_and_combinations(tmp_path, capsys, monkeypatch, args, match):
+    monkeypatch.chdir(tmp_path)
+    code, line = cli([*BASE, "--out", str(tmp_path / "runs"), *args], capsys)
+    assert code == 2 and match in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_of_a_missing_run(tmp_path, capsys, monkeypatch):
+    """Only the flags --resume takes (BASE's --hidden and --out would be refused first)."""
+    monkeypatch.chdir(tmp_path)
+    code, line = cli(["train", "--no-progress", "--epochs", "1", "--device", "cpu",
+                      "--resume", "nowhere"], capsys)
+    assert code == 2 and "no config.json at nowhere/config.json" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def _save(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays) if path.suffix == ".npz" else np.save(path, *arrays.values())
+    return path
+
+
+def _binary(n: int, shape=(4, 4), seed=0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((n, *shape)) > 0.5).astype(np.float32)
+
+
+def _with(x: np.ndarray, index: tuple, value) -> np.ndarray:
+    x = x.copy()
+    x[index] = value
+    return x
+
+
+BAD_DATA = {  # file name -> (arrays, extra flags, what the message must say)
+    "nan.npz": (dict(x=_with(_binary(40), (17, 2, 3), np.nan)), [],
+                "nan.npz images: sample 17 has non-finite pixel values (NaN or inf); expected finite"),
+    "inf_test.npz": (dict(x=_binary(40), x_test=_with(_binary(10), (4, 0, 0), np.inf)), [],
+                     "inf_test.npz test images: sample 4 has non-finite"),
+    "empty.npz": (dict(x=np.zeros((0, 4, 4), np.float32)), [], "images: the dataset is empty (shape [0, 4, 4])"),
+    "flat.npy": (dict(x=np.zeros(40, np.float32)), [],
+                 "flat.npy images: expected shape [N, D], [N, H, W] or [N, C, H, W], got [40]"),
+    "five_d.npz": (dict(x=np.zeros((4, 1, 1, 4, 4))), [], "got [4, 1, 1, 4, 4]"),
+    "range.npz": (dict(x=_with(_binary(40), (9, 1, 1), 300.0)), ["--likelihood", "gaussian"],
+                  "range.npz images: sample 9 has values outside [0, 255]"),
+    "negative.npz": (dict(x=_with(_binary(40), (3, 1, 1), -0.5)), ["--likelihood", "gaussian"],
+                     "sample 3 has values outside [0, 255]"),
+    "grey.npz": (dict(x=_with(_binary(40), (23, 0, 1), 0.5)), ["--binarize", "none"],
+                 "grey.npz images: sample 23 has values other than 0 and 1, which a Bernoulli "
+                 "likelihood cannot score; choose --binarize dynamic or threshold"),
+    "short_labels.npz": (dict(x=_binary(40), y=np.arange(39)), [],
+                         "short_labels.npz labels: expected 40 labels (one per image), got 39; index 39"),
+    "long_labels.npz": (dict(x=_binary(40), y=np.arange(41)), [], "expected 40 labels (one per image), got 41"),
+    "2d_labels.npz": (dict(x=_binary(40), y=np.zeros((40, 2), int)), [], "got shape [40, 2]"),
+    "frac_labels.npz": (dict(x=_binary(40), y=_with(np.zeros(40), 5, 2.5)), [],
+                        "frac_labels.npz labels: label 5 is 2.5; expected integer class labels"),
+    "test_size.npz": (dict(x=_binary(40), x_test=_binary(10, (5, 5))), [],
+                      "test images: images have shape [5, 5], but the training set has images of "
+                      "shape [4, 4]"),
+    "no_x.npz": (dict(pixels=_binary(40)), [], "expected an array named 'x' or 'images', found ['pixels']"),
+    "strings.npy": (dict(x=np.array([["a", "b"]] * 4)), [], "strings.npy images: expected a numeric array"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DATA))
+def test_bad_data_is_refused_before_training(tmp_path, capsys, name):
+    arrays, flags, match = BAD_DATA[name]
+    path = _save(tmp_path / name, **arrays)
+    code, line = cli([*BASE, "--data", str(path), "--out", str(tmp_path / "runs"), *flags], capsys)
+    assert code == 2 and match in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pickled_data_is_refused_without_running(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.npy"
+    np.save(path, np.array([Evil(marker)], dtype=object), allow_pickle=True)
+    code, line = cli([*BASE, "--data", str(path), "--out", str(tmp_path / "runs")], capsys)
+    assert code == 2 and "evil.npy cannot be read as plain numeric arrays" in line
+    assert "pickled object arrays are never loaded" in line and not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A two-epoch run on a 4×4 image file, to be copied and broken."""
+    root = tmp_path_factory.mktemp("run")
+    data = _save(root / "images.npz", x=_binary(60))
+    cfg = RunConfig(model=ModelConfig(latent_dim=2, hidden_sizes=(8,)), data=DataConfig(name=str(data)),
+                    train=TrainConfig(epochs=2, batch_size=32, device="cpu"))
+    return train_run(cfg, root, "r", progress=False).path
+
+
+@pytest.fixture
+def copy(run, tmp_path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "r"))
+
+
+def test_existing_run_name_is_refused(run, capsys):
+    code, line = cli([*BASE, "--out", str(run.parent), "--name", "r",
+                      "--data", str(run.parent / "images.npz")], capsys)
+    assert code == 2 and f"{run} already holds a run; resume it with --resume {run}" in line
+
+
+def test_resume_with_other_image_size(copy, capsys, tmp_path):
+    """The run's data file was replaced by images of another size."""
+    data = Path(json.loads((copy / CONFIG).read_text())["data"]["name"])
+    cfg = json.loads((copy / CONFIG).read_text())
+    cfg["data"]["name"] = str(_save(tmp_path / "other.npz", x=_binary(60, (5, 5))))
+    (copy / CONFIG).write_text(json.dumps(cfg))
+    before = (copy / CHECKPOINT).read_bytes()
+    code, line = cli(["train", "--resume", str(copy), "--epochs", "3", "--no-progress"], capsys)
+    assert code == 2 and data.exists()
+    assert ("other.npz: images have shape [5, 5], but the run being resumed (config.json "
+            "image_shape) has images of shape [4, 4]") in line
+    assert (copy / CHECKPOINT).read_bytes() == before
+    assert json.loads((copy / CONFIG).read_text())["train"]["epochs"] == 2  # not rewritten
+
+
+def test_resume_to_fewer_epochs_than_done(copy, capsys):
+    code, line = cli(["train", "--resume", str(copy), "--epochs", "1", "--no-progress"], capsys)
+    assert code == 2 and f"--epochs 1 is fewer than the 2 epochs {copy} has already run" in line
+    assert json.loads((copy / CONFIG).read_text())["train"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_malicious_checkpoint_via_cli(copy, capsys, tmp_path, command, writer):
+    marker = tmp_path / "pwned"
+    evil = {"model": Evil(marker)}
+    if writer == "torch":
+        torch.save(evil, copy / CHECKPOINT)
+    else:
+        (copy / CHECKPOINT).write_bytes(pickle.dumps(evil))
+    argv = ["train", "--resume", str(copy), "--no-progress"] if command == "train" else ["sample", str(copy)]
+    code, line = cli(argv, capsys)
+    assert code == 2 and "is not a pyro-vae checkpoint" in line and "pickled" in line
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_via_cli(copy, capsys):
+    raw = (copy / CHECKPOINT).read_bytes()
+    (copy / CHECKPOINT).write_bytes(raw[:len(raw) - 100])
+    code, line = cli(["sample", str(copy)], capsys)
+    assert code == 2 and "truncated" in line and str(copy / CHECKPOINT) in line
+
+
+def test_other_architecture_via_cli(copy, capsys):
+    cfg = json.loads((copy / CONFIG).read_text())
+    cfg["model"]["hidden_sizes"] = [16]
+    (copy / CONFIG).write_text(json.dumps(cfg))
+    code, line = cli(["sample", str(copy)], capsys)
+    assert code == 2
+    assert "parameter 'model.story.decoder.net.0.weight' has shape [8, 2] but this model expects [16, 2]" in line
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{not json", "config.json is not valid JSON"),
+    ('{"model": {"latent_dims": 2}}', "config.json: config.model: unknown config keys ['latent_dims']"),
+    ('{"train": {"lr": "fast"}}', "config.json: config.train.lr: expected float, got 'fast'"),
+])
+def test_broken_config_json(copy, capsys, text, match):
+    (copy / CONFIG).write_text(text)
+    code, line = cli(["sample", str(copy)], capsys)
+    assert code == 2 and match in line, line
