@@ -41,11 +41,20 @@ def as_images(x: Tensor, image_shape: Sequence[int]) -> np.ndarray:
     return x.reshape(len(x), *shape).numpy()
 
 
+GUTTER = (0.12, 0.47, 0.71)
+"""RGB of the gutters between tiles: a blue that is no grey level, so neither white strokes
+nor black background (nor a grey mean) run into it."""
+
+
 def image_grid(images: np.ndarray, ncol: int) -> np.ndarray:
-    """Tile ``[N, H, W(, 3)]`` into one image, ``ncol`` across, with 1-pixel gutters."""
+    """Tile ``[N, H, W(, 3)]`` into one RGB image ``[rows, columns, 3]``, ``ncol`` across,
+    with 1-pixel :data:`GUTTER` gutters (grey tiles repeated into the three channels)."""
     n, h, w = images.shape[:3]
     nrow = math.ceil(n / ncol)
-    grid = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1) + images.shape[3:], dtype=np.float32)
+    if images.ndim == 3:
+        images = np.repeat(images[..., None], 3, axis=-1)
+    grid = np.empty((nrow * (h + 1) + 1, ncol * (w + 1) + 1, 3), dtype=np.float32)
+    grid[:] = GUTTER
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
         grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = img
@@ -57,7 +66,8 @@ def save_grid(x: Tensor, image_shape: Sequence[int], path: Path, ncol: int, titl
     grid = image_grid(as_images(x, image_shape), ncol)
     fig = Figure(figsize=(max(4.0, ncol * 0.6), max(4.0, grid.shape[0] / grid.shape[1] * ncol * 0.6)))
     ax = fig.add_subplot()
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    # RGB in [0, 1] is drawn as it is: each tile pixel is its value, no colormap in between.
+    ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title)
     save_figure(fig, path)

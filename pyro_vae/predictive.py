@@ -33,6 +33,17 @@ def site_mean(site: dict) -> Tensor:
     return mean if mean.shape == site["value"].shape else site["value"]
 
 
+def image_mean(site: dict) -> Tensor:
+    """E[x] of the image site's distribution (its value where there is no closed form). Not
+    :func:`site_mean`: a Bernoulli's support is discrete, and its mode would show the grey
+    means σ(logits) as black and white."""
+    try:
+        mean = site["fn"].mean
+    except NotImplementedError:
+        return site["value"]
+    return mean if mean.shape == site["value"].shape else site["value"]
+
+
 def mean_latents(guide: Callable, x: Tensor, batch: Batch | None = None) -> dict[str, Tensor]:
     """E_q[z_s | x] for every latent site s of the guide (a draw where q has no closed-form
     mean), each ``[N, *event_shape]``. Discrete sites take their most probable value, and
@@ -63,7 +74,7 @@ def prior_predictive(model: Callable, template: Tensor, batch: Batch | None = No
     program = poutine.condition(poutine.uncondition(model), data=fixed or {})
     trace = trace_program(program, template, batch)
     site = trace.nodes[image_site(trace, template)]
-    return site_mean(site), site["value"]
+    return image_mean(site), site["value"]
 
 
 @torch.no_grad()
@@ -71,4 +82,4 @@ def reconstruct(model: Callable, guide: Callable, x: Tensor, batch: Batch | None
     """The image site's mean under the story with its latents at E_q[z | x]: ``[N, ...]``."""
     latents = mean_latents(guide, x, batch)
     trace = trace_program(poutine.condition(model, data=latents), x, batch)
-    return site_mean(trace.nodes[image_site(trace, x)])
+    return image_mean(trace.nodes[image_site(trace, x)])
