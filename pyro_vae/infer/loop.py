@@ -22,12 +22,12 @@ from pyro_vae import distributed
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data
 from pyro_vae.infer.fused import FusedStep, auto_wait, unfusable
-from pyro_vae.infer.objectives import Auto, build_objective
+from pyro_vae.infer.objectives import MAX_PLATE_NESTING, Auto, build_objective
 from pyro_vae.infer.precision import PRECISIONS
 from pyro_vae.infer.session import FitSession, start_session
-from pyro_vae.programs import Batch, Program
+from pyro_vae.programs import Batch, Program, cuda_devices
 from pyro_vae.state import DivergenceError, EpochRecord, TrainState
-from pyro_vae.traces import index_rows, slice_rows
+from pyro_vae.traces import index_rows, is_enumerated, slice_rows, trace_program
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,28 @@ def kl_weight(cfg: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> 
 def mean_elbo(model: Callable, guide: Callable, x: Tensor, batch: Batch | None = None,
               batch_size: int = 2048) -> float:
     """Single-sample ELBO per image, averaged over ``x`` ``[N, D]`` (nats); ``batch`` holds
-    the per-row extras, sliced with x."""
-    elbo = pyro.infer.Trace_ELBO(max_plate_nesting=1)
+    the per-row extras, sliced with x. Sites marked for enumeration (in story or guide) are
+    summed out by ``TraceEnum_ELBO``, as ``--objective enum`` trains them: ``Trace_ELBO``
+    would draw a story's enumerated site from its prior and report a lower number."""
+    if _enumerates(model, guide, x, batch):
+        # TraceEnum_ELBO's differentiable_loss refuses a loss without gradients: its loss() is the same sum.
+        loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=MAX_PLATE_NESTING).loss
+    else:
+        loss = pyro.infer.Trace_ELBO(max_plate_nesting=1).differentiable_loss
     total = 0.0
     for lo in range(0, len(x), batch_size):
-        total += float(elbo.differentiable_loss(model, guide, x[lo:lo + batch_size],
-                                                **slice_rows(batch or {}, lo, lo + batch_size)))
+        total += float(loss(model, guide, x[lo:lo + batch_size],
+                            **slice_rows(batch or {}, lo, lo + batch_size)))
     return -total / len(x)
+
+
+def _enumerates(model: Callable, guide: Callable, x: Tensor, batch: Batch | None) -> bool:
+    """Whether guide or model, traced on two rows of ``x``, marks a site for enumeration.
+    The caller's random state is left as it was (the draws here are thrown away)."""
+    rows = slice_rows(batch or {}, 0, 2)
+    with torch.random.fork_rng(devices=cuda_devices(x)):
+        return any(is_enumerated(site) for program in (guide, model)
+                   for site in trace_program(program, x[:2], rows).nodes.values())
 
 
 def _snapshot(session: FitSession) -> dict:
