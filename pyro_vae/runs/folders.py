@@ -60,6 +60,7 @@ from pyro_vae.stories import (
 )
 from pyro_vae.traces import is_enumerated, is_real, latent_sites, slice_rows, trace_program
 from pyro_vae.validation import check_image_shape, check_label_range
+from pyro_vae.stories import check_model_args, factory_keywords
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
 
@@ -131,8 +132,16 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
                 as_program(guide, cfg.model.guide))
     own = None
     if is_named(cfg.story.model):
+        builder = STORIES.lookup(cfg.story.model)
+        # cfg and data_dim come from the engine: the builder's other keywords are the pairs'.
+        taken = (factory_keywords(builder) or set()) - {"cfg", "data_dim"}
+        if folder is None:  # a new fit, as for a story file's factory
+            check_model_args(cfg.story.args, {cfg.story.model: taken})
         with seeded(seed):
-            story, own = STORIES.lookup(cfg.story.model)(cfg.model, dim, **cfg.story.args)
+            # A run trained before pairs were checked may record one the builder does not take:
+            # it is left out, as it was then.
+            args = {k: v for k, v in cfg.story.args.items() if k in taken}
+            story, own = builder(cfg.model, dim, **args)
         model = as_program(story, cfg.story.model)
     else:
         model = build_story(cfg, folder, dim, shape, seed)

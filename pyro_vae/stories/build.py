@@ -26,6 +26,7 @@ from pyro_vae.stories.loader import (
     sha256_of,
 )
 from pyro_vae.traces import slice_rows
+from pyro_vae.stories.loader import check_model_args, factory_keywords
 
 PARTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "decoder": DECODERS, "encoder": ENCODERS,
          "guide": GUIDES}
@@ -86,9 +87,22 @@ def build_story(cfg: RunConfig, folder: Path | None, data_dim: int,
     given, and checked against the recorded SHA-256), built by its factory."""
     path, name = _story_file(cfg.story.model, cfg.story.model_sha256, folder, "--model")
     offered = {"data_dim": data_dim, "image_shape": tuple(image_shape), **cfg.story.args}
+    factory = load_object(path, name)
+    if folder is None:  # a new fit; a run's recorded pairs were checked when it was trained
+        check_model_args(cfg.story.args, _args_takers(cfg, path, name, factory))
     with seeded(seed):
-        story = call_factory(load_object(path, name), path, name, offered)
+        story = call_factory(factory, path, name, offered)
     return as_program(story, name=f"{path}:{name}")
+
+
+def _args_takers(cfg: RunConfig, path: Path, name: str, factory: object) -> dict:
+    """``--model-arg`` pairs go to the story's factory and to a guide file's: the keywords
+    of each (the guide file is read here for its signature, and built later)."""
+    takers = {f"{path}:{name}": factory_keywords(factory)}
+    if cfg.story.guide not in ("auto", "story"):
+        guide_path, guide_name = parse_spec(cfg.story.guide, "--guide")
+        takers[f"{guide_path}:{guide_name}"] = factory_keywords(load_object(guide_path, guide_name))
+    return takers
 
 
 def build_story_guide(cfg: RunConfig, folder: Path | None, model: Program, data: Data,

@@ -8,7 +8,7 @@ Each entry of :data:`STORIES` builds a story and its own guide from the built-in
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 from torch import nn
 
@@ -28,8 +28,8 @@ def _guide(cfg: ModelConfig, data_dim: int) -> nn.Module:
 
 
 @STORIES.register("label-prior")
-def label_prior(cfg: ModelConfig, data_dim: int, classes: int = 10,
-                **_: Any) -> tuple[nn.Module, nn.Module]:
+def label_prior(cfg: ModelConfig, data_dim: int, classes: int = 10
+                ) -> tuple[nn.Module, nn.Module]:
     """z ~ N(μ_y, diag σ_y²) per class, x ~ p(x | f(z)); the guide q(z | x) is the VAE's."""
     story = LabelPrior(build_part(cfg, "decoder", data_dim), build_part(cfg, "likelihood", data_dim),
                        cfg.latent_dim, classes)
@@ -37,8 +37,8 @@ def label_prior(cfg: ModelConfig, data_dim: int, classes: int = 10,
 
 
 @STORIES.register("cvae")
-def conditional_vae(cfg: ModelConfig, data_dim: int, classes: int = 10,
-                    **_: Any) -> tuple[nn.Module, nn.Module]:
+def conditional_vae(cfg: ModelConfig, data_dim: int, classes: int = 10
+                    ) -> tuple[nn.Module, nn.Module]:
     """z ~ N(0, I), x ~ p(x | f(z, y)); the guide q(z | x, y) reads the label too."""
     wide = dataclasses.replace(cfg, latent_dim=cfg.latent_dim + classes)
     story = ConditionalVAE(build_part(wide, "decoder", data_dim),
@@ -49,8 +49,8 @@ def conditional_vae(cfg: ModelConfig, data_dim: int, classes: int = 10,
 
 
 @STORIES.register("m2")
-def semi_supervised(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: float = 46.0,
-                    **_: Any) -> tuple[nn.Module, nn.Module]:
+def semi_supervised(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: float = 46.0
+                    ) -> tuple[nn.Module, nn.Module]:
     """M2: y ~ Cat, z ~ N(0, I), x ~ p(x | f(z, y)), y a latent where its label is hidden;
     the guide is a classifier q(y | x) beside q(z | x, y). Train with ``--objective enum``
     (the default for this story) and keep a few labels with ``--labels N``."""

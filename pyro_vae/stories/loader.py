@@ -18,6 +18,7 @@ no such name, no observed site, a latent the guide cannot handle) is a
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import importlib.util
 import inspect
@@ -124,6 +125,41 @@ def call_factory(obj: Any, path: Path, name: str, offered: dict[str, Any]) -> An
     except Exception as err:  # noqa: BLE001
         raise StoryError(f"{_where(path, err)}: {name}({', '.join(kwargs)}) failed: "
                          f"{type(err).__name__}: {err}") from None
+
+
+OFFERED = ("data_dim", "image_shape", "model", "cfg")
+"""Keywords the engine itself gives a factory (``cfg``: a shipped story's ModelConfig)."""
+
+
+def factory_keywords(obj: Any) -> set[str] | None:
+    """The keywords ``obj`` can be called with: none for a story itself (it is not called),
+    ``None`` when it takes any (``**kwargs``) or has no readable signature."""
+    if _is_story(obj) or isinstance(obj, nn.Module) or not callable(obj):
+        return set()
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_model_args(args: dict[str, Any], takers: dict[str, set[str] | None]) -> None:
+    """Refuse a ``--model-arg`` that none of ``takers`` (what → :func:`factory_keywords`)
+    takes, naming the ones they do: a typo would otherwise be dropped and the default used."""
+    if any(keywords is None for keywords in takers.values()):
+        return
+    taken = set().union(*takers.values())
+    unknown = [key for key in args if key not in taken]
+    if not unknown:
+        return
+    names = sorted(taken - set(OFFERED))
+    near = difflib.get_close_matches(unknown[0], names, n=1)
+    takes = f"the names taken are {', '.join(names)}" if names else "no --model-arg is taken"
+    raise StoryError(f"--model-arg {unknown[0]}={args[unknown[0]]!r}: {' and '.join(takers)} "
+                     f"take{'s' if len(takers) == 1 else ''} no {unknown[0]!r}; {takes}"
+                     + (f" (did you mean {near[0]}?)" if near else ""))
 
 
 def check_story(model: Callable, x: Tensor, batch: dict[str, Tensor], source: str

@@ -277,3 +277,63 @@ def test_the_quadrants_story_scores_only_the_hidden_quadrants():
     assert torch.allclose(image.log_prob(x), by_hand)
     assert int(story.hidden.sum()) == 6  # 3 of 4 quadrants shown: the 2 × 3 bottom right
     assert torch.equal(image.mean[:, ~story.hidden], x[:, ~story.hidden])
+
+
+@pytest.mark.parametrize("model,guide,arg,takes", [
+    ("ink.py:InkStory", None, "latnt_dim=4", "hidden, latent_dim"),
+    # A guide file is offered the same pairs: a name either factory takes is not a typo.
+    ("hierarchical.py:Hierarchical", "hierarchical.py:HierarchicalGuide", "z3_dim=2",
+     "hidden, z1_dim, z2_dim"),
+])
+def test_a_model_arg_no_factory_takes_is_refused_naming_those_it_takes(model, guide, arg, takes,
+                                                                       tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["train", *TINY_TRAIN, "--model", str(STORIES / model), "--model-arg", arg,
+            "--out", str(out)]
+    code = main(argv + (["--guide", str(STORIES / guide)] if guide else []))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert arg.split("=")[0] in err and takes in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_model_arg_only_the_guide_file_takes_is_accepted(tmp_path):
+    """A pair the story's factory does not name but the guide file's does is the guide's."""
+    story = tmp_path / "own.py"
+    story.write_text(textwrap.dedent('''
+        import pyro, pyro.distributions as dist, torch
+        from torch import nn
+
+        class Story(nn.Module):
+            def __init__(self, data_dim):
+                super().__init__()
+                self.net = nn.Linear(2, data_dim)
+
+            def forward(self, x):
+                with pyro.plate("data", x.shape[0]):
+                    z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+                    pyro.sample("x", dist.Bernoulli(logits=self.net(z)).to_event(1), obs=x)
+
+        class Guide(nn.Module):
+            def __init__(self, data_dim, width=8):
+                super().__init__()
+                self.net = nn.Sequential(nn.Linear(data_dim, width), nn.Tanh(), nn.Linear(width, 4))
+
+            def forward(self, x):
+                loc, log_scale = self.net(x).chunk(2, -1)
+                with pyro.plate("data", x.shape[0]):
+                    pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+        '''))
+    args = ["--model", f"{story}:Story", "--guide", f"{story}:Guide", "--model-arg", "width=4",
+            "--epochs", "1"]
+    assert main(["train", *TINY_TRAIN, *args, "--out", str(tmp_path / "runs"), "--name", "r"]) == 0
+
+
+@pytest.mark.parametrize("story,arg", [("cvae", "clases=3"), ("m2", "alhpa=3")])
+def test_a_shipped_storys_unknown_model_arg_is_refused(story, arg, tmp_path, capsys):
+    out = tmp_path / "runs"
+    code = main(["train", *TINY_TRAIN, "--model", story, "--model-arg", arg, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert arg.split("=")[0] in err and "classes" in err, err
+    assert not out.exists() or not any(out.iterdir())
