@@ -16,12 +16,14 @@ from pyro_vae.cli import evaluate as _evaluate  # noqa: F401  (registers the com
 from pyro_vae.cli import sample as _sample  # noqa: F401  (registers the command)
 from pyro_vae.cli import train as _train  # noqa: F401
 from pyro_vae.cli.common import COMMANDS, EXIT_USAGE, UserError, user_errors
+from pyro_vae.cli.common import OneLineParser
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # The subcommands' parsers are of the same class (add_subparsers' default).
+    parser = OneLineParser(
         prog="pyro-vae",
         description="Fit, sample, evaluate and diagnose variational autoencoders written in Pyro.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=command.help, description=command.help, allow_abbrev=False,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         command.add_arguments(p)
-        p.set_defaults(handler=command.run)
+        p.set_defaults(handler=command.run, subparser=p)
     return parser
 
 
@@ -38,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-vae`` console script and ``python -m pyro_vae``."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the subcommand whose flags they were meant to be, not by pyro-vae
+        args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv
     try:
         with user_errors():

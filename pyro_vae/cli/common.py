@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import errno
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 from pyro_vae.files import DiskFullError
 from pyro_vae.registry import Registry, UnknownNameError
@@ -27,6 +27,14 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int | None]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are the one line and where to read more: argparse
+    would print the whole usage above it (47 lines for ``train``), burying the line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nsee {self.prog} --help\n")
 
 
 class UserError(Exception):
