@@ -78,11 +78,16 @@ def scored_pixels(trace: poutine.Trace, x: Tensor) -> Pixels:
     return Pixels.EIGHT_BIT if isinstance(support, EightBit) else Pixels.ANY
 
 
-def check_binary(x: Tensor, name: str) -> None:
-    """A Bernoulli likelihood needs x in {0, 1}: grey levels need a binarization."""
+BINARIZE_FLAGS = "choose --binarize dynamic or threshold, or a Gaussian likelihood"
+"""How the command line asks for a binarization (the default fix :func:`check_binary` names)."""
+
+
+def check_binary(x: Tensor, name: str, fix: str = BINARIZE_FLAGS) -> None:
+    """A Bernoulli likelihood needs x in {0, 1}: grey levels need a binarization, which
+    ``fix`` says how to ask for (the CLI's flags by default)."""
     bad = (x != 0) & (x != 1)
     if bool(bad.any()):
         i = int(torch.nonzero(bad.reshape(len(x), -1).any(dim=1))[0])
         raise DataError(
             f"{name}: sample {i} has values other than 0 and 1, which a Bernoulli likelihood "
-            f"cannot score; choose --binarize dynamic or threshold, or a Gaussian likelihood")
+            f"cannot score; {fix}")

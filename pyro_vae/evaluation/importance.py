@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -53,6 +54,8 @@ from pyro_vae.traces import (
     slice_rows,
     trace_program,
 )
+from pyro_vae.pixels import Pixels, check_binary, scored_pixels
+from pyro_vae.programs import cuda_devices
 
 __all__ = ["Estimate", "Evaluation", "KCurve", "PSISDiagnostics", "bits_per_dim", "evaluate",
            "log_importance_weights", "log_mean_exp", "psis_diagnostics"]
@@ -392,6 +395,7 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
         progress: show a tqdm bar over the draws (2·N·K in all).
         batch: per-row extras ``{name: [N, ...]}`` (labels ``y``), sliced with ``data``.
     """
+    check_scorable(model, data, batch)
     start = time.perf_counter()
     n, data_dim = data.shape[0], int(data[0].numel())
     ks = tuple(ks or k_grid(num_samples))
@@ -413,6 +417,23 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
     return Evaluation(*(Estimate.of(name, torch.cat(per_point[name]), data_dim) for name in ESTIMATORS),
                       _merge_psis(psis), _curve(ks, at_k), num_samples, n, data_dim,
                       time.perf_counter() - start, summed_sites(model, guide, data, batch))
+
+
+BINARIZE_FIRST = ("binarize first, as fit and pyro-vae evaluate do: data.eval_split('test') "
+                  "(one seeded draw for dynamic binarization) or torch.bernoulli(x)")
+
+
+def check_scorable(model: Callable, x: Tensor, batch: dict[str, Tensor] | None = None) -> None:
+    """A story that scores x on {0, 1} only (a Bernoulli likelihood) gets binary ``x``
+    ``[N, ...]``: grey levels would give a number that bounds no log-probability. The story
+    is traced on two rows to read its image site's support; the caller's random state is
+    left as it was."""
+    rows = x[:2]
+    with torch.random.fork_rng(devices=cuda_devices(x)), \
+            pyro.validation_enabled(False):  # check_binary says what is wrong, by row
+        trace = trace_program(model, rows, slice_rows(batch or {}, 0, 2))
+    if scored_pixels(trace, rows) == Pixels.BINARY:
+        check_binary(x, "evaluate", BINARIZE_FIRST)
 
 
 def summed_sites(model: Callable, guide: Callable, x: Tensor,

@@ -356,3 +356,19 @@ def test_a_guide_that_enumerates_the_component_gives_log_p_x_exactly_per_draw():
 
     log_w = log_importance_weights(story, exact_guide, x, 50)
     assert torch.allclose(log_w, story.log_marginal(x).expand(50, -1), atol=1e-10)
+
+
+def test_grey_pixels_under_a_bernoulli_likelihood_are_refused_naming_the_fix():
+    """A Bernoulli scores x in {0, 1} only: grey levels (the loaded digits before their
+    binarization) get a number that bounds nothing, so evaluate refuses them, saying how to
+    binarize; binary rows, and grey rows under a Gaussian, are scored."""
+    from pyro_vae.validation import DataError
+
+    model, guide = build_vae(ModelConfig(latent_dim=2, hidden_sizes=(8,)), D, seed=0)
+    grey = torch.rand(4, D, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DataError, match=r"sample 0 has values other than 0 and 1.*"
+                                        r"binarize .*eval_split.*torch\.bernoulli"):
+        evaluate(model, guide, grey, num_samples=4)
+    assert math.isfinite(evaluate(model, guide, torch.bernoulli(grey), num_samples=4).iwae.mean)
+    gaussian, q = build_vae(ModelConfig(latent_dim=2, hidden_sizes=(8,), likelihood="gaussian"), D, seed=0)
+    assert math.isfinite(evaluate(gaussian, q, grey, num_samples=4).iwae.mean)
