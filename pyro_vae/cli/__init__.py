@@ -17,6 +17,7 @@ from pyro_vae.cli import sample as _sample  # noqa: F401  (registers the command
 from pyro_vae.cli import train as _train  # noqa: F401
 from pyro_vae.cli.common import COMMANDS, EXIT_USAGE, UserError, user_errors
 from pyro_vae.cli.common import OneLineParser
+from pyro_vae.cli.common import DefaultsOnceFormatter
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         # No abbreviations: --resume must know exactly which flags were given.
         p = sub.add_parser(name, help=command.help, description=command.help, allow_abbrev=False,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsOnceFormatter)
         command.add_arguments(p)
         p.set_defaults(handler=command.run, subparser=p)
     return parser

@@ -37,6 +37,21 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nsee {self.prog} --help\n")
 
 
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to a flag's help where that says something: not where the
+    help states its own default (``(default: RUN)``), nor for a flag without a default
+    value (None, off, empty); a tuple is written as the flag takes it (``256,128``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if ("default" in text.lower() or default is None or default is False
+                or default is argparse.SUPPRESS or default in ("", [], ())):
+            return text
+        if isinstance(default, tuple):  # argparse then formats the help with %: escape ours
+            return f"{text} (default: {','.join(map(str, default))})".replace("%", "%%")
+        return super()._get_help_string(action)
+
+
 class UserError(Exception):
     """A mistake of the user's, reported as one line with exit status ``code``."""
 

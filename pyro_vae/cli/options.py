@@ -33,13 +33,22 @@ def add_option_arguments(p: argparse.ArgumentParser) -> None:
         parse = PARSERS[f.metadata["parse"]]
         g.add_argument(flag(kind, name, f.name), dest=_dest(kind, name, f.name), type=parse,
                        default=None, metavar=f.name.upper(),
-                       help=f"{f.metadata['help']} (the {name} {kind}; default {f.default})%(default).0s")
+                       help=f"{f.metadata['help']} ({_part_default(kind, name, f)})%(default).0s")
         if "alias" in f.metadata:
             aliases.setdefault(f.metadata["alias"], []).append(flag(kind, name, f.name))
             PARSERS.setdefault("alias:" + f.metadata["alias"], parse)
     for alias, flags in aliases.items():
         g.add_argument("--" + alias.replace("_", "-"), dest=f"alias:{alias}", default=None,
                        type=PARSERS["alias:" + alias], help=f"shorthand for {', '.join(flags)}%(default).0s")
+
+
+def _part_default(kind: str, name: str, f: dataclasses.Field) -> str:
+    """``the mlp decoder; default 64,32``: whose setting it is and its default, written as
+    the flag takes it, unless the field's own help states the default."""
+    if "default" in f.metadata["help"]:
+        return f"the {name} {kind}"
+    value = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    return f"the {name} {kind}; default {value}"
 
 
 def options_from_args(args: argparse.Namespace, chosen: dict[str, str]) -> dict[str, Any]:

@@ -67,6 +67,30 @@ def test_help_explains_every_flag():
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help"
 
 
+def test_help_states_each_default_once_and_only_real_ones():
+    """A help that says its own default gets no second one from the formatter, and a flag
+    without a default value (None, off, empty) shows none: ``(default: RUN) (default: None)``
+    and ``(default: False)`` read as noise."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in COMMANDS:
+        formatter = sub.choices[name]._get_formatter()
+        for action in sub.choices[name]._actions:
+            if action.help is None:
+                continue
+            text = formatter._expand_help(action)
+            where = f"{name} {action.option_strings or action.dest}: {text!r}"
+            own = action.help.replace("%(default).0s", "").lower().count("default")
+            appended = text.lower().count("default") - own
+            assert appended == 0 if own else appended <= 1, where
+            for empty in ("(default: None)", "(default: False)", "(default: [])", "(default: )"):
+                assert empty not in text, where
+    train = sub.choices["train"]
+    text = {a.dest: train._get_formatter()._expand_help(a) for a in train._actions if a.help}
+    assert text["batch_size"].endswith("(default: 128)")  # a real default is still shown
+    assert text["hidden"].endswith("(default: 256,128)")  # as the flag is written
+
+
 def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "pyro_vae", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "train" in done.stdout
