@@ -103,8 +103,9 @@ def add_story_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def guide_choice(text: str) -> str:
-    """A registered guide name, ``auto``, or ``FILE.py:NAME``."""
-    if text == "auto" or ":" in text:
+    """A registered guide name, ``auto``, or ``FILE.py:NAME`` (a ``FILE.py`` passes too, so
+    that :func:`parse_spec` asks for its ``:NAME`` rather than the registry naming guides)."""
+    if text == "auto" or ":" in text or text.endswith(".py"):
         return text
     return choice_of(GUIDES)(text)
 

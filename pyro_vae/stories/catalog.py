@@ -75,5 +75,6 @@ def default_objective(spec: str | None) -> str | None:
 
 
 def is_named(spec: str) -> bool:
-    """Whether ``--model`` names a shipped story (not ``FILE.py:NAME``)."""
-    return ":" not in spec
+    """Whether ``--model`` names a shipped story (not ``FILE.py:NAME``, nor a file whose
+    ``:NAME`` was left off, which :func:`pyro_vae.stories.parse_spec` then asks for)."""
+    return ":" not in spec and not spec.endswith(".py")

@@ -47,9 +47,36 @@ class StoryError(ValueError):
 def parse_spec(spec: str, what: str = "--model") -> tuple[Path, str]:
     """``"path/to/story.py:NAME"`` → (path, NAME)."""
     path, sep, name = spec.rpartition(":")
+    if not sep and spec.endswith(".py"):
+        role = "guide" if what == "--guide" else "story"
+        defined = defined_names(Path(spec).expanduser())
+        # For a guide, a name that says so is the likelier example (hierarchical.py has both).
+        example = next((d for d in defined if role in d.lower()), defined[0] if defined else None)
+        raise StoryError(f"{what} {spec}: a {role} file needs the name of the {role} in it, as "
+                         f"{spec}:NAME (e.g. {spec}:{example or 'My' + role.title()})"
+                         + (f"; {Path(spec).name} defines {', '.join(defined)}" if defined else ""))
     if not sep or not path.endswith(".py") or not name.isidentifier():
         raise StoryError(f"{what} {spec!r}: expected FILE.py:NAME, e.g. stories/ink.py:InkStory")
     return Path(path).expanduser(), name
+
+
+def defined_names(path: Path) -> list[str]:
+    """The story-like names a Python file defines at its top level: public classes (story
+    modules, factories) and functions whose first argument is ``x`` (stories), read from its
+    syntax tree without running it (none when it cannot be read or parsed)."""
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return []
+
+    def story_like(node: ast.stmt) -> bool:
+        if isinstance(node, ast.ClassDef):
+            return True
+        args = node.args.posonlyargs + node.args.args if isinstance(node, ast.FunctionDef) else []
+        return bool(args) and args[0].arg == "x"
+
+    return [node.name for node in tree.body
+            if story_like(node) and not getattr(node, "name", "_").startswith("_")]
 
 
 def sha256_of(path: Path) -> str:

@@ -337,3 +337,20 @@ def test_a_shipped_storys_unknown_model_arg_is_refused(story, arg, tmp_path, cap
     assert code == 2 and len(err.splitlines()) == 1, err
     assert arg.split("=")[0] in err and "classes" in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--model", "{stories}/ink.py"], ["--model", "ink.py:NAME", "ink.py:InkStory", "defines InkStory"]),
+    (["--model", "{stories}/hierarchical.py:Hierarchical", "--guide", "{stories}/hierarchical.py"],
+     ["--guide", "hierarchical.py:NAME", "Hierarchical, HierarchicalGuide"]),
+    (["--model", "no_such_story.py"], ["--model", "no_such_story.py:NAME"]),
+])
+def test_a_story_file_without_its_name_says_file_py_name(flags, expected, tmp_path, capsys):
+    """Not "unknown story": the file is named, the story in it is not."""
+    flags = [f.format(stories=STORIES) for f in flags]
+    out = tmp_path / "runs"
+    code = main(["train", *TINY_TRAIN, *flags, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "unknown story" not in err and all(e in err for e in expected), err
+    assert not out.exists()
