@@ -256,8 +256,8 @@ def _cut_patches(photo: np.ndarray, n: int, lo: int, hi: int, rng: np.random.Gen
 
 
 def load_array_file(path: Path) -> RawImages:
-    """Images from ``.npy`` (an array) or ``.npz`` (key ``x`` or ``images``, optional
-    ``y``/``labels``; ``x_test``/``y_test`` give an explicit test split)."""
+    """Images from ``.npy`` (an array) or ``.npz`` (key ``x``, or the file's only array;
+    optional ``y``/``labels``; ``x_test``/``y_test`` give an explicit test split)."""
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
     if path.suffix not in (".npy", ".npz"):
@@ -278,9 +278,12 @@ def _read_arrays(path: Path) -> RawImages:
         return RawImages(np.load(path, allow_pickle=False), None, source=str(path))
     with np.load(path, allow_pickle=False) as arrays:
         keys = set(arrays.files)
-        xkey = next((k for k in ("x", "images", "x_train") if k in keys), None)
+        # The images are 'x', or the file's only array; any other pick would be a guess.
+        xkey = "x" if "x" in keys else next(iter(keys)) if len(keys) == 1 else None
         if xkey is None:
-            raise DataError(f"{path}: expected an array named 'x' or 'images', found {sorted(keys)}")
+            raise DataError(f"{path}: no array named 'x' among its {len(keys)} arrays "
+                            f"({', '.join(sorted(keys))}); save the images as x (labels as y, a "
+                            f"test split as x_test and y_test), e.g. np.savez(path, x=images, y=labels)")
         ykey = next((k for k in ("y", "labels", "y_train") if k in keys), None)
         get = lambda k: arrays[k] if k in keys else None  # noqa: E731
         return RawImages(arrays[xkey], get(ykey) if ykey else None, get("x_test"),

@@ -147,7 +147,10 @@ BAD_DATA = {  # file name -> (arrays, extra flags, what the message must say)
     "test_size.npz": (dict(x=_binary(40), x_test=_binary(10, (5, 5))), [],
                       "test images: images have shape [5, 5], but the training set has images of "
                       "shape [4, 4]"),
-    "no_x.npz": (dict(pixels=_binary(40)), [], "expected an array named 'x' or 'images', found ['pixels']"),
+    "no_x.npz": (dict(pixels=_binary(40), masks=_binary(40)), [],
+                 "no_x.npz: no array named 'x' among its 2 arrays (masks, pixels)"),
+    "keras_layout.npz": (dict(x_train=_binary(40), y_train=np.zeros(40, int), x_test=_binary(10)), [],
+                         "no array named 'x' among its 3 arrays (x_test, x_train, y_train)"),
     "strings.npy": (dict(x=np.array([["a", "b"]] * 4)), [], "strings.npy images: expected a numeric array"),
 }
 

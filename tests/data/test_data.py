@@ -50,6 +50,28 @@ def test_user_npz_with_labels_and_uint8(tmp_path):
     assert data.train.labels is not None and len(data.train.labels) == len(data.train)
 
 
+@pytest.mark.parametrize("arrays", [
+    {"images": 0, "labels": 1},  # which is the images is a guess
+    {"x_train": 0, "y_train": 1, "x_test": 0, "y_test": 1},
+])
+def test_npz_without_x_is_refused_naming_its_arrays_and_the_fix(tmp_path, arrays):
+    """Without an ``x``, which array holds the images is a guess (it used to be ``images``,
+    else ``x_train``, taken silently): refused, naming what the file holds and how to save it."""
+    rng = np.random.default_rng(0)
+    made = [rng.integers(0, 2, size=(20, 3, 3)).astype(np.float32), rng.integers(0, 3, size=20)]
+    np.savez(tmp_path / "a.npz", **{k: made[v] for k, v in arrays.items()})
+    with pytest.raises(DataError, match=rf"no array named 'x' among its {len(arrays)} arrays "
+                                        rf"\({', '.join(sorted(arrays))}\).*np\.savez\(.*x="):
+        load_data(DataConfig(name=str(tmp_path / "a.npz")))
+
+
+def test_npz_with_one_array_takes_it_as_the_images(tmp_path):
+    x = (np.random.default_rng(0).random((30, 3, 3)) > 0.5).astype(np.float32)
+    np.savez(tmp_path / "one.npz", pixels=x)
+    data = load_data(DataConfig(name=str(tmp_path / "one.npz"), binarize="none"))
+    assert data.image_shape == (3, 3) and len(data.train) + len(data.val) + len(data.test) == 30
+
+
 def test_tensor_api_keeps_unit_range_data():
     x = torch.rand(40, 3, 3)
     data = from_tensor(x, binary_likelihood=False)
