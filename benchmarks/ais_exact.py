@@ -28,10 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from test_ais import BimodalMixture  # noqa: E402
-from test_evaluate import draw, posterior_guide, ppca  # noqa: E402
 
 from pyro_vae.evaluation import AISConfig, ais, ais_curve, bdmc, log_importance_weights  # noqa: E402
 from pyro_vae.traces import log_mean_exp  # noqa: E402
+
+from test_evaluate import draw, posterior_guide, ppca  # noqa: E402
 
 STEPS = (1, 10, 100, 500)
 N = 40

@@ -17,9 +17,9 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae import figures
-from pyro_vae.build import build_vae
 from pyro_vae.config import ModelConfig
 from pyro_vae.predictive import mean_latents
+from pyro_vae.stories.build import build_vae
 
 SHAPE = (8, 8)
 EIGHT_BIT = 1 / 255 + 1e-6
@@ -133,7 +133,7 @@ def test_save_grid_gutters_stand_apart_from_black_and_white(tmp_path):
 def test_pyro_vae_sample_png_shows_the_decoders_mean(tmp_path):
     """``pyro-vae sample RUN --z … --mean`` draws f(z) as it is, grey levels included."""
     from pyro_vae.cli import main
-    from pyro_vae.runs import load_run
+    from pyro_vae.runs.folders import load_run
 
     assert main(["train", "--epochs", "2", "--hidden", "16", "--batch-size", "256", "--no-progress",
                  "--device", "cpu", "--out", str(tmp_path), "--name", "tiny"]) == 0

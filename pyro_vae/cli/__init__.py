@@ -15,9 +15,14 @@ from pyro_vae.cli import diagnose as _diagnose  # noqa: F401  (registers the com
 from pyro_vae.cli import evaluate as _evaluate  # noqa: F401  (registers the command)
 from pyro_vae.cli import sample as _sample  # noqa: F401  (registers the command)
 from pyro_vae.cli import train as _train  # noqa: F401
-from pyro_vae.cli.common import COMMANDS, EXIT_USAGE, UserError, user_errors
-from pyro_vae.cli.common import OneLineParser
-from pyro_vae.cli.common import DefaultsOnceFormatter
+from pyro_vae.cli.common import (
+    COMMANDS,
+    EXIT_USAGE,
+    DefaultsOnceFormatter,
+    OneLineParser,
+    UserError,
+    user_errors,
+)
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 

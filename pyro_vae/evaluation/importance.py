@@ -45,7 +45,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_vae.programs import seeded
+from pyro_vae.pixels import Pixels, check_binary, scored_pixels
+from pyro_vae.programs import cuda_devices, seeded
 from pyro_vae.traces import (
     is_enumerated,
     is_latent,
@@ -54,8 +55,6 @@ from pyro_vae.traces import (
     slice_rows,
     trace_program,
 )
-from pyro_vae.pixels import Pixels, check_binary, scored_pixels
-from pyro_vae.programs import cuda_devices
 
 __all__ = ["Estimate", "Evaluation", "KCurve", "PSISDiagnostics", "bits_per_dim", "evaluate",
            "log_importance_weights", "log_mean_exp", "psis_diagnostics"]

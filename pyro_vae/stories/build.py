@@ -20,13 +20,14 @@ from pyro_vae.programs import Program, as_program, seeded
 from pyro_vae.stories.loader import (
     StoryError,
     call_factory,
+    check_model_args,
     check_story,
+    factory_keywords,
     load_object,
     parse_spec,
     sha256_of,
 )
 from pyro_vae.traces import slice_rows
-from pyro_vae.stories.loader import check_model_args, factory_keywords
 
 PARTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "decoder": DECODERS, "encoder": ENCODERS,
          "guide": GUIDES}

@@ -112,8 +112,8 @@ def test_validation_elbo_of_an_enumerated_story_sums_the_component_out():
     their difference has standard error √(v/N · (1 + 1/K)), v the mean over rows of the
     variance of log w across draws; 4 of those. Drawing c instead (Trace_ELBO) costs about
     half of 4 · 0.6² / (2 · 0.1²) = 72 nats per row, far outside it."""
-    from pyro_vae.data import from_tensor
-    from pyro_vae.evaluate import evaluate, log_importance_weights
+    from pyro_vae.data.loading import from_tensor
+    from pyro_vae.evaluation.importance import evaluate, log_importance_weights
 
     gen = torch.Generator().manual_seed(0)
     component = torch.randint(0, 2, (600, 1), generator=gen)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from pyro_vae.runs import CHECKPOINT, METRICS, load_run, resume_run
+from pyro_vae.runs.folders import CHECKPOINT, METRICS, load_run, resume_run
 
 OLD = Path(__file__).resolve().parent / "fixtures" / "pre-0.2"
 
