@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 from pyro_vae.cli.common import UserError, int_list, positive_float, positive_int
+from pyro_vae.registry import Registry
 from pyro_vae.stories import PARTS, option_fields
 
-PARSERS = {"positive_int": positive_int, "positive_float": positive_float, "int_list": int_list}
+# "int" and "float" only read the number: the part checks its range in one sentence.
+PARSERS = {"positive_int": positive_int, "positive_float": positive_float, "int_list": int_list,
+           "int": int, "float": float}
 
 
 def flag(kind: str, name: str, field: str) -> str:
@@ -26,14 +29,18 @@ def _dest(kind: str, name: str, field: str) -> str:
     return f"option:{kind}:{name}:{field}"
 
 
-def add_option_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("options of the parts (each applies when its part is chosen)")
+def add_option_arguments(p: argparse.ArgumentParser, parts: Mapping[str, Registry] = PARTS,
+                         title: str = "options of the parts (each applies when its part is "
+                                      "chosen)") -> None:
+    """A flag for every option that ``parts`` (by default the model's) declare."""
+    g = p.add_argument_group(title)
     aliases: dict[str, list[str]] = {}
-    for kind, name, f in option_fields():
+    for kind, name, f in option_fields(parts):
         parse = PARSERS[f.metadata["parse"]]
         g.add_argument(flag(kind, name, f.name), dest=_dest(kind, name, f.name), type=parse,
                        default=None, metavar=f.name.upper(),
-                       help=f"{f.metadata['help']} ({_part_default(kind, name, f)})%(default).0s")
+                       help=f"{f.metadata['help']} ({_part_default(parts[kind].kind, name, f)})"
+                            "%(default).0s")
         if "alias" in f.metadata:
             aliases.setdefault(f.metadata["alias"], []).append(flag(kind, name, f.name))
             PARSERS.setdefault("alias:" + f.metadata["alias"], parse)
@@ -51,19 +58,24 @@ def _part_default(kind: str, name: str, f: dataclasses.Field) -> str:
     return f"the {name} {kind}; default {value}"
 
 
-def options_from_args(args: argparse.Namespace, chosen: dict[str, str]) -> dict[str, Any]:
-    """``{kind: {part: {field: value}}}`` for the chosen parts, every field resolved (given
-    flags, then shared flags, then the part's defaults). A flag of a part that is not
-    chosen is refused with a sentence."""
-    given: dict[str, dict[str, Any]] = {kind: {} for kind in PARTS}
-    for kind, name, f in option_fields():
+def options_from_args(args: argparse.Namespace, chosen: dict[str, str],
+                      parts: Mapping[str, Registry] = PARTS) -> dict[str, Any]:
+    """``{kind: {part: {field: value}}}`` for the chosen parts of ``parts`` (by default the
+    model's), every field resolved (given flags, then shared flags, then the part's
+    defaults). An unknown part, or a flag of a part that is not chosen, is refused with a
+    sentence."""
+    for kind, registry in parts.items():
+        registry.lookup(chosen[kind])
+    given: dict[str, dict[str, Any]] = {kind: {} for kind in parts}
+    for kind, name, f in option_fields(parts):
         value = getattr(args, _dest(kind, name, f.name))
         if value is not None and name != chosen[kind]:
-            raise UserError(f"{flag(kind, name, f.name)} is a setting of the {name} {kind}, but "
-                            f"the {kind} is {chosen[kind]}")
+            what = parts[kind].kind
+            raise UserError(f"{flag(kind, name, f.name)} is a setting of the {name} {what}, but "
+                            f"the {what} is {chosen[kind]}")
         shared = getattr(args, f"alias:{f.metadata.get('alias')}", None)
         value = shared if value is None else value
         if value is not None and name == chosen[kind]:
             given[kind][f.name] = value
-    return {kind: {chosen[kind]: dataclasses.asdict(PARTS[kind].options(chosen[kind], given[kind]))}
-            for kind in PARTS if dataclasses.fields(PARTS[kind].options_of[chosen[kind]])}
+    return {kind: {chosen[kind]: dataclasses.asdict(parts[kind].options(chosen[kind], given[kind]))}
+            for kind in parts if dataclasses.fields(parts[kind].options_of[chosen[kind]])}

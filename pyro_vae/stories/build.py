@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import pyro
 import torch
@@ -18,6 +18,7 @@ from pyro_vae.models import DECODERS, LIKELIHOODS, PRIORS, VAE
 from pyro_vae.pixels import Pixels, scored_pixels
 from pyro_vae.programs import Program, as_program, seeded
 from pyro_vae.stories.loader import (
+from pyro_vae.registry import Registry
     StoryError,
     call_factory,
     check_model_args,
@@ -154,9 +155,11 @@ def _story_file(spec: str, sha256: str, folder: Path | None, what: str) -> tuple
 
 
 
-def option_fields() -> Iterator[tuple[str, str, dataclasses.Field]]:
-    """Every declared option: (kind, part name, dataclass field), in registry order."""
-    for kind, registry in PARTS.items():
+def option_fields(parts: Mapping[str, Registry] = PARTS
+                  ) -> Iterator[tuple[str, str, dataclasses.Field]]:
+    """Every option declared in ``parts`` (by default the model's): (kind, part name,
+    dataclass field), in registry order."""
+    for kind, registry in parts.items():
         for name, cls in registry.options_of.items():
             for f in dataclasses.fields(cls):
                 yield kind, name, f
