@@ -215,7 +215,8 @@ def resume_changes(args: argparse.Namespace, given: set[str]) -> dict:
     """The training settings given with ``--resume``; any other flag is refused."""
     refused = sorted(given - RESUME_FLAGS)
     if refused:
-        flag = "--" + refused[0].replace("_", "-")
+        # As typed: a part's option flag (--prior-mixture-components) has a dest of its own.
+        flag = next(a.option_strings[0] for a in args.actions if a.dest == refused[0])
         raise UserError(f"{flag} cannot change when a run is resumed: the run keeps the data, "
                         f"model and objective it was trained with; --resume takes --epochs, "
                         f"--lr, --clip-norm, --early-stopping and --device")

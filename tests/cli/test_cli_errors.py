@@ -215,6 +215,12 @@ def test_resume_to_fewer_epochs_than_done(copy, capsys):
     assert json.loads((copy / CONFIG).read_text())["train"]["epochs"] == 2
 
 
+@pytest.mark.parametrize("args", [["--prior-mixture-components", "3"]])
+def test_resume_refuses_a_new_setting_naming_its_flag(copy, capsys, args):
+    code, line = cli(["train", "--resume", str(copy), "--no-progress", *args], capsys)
+    assert code == 2 and f"{args[0]} cannot change when a run is resumed" in line, line
+
+
 @pytest.mark.parametrize("command", ["train", "sample"])
 @pytest.mark.parametrize("writer", ["torch", "pickle"])
 def test_malicious_checkpoint_via_cli(copy, capsys, tmp_path, command, writer):
