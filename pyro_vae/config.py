@@ -83,7 +83,7 @@ class TrainConfig:
     batch_size: int = 128
     """Images per SVI step."""
     lr: float = 1e-3
-    """Adam learning rate."""
+    """Adam's base learning rate; ``lr_schedule`` sets each epoch's rate from it."""
     clip_norm: float | None = None
     """Clip the gradient's global norm to this; ``None`` leaves it unclipped."""
     seed: int = 0
@@ -114,6 +114,17 @@ class TrainConfig:
     in bfloat16 under autocast and return float32; parameters, optimizer state, the
     products inside distributions, log-densities and the loss stay float32). The
     validation ELBO and evaluation are float32 whatever this says."""
+    lr_schedule: str = "constant"
+    """How the rate moves over the epochs, a name in ``pyro_vae.schedules.SCHEDULES``:
+    ``constant`` (``lr`` throughout), ``burda`` (3^i epochs at lr·10^(−i/7), i = 0…7: 3,280
+    epochs; a fit of fewer runs its first epochs, more are refused), ``step``, ``cosine``
+    (over ``epochs``) or ``plateau`` (on the validation ELBO). Each epoch's rate is computed
+    from ``lr``, the epoch and the history of epochs, so a resumed fit has the same rates and
+    a resume with another ``lr`` applies the rest of the schedule to it."""
+    options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Settings of the schedule, by kind and name, e.g. ``{"lr_schedule": {"step": {"every":
+    30, "gamma": 0.5}}}``. Each declares its settings and defaults beside it
+    (``Registry.register(name, options=...)``); what is not given takes the default."""
 
 
 @dataclass(frozen=True)

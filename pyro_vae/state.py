@@ -26,6 +26,9 @@ class EpochRecord:
     seconds: float
     images_per_second: float
     beta: float
+    lr: float | None = None
+    """The learning rate of the epoch's steps (``None`` in records of runs written before
+    pyro-vae recorded it)."""
 
 
 @dataclass

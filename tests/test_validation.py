@@ -136,7 +136,10 @@ data_configs = st.builds(DataConfig, name=names, root=st.none() | names, downloa
                          val_fraction=st.floats(0, 0.5), split_seed=st.integers(0, 2**31))
 train_configs = st.builds(TrainConfig, epochs=st.integers(1, 10**4), lr=st.floats(1e-6, 1),
                           clip_norm=st.none() | st.floats(0.1, 100), seed=st.integers(0, 2**31),
-                          early_stopping=st.none() | st.integers(1, 50), beta=st.floats(0.01, 10))
+                          early_stopping=st.none() | st.integers(1, 50), beta=st.floats(0.01, 10),
+                          lr_schedule=names,
+                          options=st.fixed_dictionaries({"lr_schedule": st.fixed_dictionaries(
+                              {"step": st.fixed_dictionaries({"gamma": st.floats(0.01, 0.99)})})}))
 run_configs = st.builds(RunConfig, model=model_configs, data=data_configs, train=train_configs,
                         image_shape=st.lists(st.integers(1, 64), max_size=3).map(tuple))
 

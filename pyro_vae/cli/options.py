@@ -1,9 +1,10 @@
 """Command-line flags generated from the options each registered part declares.
 
 Every option field of every part becomes ``--KIND-PART-FIELD`` (e.g.
-``--prior-mixture-components``); a field's ``alias`` adds one shared flag for every
-part that declares it (``--components`` sets the mixture's and the VampPrior's). A
-new part with new settings therefore needs no change here.
+``--prior-mixture-components``, and for the fit's own parts ``--lr-schedule-step-every``);
+a field's ``alias`` adds one shared flag for every part that declares it (``--components``
+sets the mixture's and the VampPrior's). A new part with new settings therefore needs no
+change here.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ from pyro_vae.models import ACTIVATIONS, DECODERS, LIKELIHOODS, PRIORS
 from pyro_vae.runs import TrainResult, resume_run, train_run
 from pyro_vae.state import DivergenceError
 from pyro_vae.stories import STORIES, default_objective, is_named, parse_arg, parse_spec
+from pyro_vae.infer import TRAIN_PARTS
+from pyro_vae.schedules import SCHEDULES
 
 M, D, T = ModelConfig(), DataConfig(), TrainConfig()
 
@@ -121,10 +123,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kl-warmup", type=non_negative_int, default=T.kl_warmup,
                    help="epochs over which β rises linearly from 0")
     g.add_argument("--epochs", type=positive_int, default=None,
-                   help=f"passes over the training images (default {T.epochs}; with --resume, "
-                        f"the new total)")
+                   help=f"passes over the training images (default {T.epochs}, or the length "
+                        f"of a schedule that has one: burda's 3,280; with --resume, the new "
+                        f"total)")
     g.add_argument("--batch-size", type=positive_int, default=T.batch_size, help="images per step")
-    g.add_argument("--lr", type=positive_float, default=T.lr, help="Adam learning rate")
+    g.add_argument("--lr", type=positive_float, default=T.lr,
+                   help="Adam's base learning rate (what --lr-schedule starts from)")
+    # Names and ranges are checked with the rest of the settings (one line, exit 2).
+    g.add_argument("--lr-schedule", default=T.lr_schedule, metavar="NAME",
+                   help=f"the rate of each epoch: {', '.join(SCHEDULES)} (see README)")
     g.add_argument("--clip-norm", type=positive_float, default=None, help="clip the gradient norm")
     g.add_argument("--early-stopping", type=positive_int, default=None,
                    help="stop after this many epochs without a better validation ELBO")
@@ -141,6 +148,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_option_arguments(p)
     add_story_arguments(p)
     add_train_arguments(p)
+    add_option_arguments(p, TRAIN_PARTS, "settings of the learning-rate schedule (each "
+                                         "applies when it is chosen)")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=Path("runs"), help="folder that holds run folders")
     g.add_argument("--name", default=None, help="run folder name (default: time, data and parts)")
@@ -188,12 +197,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                         options=options_from_args(args, chosen))
     data = DataConfig(name=args.data, root=args.data_root, download=args.download,
                       binarize=args.binarize, labels=args.labels, stream=args.stream)
-    train = TrainConfig(epochs=args.epochs or T.epochs, batch_size=args.batch_size, lr=args.lr,
+    fit_chosen = dict(lr_schedule=args.lr_schedule)
+    fit_options = options_from_args(args, fit_chosen, TRAIN_PARTS)  # unknown names refused
+    epochs = args.epochs or SCHEDULES[args.lr_schedule].epochs or T.epochs
+    train = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr,
                         clip_norm=args.clip_norm, seed=args.seed, device=args.device,
                         objective=args.objective or default_objective(args.model) or T.objective,
                         particles=args.particles, beta=args.beta,
                         kl_warmup=args.kl_warmup, early_stopping=args.early_stopping,
-                        precision=args.precision)
+                        precision=args.precision, **fit_chosen, options=fit_options)
     return RunConfig(model=model, data=data, train=train, story=story)
 
 

@@ -28,6 +28,8 @@ from pyro_vae.infer.session import FitSession, start_session
 from pyro_vae.programs import Batch, Program, cuda_devices
 from pyro_vae.state import DivergenceError, EpochRecord, TrainState
 from pyro_vae.traces import index_rows, is_enumerated, slice_rows, trace_program
+from pyro_vae.schedules import learning_rate, set_learning_rate
+
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,8 @@ def _finish_epoch(session: FitSession, state: TrainState, val_x: Tensor) -> Epoc
     steps = session.steps_per_epoch
     record = EpochRecord(state.epoch + 1, -state.loss_sum / state.count, val, state.epoch_seconds,
                          state.count / max(state.epoch_seconds, 1e-9),
-                         kl_weight(cfg, state.epoch, steps, steps))
+                         kl_weight(cfg, state.epoch, steps, steps),
+                         session.optimizer.param_groups[0]["lr"])
     state.history.append(record)
     state.epoch, state.step, state.perm = state.epoch + 1, 0, None
     state.loss_sum, state.count, state.epoch_seconds = 0.0, 0, 0.0
@@ -265,6 +268,9 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
     attach = PRECISIONS[config.precision].attach(session.modules(), session.device)
     with pyro.get_param_store().scope(), pyro.validation_enabled(False), bar, attach:
         while state.epoch < config.epochs:
+            # From the history alone, so that a resumed fit steps at the same rates.
+            set_learning_rate(session.optimizer, learning_rate(
+                config, state.epoch, [r.val_elbo for r in state.history]))
             if not _guarded_epoch(session, state, objective, bar, stop, good):
                 interrupted = True
                 break
@@ -273,7 +279,7 @@ def fit(model: Callable, guide: Callable, data: Data, config: TrainConfig = Trai
             if _track_best(state, record) and config.early_stopping:
                 best = good
             bar.set_postfix(elbo=f"{record.train_elbo:.2f}", val=_fmt(record.val_elbo),
-                            img_s=f"{record.images_per_second:.0f}")
+                            lr=f"{record.lr:.3g}", img_s=f"{record.images_per_second:.0f}")
             session.capture_rng(state)  # what a checkpoint written by a callback resumes from
             for callback in callbacks:
                 callback(session, state, record)

@@ -21,6 +21,12 @@ from pyro_vae.pixels import Pixels, check_binary, check_eight_bit, scored_pixels
 from pyro_vae.programs import Program, as_program, check_fields, cuda_devices, unique_parameters
 from pyro_vae.state import TrainState
 from pyro_vae.traces import slice_rows, trace_program
+from pyro_vae.schedules import SCHEDULES, check_schedule
+
+
+# The fit's own chosen parts, by the TrainConfig field that names them; TrainConfig.options
+# holds their settings under the same keys (the command line makes their flags from them).
+TRAIN_PARTS = {"lr_schedule": SCHEDULES}
 
 
 @dataclass
@@ -119,6 +125,11 @@ def check_train_config(cfg: TrainConfig) -> None:
     if cfg.early_stopping is not None and cfg.early_stopping < 1:
         raise ValueError(f"early_stopping must be at least 1 epoch, got {cfg.early_stopping}")
     PRECISIONS.lookup(cfg.precision)
+    unknown = sorted(set(cfg.options) - set(TRAIN_PARTS))
+    if unknown:
+        raise ValueError(f"options: unknown kind {unknown[0]!r}; TrainConfig.options holds "
+                         f"{', '.join(TRAIN_PARTS)}")
+    check_schedule(cfg)
 
 
 def _check_data(model: Program, data: Data) -> None:

@@ -17,8 +17,8 @@ from pyro_vae.guides import ENCODERS, GUIDES, AutoAmortizedGuide, MLPEncoder
 from pyro_vae.models import DECODERS, LIKELIHOODS, PRIORS, VAE
 from pyro_vae.pixels import Pixels, scored_pixels
 from pyro_vae.programs import Program, as_program, seeded
-from pyro_vae.stories.loader import (
 from pyro_vae.registry import Registry
+from pyro_vae.stories.loader import (
     StoryError,
     call_factory,
     check_model_args,

@@ -91,6 +91,32 @@ def test_help_states_each_default_once_and_only_real_ones():
     assert text["hidden"].endswith("(default: 256,128)")  # as the flag is written
 
 
+def _train_config(*argv: str):
+    from pyro_vae.cli.train import config_from_args
+    return config_from_args(build_parser().parse_args(["train", *argv])).train
+
+
+def test_burda_sets_the_default_number_of_epochs():
+    assert _train_config("--lr-schedule", "burda").epochs == 3280  # the schedule's length
+    assert _train_config("--lr-schedule", "burda", "--epochs", "100").epochs == 100
+    assert _train_config().epochs == 1000 and _train_config().options == {}
+
+
+@pytest.mark.parametrize("argv, fields", [
+    (["--lr-schedule", "plateau", "--lr-schedule-plateau-patience", "4"],
+     {"lr_schedule": "plateau", "options": {"lr_schedule": {"plateau": {"patience": 4,
+                                                                         "factor": 0.5}}}}),
+])
+def test_fit_flags_make_the_train_config(argv, fields):
+    train = _train_config(*argv)
+    assert {k: getattr(train, k) for k in fields} == fields
+
+
+def test_metrics_record_each_epochs_learning_rate(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["lr"] for line in lines][:2] == [1e-3, 1e-3]
+
+
 def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "pyro_vae", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "train" in done.stdout

@@ -86,6 +86,42 @@ def test_bad_arguments(tmp_path, capsys, args, match):
 
 
 @pytest.mark.parametrize("args, match", [
+    (["--lr-schedule", "warm"],
+     "unknown lr schedule 'warm'; valid lr schedule names: burda, constant, cosine, plateau, step"),
+    (["--lr-schedule-step-every", "3"],
+     "--lr-schedule-step-every is a setting of the step lr schedule, but the lr schedule is "
+     "constant"),
+    (["--lr-schedule", "step", "--lr-schedule-step-every", "0"],
+     "the step schedule's every (--lr-schedule-step-every) must be at least 1, got 0"),
+    (["--lr-schedule", "step", "--lr-schedule-step-gamma", "1.5"],
+     "gamma (--lr-schedule-step-gamma) must lie strictly between 0 and 1 (a factor that lowers"),
+    (["--lr-schedule", "cosine", "--lr-schedule-cosine-floor", "0.01"],
+     "floor (--lr-schedule-cosine-floor 0.01) must lie below the base rate (--lr 0.001)"),
+    (["--lr-schedule", "cosine", "--lr-schedule-cosine-floor", "-1"],
+     "floor (--lr-schedule-cosine-floor) must be zero or a positive number, got -1"),
+    (["--lr-schedule", "burda", "--epochs", "3281"],
+     "--lr-schedule burda spans 3,280 epochs (3^i at lr·10^(-i/7) for i = 0..7), so --epochs "
+     "3281 has no rate after epoch 3,280; give at most 3280"),
+    (["--lr-schedule", "plateau", "--lr-schedule-plateau-patience", "0"],
+     "patience (--lr-schedule-plateau-patience) must be at least 1, got 0"),
+    (["--lr-schedule", "plateau", "--lr-schedule-plateau-factor", "1"],
+     "factor (--lr-schedule-plateau-factor) must lie strictly between 0 and 1"),
+    (["--lr-schedule", "plateau", "--early-stopping", "10"],
+     "--early-stopping 10 would end the fit before the plateau schedule ever lowers the rate"),
+])
+def test_bad_fit_settings_are_one_line(tmp_path, capsys, args, match):
+    """Not argparse's refusals (usage above the error): one sentence, before any file."""
+    try:
+        code = main([*BASE, "--out", str(tmp_path), *args])
+    except SystemExit as exit_:
+        code = exit_.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("pyro-vae train: error: ") and match in lines[0], lines
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, match", [
     (["--data", "cifar"], "unknown dataset 'cifar'; valid dataset names: celeba, cifar10, digits"),
     (["--device", "gpu0"], "unknown device 'gpu0'; expected cpu, cuda, cuda:N or auto"),
     (["--prior", "vamp", "--guide", "iaf"], "the vamp prior cannot be used with the 'iaf' guide"),
@@ -215,7 +251,8 @@ def test_resume_to_fewer_epochs_than_done(copy, capsys):
     assert json.loads((copy / CONFIG).read_text())["train"]["epochs"] == 2
 
 
-@pytest.mark.parametrize("args", [["--prior-mixture-components", "3"]])
+@pytest.mark.parametrize("args", [["--prior-mixture-components", "3"],
+                                  ["--lr-schedule", "step"], ["--lr-schedule-step-every", "3"]])
 def test_resume_refuses_a_new_setting_naming_its_flag(copy, capsys, args):
     code, line = cli(["train", "--resume", str(copy), "--no-progress", *args], capsys)
     assert code == 2 and f"{args[0]} cannot change when a run is resumed" in line, line
