@@ -125,6 +125,11 @@ class TrainConfig:
     """Settings of the schedule, by kind and name, e.g. ``{"lr_schedule": {"step": {"every":
     30, "gamma": 0.5}}}``. Each declares its settings and defaults beside it
     (``Registry.register(name, options=...)``); what is not given takes the default."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's decay rates of its running means of the gradient and its square, in [0, 1)."""
+    adam_eps: float = 1e-8
+    """Added to the root of Adam's second moment in each update (torch's default; Burda et
+    al. 2016 use 1e-4)."""
 
 
 @dataclass(frozen=True)
@@ -174,10 +179,15 @@ def _check_value(where: str, annotation: str, value: Any) -> Any:
     """``value`` as the field annotated ``annotation`` (e.g. ``"float | None"``) wants it,
     or a ValueError naming ``where``; tuples arrive from JSON as lists."""
     if annotation.startswith("tuple["):
-        if isinstance(value, (list, tuple)) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value):
+        items = annotation[len("tuple["):-1].split(",")  # "int, ..." or "float, float"
+        numbers = items[0].strip() == "float"
+        length = None if "..." in annotation else len(items)
+        if isinstance(value, (list, tuple)) and length in (None, len(value)) and all(
+                isinstance(v, (int, float) if numbers else int) and not isinstance(v, bool)
+                for v in value):
             return tuple(value)
-        raise ValueError(f"{where}: expected a list of integers, got {value!r}")
+        what = f"{'' if length is None else f'{length} '}{'numbers' if numbers else 'integers'}"
+        raise ValueError(f"{where}: expected a list of {what}, got {value!r}")
     if annotation.startswith("dict["):
         return _check_objects(where, annotation.count("dict["), value)
     options = [t.strip() for t in annotation.split("|")]

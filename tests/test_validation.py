@@ -139,7 +139,9 @@ train_configs = st.builds(TrainConfig, epochs=st.integers(1, 10**4), lr=st.float
                           early_stopping=st.none() | st.integers(1, 50), beta=st.floats(0.01, 10),
                           lr_schedule=names,
                           options=st.fixed_dictionaries({"lr_schedule": st.fixed_dictionaries(
-                              {"step": st.fixed_dictionaries({"gamma": st.floats(0.01, 0.99)})})}))
+                              {"step": st.fixed_dictionaries({"gamma": st.floats(0.01, 0.99)})})}),
+                          adam_betas=st.tuples(st.floats(0, 0.999), st.floats(0, 0.999)),
+                          adam_eps=st.floats(1e-12, 1))
 run_configs = st.builds(RunConfig, model=model_configs, data=data_configs, train=train_configs,
                         image_shape=st.lists(st.integers(1, 64), max_size=3).map(tuple))
 

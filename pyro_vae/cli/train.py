@@ -40,6 +40,7 @@ from pyro_vae.state import DivergenceError
 from pyro_vae.stories import STORIES, default_objective, is_named, parse_arg, parse_spec
 from pyro_vae.infer import TRAIN_PARTS
 from pyro_vae.schedules import SCHEDULES
+from pyro_vae.cli.common import float_list
 
 M, D, T = ModelConfig(), DataConfig(), TrainConfig()
 
@@ -132,6 +133,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     # Names and ranges are checked with the rest of the settings (one line, exit 2).
     g.add_argument("--lr-schedule", default=T.lr_schedule, metavar="NAME",
                    help=f"the rate of each epoch: {', '.join(SCHEDULES)} (see README)")
+    g.add_argument("--adam-betas", type=float_list, default=T.adam_betas, metavar="B1,B2",
+                   help="Adam's decay rates of its running means, each in [0, 1)")
+    g.add_argument("--adam-eps", type=float, default=T.adam_eps, metavar="EPS",
+                   help="Adam's eps, added to the root of its second moment")
     g.add_argument("--clip-norm", type=positive_float, default=None, help="clip the gradient norm")
     g.add_argument("--early-stopping", type=positive_int, default=None,
                    help="stop after this many epochs without a better validation ELBO")
@@ -205,7 +210,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                         objective=args.objective or default_objective(args.model) or T.objective,
                         particles=args.particles, beta=args.beta,
                         kl_warmup=args.kl_warmup, early_stopping=args.early_stopping,
-                        precision=args.precision, **fit_chosen, options=fit_options)
+                        precision=args.precision, **fit_chosen, options=fit_options,
+                        adam_betas=tuple(args.adam_betas), adam_eps=args.adam_eps)
     return RunConfig(model=model, data=data, train=train, story=story)
 
 

@@ -105,7 +105,8 @@ def make_optimizer(model: nn.Module, guide: nn.Module, cfg: TrainConfig,
     if not params:
         raise ValueError("the story and its guide have no parameters to train (no nn.Module "
                          "parameters, pyro.param or pyro.module statements)")
-    return torch.optim.Adam(params, lr=cfg.lr, fused=fused or None)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                            fused=fused or None)
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -130,6 +131,17 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ValueError(f"options: unknown kind {unknown[0]!r}; TrainConfig.options holds "
                          f"{', '.join(TRAIN_PARTS)}")
     check_schedule(cfg)
+    _check_adam(cfg)
+
+
+def _check_adam(cfg: TrainConfig) -> None:
+    """Adam's betas in [0, 1) (a running mean's decay) and a positive eps."""
+    betas = tuple(cfg.adam_betas) if isinstance(cfg.adam_betas, (tuple, list)) else ()
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"adam_betas (--adam-betas) must be two numbers in [0, 1), the decay "
+                         f"rates of Adam's running means, got {cfg.adam_betas}")
+    if not 0 < cfg.adam_eps < math.inf:
+        raise ValueError(f"adam_eps (--adam-eps) must be a positive number, got {cfg.adam_eps}")
 
 
 def _check_data(model: Program, data: Data) -> None:

@@ -106,6 +106,8 @@ def test_burda_sets_the_default_number_of_epochs():
     (["--lr-schedule", "plateau", "--lr-schedule-plateau-patience", "4"],
      {"lr_schedule": "plateau", "options": {"lr_schedule": {"plateau": {"patience": 4,
                                                                          "factor": 0.5}}}}),
+    (["--adam-betas", "0.9,0.99", "--adam-eps", "1e-4"], {"adam_betas": (0.9, 0.99),
+                                                          "adam_eps": 1e-4}),
 ])
 def test_fit_flags_make_the_train_config(argv, fields):
     train = _train_config(*argv)

@@ -108,6 +108,13 @@ def test_bad_arguments(tmp_path, capsys, args, match):
      "factor (--lr-schedule-plateau-factor) must lie strictly between 0 and 1"),
     (["--lr-schedule", "plateau", "--early-stopping", "10"],
      "--early-stopping 10 would end the fit before the plateau schedule ever lowers the rate"),
+    (["--adam-betas", "0.9,1"], "adam_betas (--adam-betas) must be two numbers in [0, 1)"),
+    (["--adam-betas=-0.1,0.999"], "must be two numbers in [0, 1), the decay rates of Adam's "
+                                     "running means, got (-0.1, 0.999)"),
+    (["--adam-betas", "0.9"], "adam_betas (--adam-betas) must be two numbers in [0, 1)"),
+    (["--adam-eps", "0"], "adam_eps (--adam-eps) must be a positive number, got 0.0"),
+    (["--adam-eps=-1e-8"], "adam_eps (--adam-eps) must be a positive number, got -1e-08"),
+    (["--adam-eps", "nan"], "adam_eps (--adam-eps) must be a positive number, got nan"),
 ])
 def test_bad_fit_settings_are_one_line(tmp_path, capsys, args, match):
     """Not argparse's refusals (usage above the error): one sentence, before any file."""
@@ -252,7 +259,8 @@ def test_resume_to_fewer_epochs_than_done(copy, capsys):
 
 
 @pytest.mark.parametrize("args", [["--prior-mixture-components", "3"],
-                                  ["--lr-schedule", "step"], ["--lr-schedule-step-every", "3"]])
+                                  ["--lr-schedule", "step"], ["--lr-schedule-step-every", "3"],
+                                  ["--adam-eps", "1e-4"]])
 def test_resume_refuses_a_new_setting_naming_its_flag(copy, capsys, args):
     code, line = cli(["train", "--resume", str(copy), "--no-progress", *args], capsys)
     assert code == 2 and f"{args[0]} cannot change when a run is resumed" in line, line

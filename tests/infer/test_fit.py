@@ -10,6 +10,7 @@ from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
 from pyro_vae.data.loading import load_data
 from pyro_vae.infer.loop import fit, kl_weight, mean_elbo
 from pyro_vae.stories.build import build_vae
+from pyro_vae.infer.session import make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,23 @@ def test_kl_warmup_is_linear_then_flat():
     assert kl_weight(cfg, 1, 5, 10) == pytest.approx(2.0 * 1.5 / 4)
     assert kl_weight(cfg, 7, 0, 10) == 2.0
     assert kl_weight(TrainConfig(beta=0.5), 0, 0, 10) == 0.5
+
+
+def test_adam_defaults_are_torchs_and_betas_and_eps_reach_the_optimizer():
+    model, guide = build_vae(ModelConfig(latent_dim=2, hidden_sizes=(8,)), 16, seed=0)
+    plain = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]).defaults
+    group = make_optimizer(model, guide, TrainConfig(), torch.device("cpu")).param_groups[0]
+    assert (group["betas"], group["eps"]) == (plain["betas"], plain["eps"]) == ((0.9, 0.999), 1e-8)
+    cfg = TrainConfig(adam_betas=(0.5, 0.9), adam_eps=1e-4)
+    group = make_optimizer(model, guide, cfg, torch.device("cpu")).param_groups[0]
+    assert (group["betas"], group["eps"]) == ((0.5, 0.9), 1e-4)
+
+
+def test_adams_eps_changes_the_update(digits):
+    """Through a whole fit: eps 1e-4 (Burda et al.'s) damps the steps of parameters with
+    small gradients, so the fit is not the default's."""
+    a, b = _fit(digits, epochs=1), _fit(digits, epochs=1, adam_eps=1e-4)
+    assert a.history[-1].train_elbo != b.history[-1].train_elbo
 
 
 class TwoDecoders:

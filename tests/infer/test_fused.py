@@ -172,10 +172,34 @@ def test_when_the_step_is_one_program(change, reason):
     assert why is None if reason is None else reason in why
 
 
+def test_the_program_takes_adams_betas_and_eps_from_the_optimizer():
+    params = [nn.Parameter(torch.zeros(3))]
+    session = _session(optimizer=torch.optim.Adam(params, betas=(0.5, 0.9), eps=1e-4),
+                       config=TrainConfig(objective="elbo-compile", batch_size=4),
+                       data=SimpleNamespace(train=torch.zeros(4, 3)))
+    step = FusedStep(session, build_objective(session.config), eager=None)
+    assert (step.betas, step.eps) == ((0.5, 0.9), 1e-4)
+
+
 def test_other_objectives_keep_the_eager_step():
     why = unfusable(_session(), build_objective(TrainConfig(objective="elbo-jit")))
     assert "not a compiled one" in why
     assert unfusable(_session(), build_objective(TrainConfig(objective="elbo-auto"))) is None
+
+
+@needs_cxx
+def test_the_program_follows_the_schedule_and_adams_settings():
+    """The rate changes every epoch (the program reads it from the optimizer at each step);
+    Adam's betas and eps are not torch's defaults: the compiled fit is still the traced one."""
+    settings = dict(clip_norm=5.0, lr=0.01, lr_schedule="step", adam_betas=(0.8, 0.95),
+                    adam_eps=1e-4, options={"lr_schedule": {"step": {"every": 1, "gamma": 0.3}}})
+    traced, _ = _fit("elbo-jit", **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", JitFallbackWarning)
+        compiled, _ = _fit("elbo-compile", **settings)
+    assert [h.lr for h in compiled.history] == pytest.approx([0.01, 0.003, 0.0009], rel=1e-12)
+    assert compiled.compiled_step["steps"] > 0
+    _same_fit(traced, compiled)
 
 
 @needs_cxx
