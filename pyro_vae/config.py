@@ -121,10 +121,15 @@ class TrainConfig:
     (over ``epochs``) or ``plateau`` (on the validation ELBO). Each epoch's rate is computed
     from ``lr``, the epoch and the history of epochs, so a resumed fit has the same rates and
     a resume with another ``lr`` applies the rest of the schedule to it."""
+    init: str = "default"
+    """How the layers start when a fit starts from scratch, a name in
+    ``pyro_vae.inits.INITS``: ``default`` (as torch built them) or ``normal`` (weights of the
+    linear and convolution layers of model and guide ~ N(0, std²), biases 0; from ``seed``)."""
     options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    """Settings of the schedule, by kind and name, e.g. ``{"lr_schedule": {"step": {"every":
-    30, "gamma": 0.5}}}``. Each declares its settings and defaults beside it
-    (``Registry.register(name, options=...)``); what is not given takes the default."""
+    """Settings of the schedule and the initialization, by kind and name, e.g.
+    ``{"lr_schedule": {"step": {"every": 30, "gamma": 0.5}}, "init": {"normal": {"std":
+    0.01}}}``. Each declares its settings and defaults beside it (``Registry.register(name,
+    options=...)``); what is not given takes the default."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam's decay rates of its running means of the gradient and its square, in [0, 1)."""
     adam_eps: float = 1e-8

@@ -137,7 +137,7 @@ data_configs = st.builds(DataConfig, name=names, root=st.none() | names, downloa
 train_configs = st.builds(TrainConfig, epochs=st.integers(1, 10**4), lr=st.floats(1e-6, 1),
                           clip_norm=st.none() | st.floats(0.1, 100), seed=st.integers(0, 2**31),
                           early_stopping=st.none() | st.integers(1, 50), beta=st.floats(0.01, 10),
-                          lr_schedule=names,
+                          lr_schedule=names, init=names,
                           options=st.fixed_dictionaries({"lr_schedule": st.fixed_dictionaries(
                               {"step": st.fixed_dictionaries({"gamma": st.floats(0.01, 0.99)})})}),
                           adam_betas=st.tuples(st.floats(0, 0.999), st.floats(0, 0.999)),

@@ -41,6 +41,7 @@ from pyro_vae.stories import STORIES, default_objective, is_named, parse_arg, pa
 from pyro_vae.infer import TRAIN_PARTS
 from pyro_vae.schedules import SCHEDULES
 from pyro_vae.cli.common import float_list
+from pyro_vae.inits import INITS
 
 M, D, T = ModelConfig(), DataConfig(), TrainConfig()
 
@@ -137,6 +138,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="Adam's decay rates of its running means, each in [0, 1)")
     g.add_argument("--adam-eps", type=float, default=T.adam_eps, metavar="EPS",
                    help="Adam's eps, added to the root of its second moment")
+    g.add_argument("--init", default=T.init, metavar="NAME",
+                   help=f"how the layers start: {', '.join(INITS)} (default: as torch built "
+                        f"them; normal: N(0, std²) weights and zero biases)")
     g.add_argument("--clip-norm", type=positive_float, default=None, help="clip the gradient norm")
     g.add_argument("--early-stopping", type=positive_int, default=None,
                    help="stop after this many epochs without a better validation ELBO")
@@ -153,8 +157,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_option_arguments(p)
     add_story_arguments(p)
     add_train_arguments(p)
-    add_option_arguments(p, TRAIN_PARTS, "settings of the learning-rate schedule (each "
-                                         "applies when it is chosen)")
+    add_option_arguments(p, TRAIN_PARTS, "settings of the learning-rate schedule and the "
+                                         "initialization (each applies when chosen)")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=Path("runs"), help="folder that holds run folders")
     g.add_argument("--name", default=None, help="run folder name (default: time, data and parts)")
@@ -202,7 +206,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                         options=options_from_args(args, chosen))
     data = DataConfig(name=args.data, root=args.data_root, download=args.download,
                       binarize=args.binarize, labels=args.labels, stream=args.stream)
-    fit_chosen = dict(lr_schedule=args.lr_schedule)
+    fit_chosen = dict(lr_schedule=args.lr_schedule, init=args.init)
     fit_options = options_from_args(args, fit_chosen, TRAIN_PARTS)  # unknown names refused
     epochs = args.epochs or SCHEDULES[args.lr_schedule].epochs or T.epochs
     train = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr,

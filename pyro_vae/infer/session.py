@@ -22,11 +22,12 @@ from pyro_vae.programs import Program, as_program, check_fields, cuda_devices, u
 from pyro_vae.state import TrainState
 from pyro_vae.traces import slice_rows, trace_program
 from pyro_vae.schedules import SCHEDULES, check_schedule
+from pyro_vae.inits import INITS, init_options, initialize
 
 
 # The fit's own chosen parts, by the TrainConfig field that names them; TrainConfig.options
 # holds their settings under the same keys (the command line makes their flags from them).
-TRAIN_PARTS = {"lr_schedule": SCHEDULES}
+TRAIN_PARTS = {"lr_schedule": SCHEDULES, "init": INITS}
 
 
 @dataclass
@@ -132,6 +133,7 @@ def check_train_config(cfg: TrainConfig) -> None:
                          f"{', '.join(TRAIN_PARTS)}")
     check_schedule(cfg)
     _check_adam(cfg)
+    init_options(cfg)
 
 
 def _check_adam(cfg: TrainConfig) -> None:
@@ -195,6 +197,7 @@ def start_session(model: Callable, guide: Callable, data: Data, config: TrainCon
         for group in session.optimizer.param_groups:  # a resumed run may change its rate
             group["lr"] = config.lr
     if state is None:
+        initialize(config, session.modules())  # a resumed fit's parameters are checkpointed
         state = TrainState(world_size=world.size)
         # Each rank draws from its own stream; the permutation is the same on every rank.
         pyro.set_rng_seed(distributed.rank_seed(config.seed, world.rank))

@@ -108,6 +108,7 @@ def test_burda_sets_the_default_number_of_epochs():
                                                                          "factor": 0.5}}}}),
     (["--adam-betas", "0.9,0.99", "--adam-eps", "1e-4"], {"adam_betas": (0.9, 0.99),
                                                           "adam_eps": 1e-4}),
+    (["--init", "normal"], {"init": "normal", "options": {"init": {"normal": {"std": 1e-3}}}}),
 ])
 def test_fit_flags_make_the_train_config(argv, fields):
     train = _train_config(*argv)

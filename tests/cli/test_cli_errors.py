@@ -115,6 +115,13 @@ def test_bad_arguments(tmp_path, capsys, args, match):
     (["--adam-eps", "0"], "adam_eps (--adam-eps) must be a positive number, got 0.0"),
     (["--adam-eps=-1e-8"], "adam_eps (--adam-eps) must be a positive number, got -1e-08"),
     (["--adam-eps", "nan"], "adam_eps (--adam-eps) must be a positive number, got nan"),
+    (["--init", "xavier"],
+     "unknown initialization 'xavier'; valid initialization names: default, normal"),
+    (["--init-normal-std", "0.1"],
+     "--init-normal-std is a setting of the normal initialization, but the initialization "
+     "is default"),
+    (["--init", "normal", "--init-normal-std", "0"],
+     "the normal initialization's std (--init-normal-std) must be a positive number, got 0.0"),
 ])
 def test_bad_fit_settings_are_one_line(tmp_path, capsys, args, match):
     """Not argparse's refusals (usage above the error): one sentence, before any file."""
@@ -260,7 +267,7 @@ def test_resume_to_fewer_epochs_than_done(copy, capsys):
 
 @pytest.mark.parametrize("args", [["--prior-mixture-components", "3"],
                                   ["--lr-schedule", "step"], ["--lr-schedule-step-every", "3"],
-                                  ["--adam-eps", "1e-4"]])
+                                  ["--adam-eps", "1e-4"], ["--init", "normal"]])
 def test_resume_refuses_a_new_setting_naming_its_flag(copy, capsys, args):
     code, line = cli(["train", "--resume", str(copy), "--no-progress", *args], capsys)
     assert code == 2 and f"{args[0]} cannot change when a run is resumed" in line, line
