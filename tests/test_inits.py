@@ -17,7 +17,7 @@ from pyro_vae.data import load_data
 from pyro_vae.fit import start_session
 from pyro_vae.inits import LAYERS, initialize
 from pyro_vae.runs import resume_run, train_run
-from test_schedules import _reference, _same_fit
+from test_faults import _reference, _same_result
 
 MLP = ModelConfig(latent_dim=2, hidden_sizes=(32,), prior="mixture")
 CONV = ModelConfig(latent_dim=2, hidden_sizes=(32,), encoder="conv", decoder="conv")
@@ -103,7 +103,7 @@ def test_a_resumed_fit_keeps_its_checkpointed_parameters(tmp_path):
     assert train_run(cfg, tmp_path, "r", progress=False,
                      stop=lambda: next(polls) == 8).fit.interrupted
     resume_run(tmp_path / "r", progress=False)
-    _same_fit(tmp_path / "r", reference)
+    _same_result(tmp_path / "r", reference)
 
 
 def test_the_command_line_records_the_initialization(tmp_path):

@@ -7,17 +7,16 @@ import dataclasses
 import importlib
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from pyro_vae.build import build_vae
-from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.fit import check_train_config, fit
-from pyro_vae.runs import CHECKPOINT, METRICS, load_run_data, resume_run, train_run
+from pyro_vae.runs import METRICS, load_run_data, resume_run, train_run
 from pyro_vae.schedules import BURDA_EPOCHS, SCHEDULES, check_schedule, learning_rate
+from test_faults import _reference, _same_result  # the uninterrupted fit; a run folder against it
 
 
 def _train(name: str, epochs: int = 16, lr: float = 0.1, **options) -> TrainConfig:
@@ -113,30 +112,9 @@ def _run_config(name: str, epochs: int = EPOCHS) -> RunConfig:
                      train=_train(name, epochs, 0.1, **CASES[name]), image_shape=(8, 8))
 
 
-def _reference(cfg: RunConfig):
-    """The same fit, uninterrupted and in-process: its records and parameters."""
-    data = load_run_data(cfg)
-    model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
-    result = fit(model, guide, data, cfg.train, progress=False)
-    return result.history, torch.nn.ModuleDict({"model": result.model,
-                                                "guide": result.guide}).state_dict()
-
-
-def _same_fit(run: Path, reference) -> None:
-    history, params = reference
-    timing = {"seconds", "images_per_second"}
-    rows = [{k: v for k, v in json.loads(line).items() if k not in timing}
-            for line in (run / METRICS).read_text().splitlines()]
-    assert rows == [{k: v for k, v in dataclasses.asdict(r).items() if k not in timing}
-                    for r in history]  # exact: the same operations on the same CPU
-    saved = load_checkpoint(run / CHECKPOINT).modules
-    assert saved.keys() == params.keys()
-    assert all(torch.equal(saved[k], params[k]) for k in params)
-
-
-def _changes_after_resume_point(name: str, history) -> None:
+def _changes_after_resume_point(name: str, reference) -> None:
     """A test that cannot fail is no test: the rate must move in the resumed part."""
-    rates = [r.lr for r in history]
+    rates = [row[-1] for row in reference[0]]  # an epoch's row ends with its rate
     if name == "constant":
         assert rates == [0.1] * EPOCHS
     else:
@@ -148,13 +126,13 @@ def _changes_after_resume_point(name: str, history) -> None:
 def test_a_fit_interrupted_mid_epoch_resumes_to_the_uninterrupted_fit(name, tmp_path):
     cfg = _run_config(name)
     reference = _reference(cfg)
-    _changes_after_resume_point(name, reference[0])
+    _changes_after_resume_point(name, reference)
     polls = iter(range(10 ** 6))
     stop_at = RESUME_AT * STEPS + 3  # step 4 of epoch 12
     first = train_run(cfg, tmp_path, "r", progress=False, stop=lambda: next(polls) == stop_at)
     assert first.fit.interrupted and (first.fit.state.epoch, first.fit.state.step) == (RESUME_AT, 3)
     resume_run(tmp_path / "r", progress=False)
-    _same_fit(tmp_path / "r", reference)
+    _same_result(tmp_path / "r", reference)
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n != "cosine"])
@@ -165,7 +143,7 @@ def test_a_fit_resumed_to_more_epochs_is_the_longer_fit(name, tmp_path):
     reference = _reference(cfg)
     train_run(_run_config(name, RESUME_AT), tmp_path, "r", progress=False)
     resume_run(tmp_path / "r", EPOCHS, progress=False)
-    _same_fit(tmp_path / "r", reference)
+    _same_result(tmp_path / "r", reference)
 
 
 def test_cosine_resumed_to_more_epochs_follows_the_curve_over_the_new_total(tmp_path):

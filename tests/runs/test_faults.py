@@ -120,7 +120,7 @@ def test_cli_huge_learning_rate_diverges_cleanly(tmp_path, capsys):
 
 def _metrics(run: Path) -> list[tuple]:
     rows = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
-    return [(r["epoch"], r["train_elbo"], r["val_elbo"], r["beta"]) for r in rows]
+    return [(r["epoch"], r["train_elbo"], r["val_elbo"], r["beta"], r["lr"]) for r in rows]
 
 
 def _reference(cfg: RunConfig):
@@ -128,7 +128,7 @@ def _reference(cfg: RunConfig):
     data = load_run_data(cfg)
     model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
     result = fit(model, guide, data, cfg.train, progress=False)
-    rows = [(r.epoch, r.train_elbo, r.val_elbo, r.beta) for r in result.history]
+    rows = [(r.epoch, r.train_elbo, r.val_elbo, r.beta, r.lr) for r in result.history]
     # result.model/guide are the Programs whose state the run folder checkpoints
     return rows, torch.nn.ModuleDict({"model": result.model, "guide": result.guide}).state_dict()
 
