@@ -115,7 +115,7 @@ class TrainConfig:
     products inside distributions, log-densities and the loss stay float32). The
     validation ELBO and evaluation are float32 whatever this says."""
     lr_schedule: str = "constant"
-    """How the rate moves over the epochs, a name in ``pyro_vae.schedules.SCHEDULES``:
+    """How the rate moves over the epochs, a name in ``pyro_vae.infer.schedules.SCHEDULES``:
     ``constant`` (``lr`` throughout), ``burda`` (3^i epochs at lr·10^(−i/7), i = 0…7: 3,280
     epochs; a fit of fewer runs its first epochs, more are refused), ``step``, ``cosine``
     (over ``epochs``) or ``plateau`` (on the validation ELBO). Each epoch's rate is computed
@@ -123,7 +123,7 @@ class TrainConfig:
     a resume with another ``lr`` applies the rest of the schedule to it."""
     init: str = "default"
     """How the layers start when a fit starts from scratch, a name in
-    ``pyro_vae.inits.INITS``: ``default`` (as torch built them) or ``normal`` (weights of the
+    ``pyro_vae.infer.inits.INITS``: ``default`` (as torch built them) or ``normal`` (weights of the
     linear and convolution layers of model and guide ~ N(0, std²), biases 0; from ``seed``)."""
     options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     """Settings of the schedule and the initialization, by kind and name, e.g.

@@ -3,9 +3,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import torch
+
 from pyro_vae.cli import main
+from pyro_vae.config import RunConfig
+from pyro_vae.infer.loop import fit
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.runs.folders import CHECKPOINT, METRICS, load_run_data
+from pyro_vae.stories.build import build_vae
 
 
 def run_cli(argv: list[str], capsys=None) -> tuple[int, str]:
@@ -25,3 +33,27 @@ class Evil:
 
     def __reduce__(self):
         return (Path.touch, (self.marker,))
+
+
+def metrics_rows(run: Path) -> list[tuple]:
+    """(epoch, train ELBO, validation ELBO, β, learning rate) of every record of a run."""
+    rows = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
+    return [(r["epoch"], r["train_elbo"], r["val_elbo"], r["beta"], r["lr"]) for r in rows]
+
+
+def reference_fit(cfg: RunConfig):
+    """The same fit, uninterrupted and in-process."""
+    data = load_run_data(cfg)
+    model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
+    result = fit(model, guide, data, cfg.train, progress=False)
+    rows = [(r.epoch, r.train_elbo, r.val_elbo, r.beta, r.lr) for r in result.history]
+    # result.model/guide are the Programs whose state the run folder checkpoints
+    return rows, torch.nn.ModuleDict({"model": result.model, "guide": result.guide}).state_dict()
+
+
+def same_result(run: Path, reference) -> None:
+    rows, params = reference
+    assert metrics_rows(run) == rows  # exact: same operations on the same CPU
+    saved = load_checkpoint(run / CHECKPOINT).modules
+    assert saved.keys() == params.keys()
+    assert all(torch.equal(saved[k], params[k]) for k in params)

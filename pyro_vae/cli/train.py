@@ -21,6 +21,7 @@ from pyro_vae.cli.common import (
     Command,
     UserError,
     choice_of,
+    float_list,
     int_list,
     non_negative_float,
     non_negative_int,
@@ -33,15 +34,11 @@ from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, Tra
 from pyro_vae.data import BINARIZE_MODES, DATASETS, STREAM_MODES
 from pyro_vae.files import DiskFullError
 from pyro_vae.guides import ENCODERS, GUIDES
-from pyro_vae.infer import OBJECTIVES, PRECISIONS
+from pyro_vae.infer import INITS, OBJECTIVES, PRECISIONS, SCHEDULES, TRAIN_PARTS
 from pyro_vae.models import ACTIVATIONS, DECODERS, LIKELIHOODS, PRIORS
 from pyro_vae.runs import TrainResult, resume_run, train_run
 from pyro_vae.state import DivergenceError
 from pyro_vae.stories import STORIES, default_objective, is_named, parse_arg, parse_spec
-from pyro_vae.infer import TRAIN_PARTS
-from pyro_vae.schedules import SCHEDULES
-from pyro_vae.cli.common import float_list
-from pyro_vae.inits import INITS
 
 M, D, T = ModelConfig(), DataConfig(), TrainConfig()
 

@@ -5,6 +5,7 @@ precision settings, one fit's live objects (:mod:`~pyro_vae.infer.session`), the
 """
 
 from pyro_vae.infer.fused import AUTO_AFTER, AUTO_LEFT, FusedStep
+from pyro_vae.infer.inits import INITS
 from pyro_vae.infer.loop import EpochCallback, FitResult, fit, kl_weight, mean_elbo
 from pyro_vae.infer.objectives import (
                                        IWAE,
@@ -17,7 +18,9 @@ from pyro_vae.infer.objectives import (
 )
 from pyro_vae.infer.parallel import data_parallel
 from pyro_vae.infer.precision import PRECISIONS, Precision
+from pyro_vae.infer.schedules import SCHEDULES
 from pyro_vae.infer.session import (
+                                       TRAIN_PARTS,
                                        FitSession,
                                        check_train_config,
                                        make_optimizer,
@@ -39,6 +42,7 @@ __all__ = [
     "FitResult",
     "FitSession",
     "FusedStep",
+    "INITS",
     "IWAE",
     "Jit",
     "kl_weight",
@@ -50,5 +54,7 @@ __all__ = [
     "Precision",
     "PRECISIONS",
     "resolve_device",
+    "SCHEDULES",
     "start_session",
+    "TRAIN_PARTS",
 ]

@@ -24,12 +24,11 @@ from pyro_vae.data import Data
 from pyro_vae.infer.fused import FusedStep, auto_wait, unfusable
 from pyro_vae.infer.objectives import MAX_PLATE_NESTING, Auto, build_objective
 from pyro_vae.infer.precision import PRECISIONS
+from pyro_vae.infer.schedules import learning_rate, set_learning_rate
 from pyro_vae.infer.session import FitSession, start_session
 from pyro_vae.programs import Batch, Program, cuda_devices
 from pyro_vae.state import DivergenceError, EpochRecord, TrainState
 from pyro_vae.traces import index_rows, is_enumerated, slice_rows, trace_program
-from pyro_vae.schedules import learning_rate, set_learning_rate
-
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,13 @@ from pyro_vae import distributed
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data
 from pyro_vae.distributed import SINGLE, World
+from pyro_vae.infer.inits import INITS, init_options, initialize
 from pyro_vae.infer.precision import PRECISIONS
+from pyro_vae.infer.schedules import SCHEDULES, check_schedule
 from pyro_vae.pixels import Pixels, check_binary, check_eight_bit, scored_pixels
 from pyro_vae.programs import Program, as_program, check_fields, cuda_devices, unique_parameters
 from pyro_vae.state import TrainState
 from pyro_vae.traces import slice_rows, trace_program
-from pyro_vae.schedules import SCHEDULES, check_schedule
-from pyro_vae.inits import INITS, init_options, initialize
-
 
 # The fit's own chosen parts, by the TrainConfig field that names them; TrainConfig.options
 # holds their settings under the same keys (the command line makes their flags from them).

@@ -9,8 +9,8 @@ import torch
 from pyro_vae.config import DataConfig, ModelConfig, TrainConfig
 from pyro_vae.data.loading import load_data
 from pyro_vae.infer.loop import fit, kl_weight, mean_elbo
-from pyro_vae.stories.build import build_vae
 from pyro_vae.infer.session import make_optimizer
+from pyro_vae.stories.build import build_vae
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from pyro_vae.runs.folders import CHECKPOINT, METRICS, load_run_data, resume_run
 from pyro_vae.state import DivergenceError
 from pyro_vae.stories.build import build_vae
 
-from support import run_cli
+from support import metrics_rows, reference_fit, run_cli, same_result
 
 TINY = ["--data", "digits", "--hidden", "16", "--latent-dim", "2", "--batch-size", "32",
         "--device", "cpu", "--no-progress"]
@@ -118,29 +117,6 @@ def test_cli_huge_learning_rate_diverges_cleanly(tmp_path, capsys):
     assert "lower learning rate" in err
 
 
-def _metrics(run: Path) -> list[tuple]:
-    rows = [json.loads(line) for line in (run / METRICS).read_text().splitlines()]
-    return [(r["epoch"], r["train_elbo"], r["val_elbo"], r["beta"], r["lr"]) for r in rows]
-
-
-def _reference(cfg: RunConfig):
-    """The same fit, uninterrupted and in-process."""
-    data = load_run_data(cfg)
-    model, guide = build_vae(cfg.model, data.data_dim, seed=cfg.train.seed)
-    result = fit(model, guide, data, cfg.train, progress=False)
-    rows = [(r.epoch, r.train_elbo, r.val_elbo, r.beta, r.lr) for r in result.history]
-    # result.model/guide are the Programs whose state the run folder checkpoints
-    return rows, torch.nn.ModuleDict({"model": result.model, "guide": result.guide}).state_dict()
-
-
-def _same_result(run: Path, reference) -> None:
-    rows, params = reference
-    assert _metrics(run) == rows  # exact: same operations on the same CPU
-    saved = load_checkpoint(run / CHECKPOINT).modules
-    assert saved.keys() == params.keys()
-    assert all(torch.equal(saved[k], params[k]) for k in params)
-
-
 def test_stop_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     """Deterministic: stop at the 8th step boundary (mid epoch 2, with dynamic binarization
     drawing from the RNG), checkpoint, resume from the folder."""
@@ -152,7 +128,7 @@ def test_stop_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     state = load_checkpoint(tmp_path / "r" / CHECKPOINT).state
     assert (state.epoch, state.step) == (1, 2) and state.perm is not None
     resume_run(tmp_path / "r", progress=False)
-    _same_result(tmp_path / "r", _reference(dataclasses.replace(cfg, image_shape=(8, 8))))
+    same_result(tmp_path / "r", reference_fit(dataclasses.replace(cfg, image_shape=(8, 8))))
 
 
 def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -198,7 +174,7 @@ def test_real_signals_then_resume_matches_uninterrupted(tmp_path, capsys):
     assert code == 0, err
     cfg = RunConfig(model=ModelConfig(latent_dim=2, hidden_sizes=(16,)), data=DataConfig(),
                     train=TrainConfig(epochs=epochs, batch_size=64, device="cpu"), image_shape=(8, 8))
-    _same_result(run, _reference(cfg))
+    same_result(run, reference_fit(cfg))
 
 
 def _full_after(monkeypatch, writes: int) -> None:
@@ -232,12 +208,12 @@ def test_disk_full_keeps_last_good_checkpoint_and_metrics(tmp_path, monkeypatch,
     assert f"--resume {run}" in line
     state = load_checkpoint(run / CHECKPOINT).state
     assert state.epoch == 2
-    assert [r[0] for r in _metrics(run)] == [r.epoch for r in state.history] == [1, 2]
+    assert [r[0] for r in metrics_rows(run)] == [r.epoch for r in state.history] == [1, 2]
     assert not list(run.glob(".*.tmp"))
     monkeypatch.undo()
     code, err = run_cli(["train", "--resume", str(run), "--no-progress"], capsys)
     assert code == 0, err
-    assert [r[0] for r in _metrics(run)] == [1, 2, 3, 4]
+    assert [r[0] for r in metrics_rows(run)] == [1, 2, 3, 4]
 
 
 def test_appended_line_is_withdrawn_when_the_block_fails(tmp_path):
@@ -276,7 +252,7 @@ def test_real_full_filesystem(tmp_path):
     assert len(line.splitlines()) == 1 and "no space left on the device for /mnt/r/" in line, line
     state = load_checkpoint(tmp_path / "r" / CHECKPOINT).state
     assert state.epoch >= 1
-    assert [r[0] for r in _metrics(tmp_path / "r")] == [r.epoch for r in state.history]
+    assert [r[0] for r in metrics_rows(tmp_path / "r")] == [r.epoch for r in state.history]
 
 
 def test_a_figure_whose_write_fails_leaves_the_old_picture_whole(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Initialization of the layers (pyro_vae/inits.py): ``default`` is the fit as it was,
+"""Initialization of the layers (pyro_vae/infer/inits.py): ``default`` is the fit as it was,
 ``normal`` draws every linear and convolution weight from N(0, std²) under the fit's seed."""
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae.build import build_vae
 from pyro_vae.cli import main
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from pyro_vae.data import load_data
-from pyro_vae.fit import start_session
-from pyro_vae.inits import LAYERS, initialize
-from pyro_vae.runs import resume_run, train_run
-from test_faults import _reference, _same_result
+from pyro_vae.data.loading import load_data
+from pyro_vae.infer.inits import LAYERS, initialize
+from pyro_vae.infer.session import start_session
+from pyro_vae.runs.folders import resume_run, train_run
+from pyro_vae.stories.build import build_vae
+
+from support import reference_fit, same_result
 
 MLP = ModelConfig(latent_dim=2, hidden_sizes=(32,), prior="mixture")
 CONV = ModelConfig(latent_dim=2, hidden_sizes=(32,), encoder="conv", decoder="conv")
@@ -98,12 +99,12 @@ def test_a_resumed_fit_keeps_its_checkpointed_parameters(tmp_path):
     cfg = RunConfig(model=ModelConfig(latent_dim=2, hidden_sizes=(16,)), data=DataConfig(),
                     train=TrainConfig(epochs=3, batch_size=256, device="cpu", init="normal",
                                       options={"init": {"normal": {"std": 0.01}}}))
-    reference = _reference(cfg)
+    reference = reference_fit(cfg)
     polls = iter(range(10 ** 6))
     assert train_run(cfg, tmp_path, "r", progress=False,
                      stop=lambda: next(polls) == 8).fit.interrupted
     resume_run(tmp_path / "r", progress=False)
-    _same_result(tmp_path / "r", reference)
+    same_result(tmp_path / "r", reference)
 
 
 def test_the_command_line_records_the_initialization(tmp_path):

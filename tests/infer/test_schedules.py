@@ -1,4 +1,4 @@
-"""Learning-rate schedules (pyro_vae/schedules.py): each rate against its formula, and for
+"""Learning-rate schedules (pyro_vae/infer/schedules.py): each rate against its formula, and for
 every schedule a fit stopped and resumed that equals the uninterrupted fit bit for bit."""
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import math
 import pytest
 import torch
 
-from pyro_vae.build import build_vae
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from pyro_vae.fit import check_train_config, fit
-from pyro_vae.runs import METRICS, load_run_data, resume_run, train_run
-from pyro_vae.schedules import BURDA_EPOCHS, SCHEDULES, check_schedule, learning_rate
-from test_faults import _reference, _same_result  # the uninterrupted fit; a run folder against it
+from pyro_vae.infer.loop import fit
+from pyro_vae.infer.schedules import BURDA_EPOCHS, SCHEDULES, check_schedule, learning_rate
+from pyro_vae.infer.session import check_train_config
+from pyro_vae.runs.folders import METRICS, load_run_data, resume_run, train_run
+from pyro_vae.stories.build import build_vae
+
+from support import reference_fit, same_result  # the uninterrupted fit; a run folder against it
 
 
 def _train(name: str, epochs: int = 16, lr: float = 0.1, **options) -> TrainConfig:
@@ -125,14 +127,14 @@ def _changes_after_resume_point(name: str, reference) -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_fit_interrupted_mid_epoch_resumes_to_the_uninterrupted_fit(name, tmp_path):
     cfg = _run_config(name)
-    reference = _reference(cfg)
+    reference = reference_fit(cfg)
     _changes_after_resume_point(name, reference)
     polls = iter(range(10 ** 6))
     stop_at = RESUME_AT * STEPS + 3  # step 4 of epoch 12
     first = train_run(cfg, tmp_path, "r", progress=False, stop=lambda: next(polls) == stop_at)
     assert first.fit.interrupted and (first.fit.state.epoch, first.fit.state.step) == (RESUME_AT, 3)
     resume_run(tmp_path / "r", progress=False)
-    _same_result(tmp_path / "r", reference)
+    same_result(tmp_path / "r", reference)
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n != "cosine"])
@@ -140,10 +142,10 @@ def test_a_fit_resumed_to_more_epochs_is_the_longer_fit(name, tmp_path):
     """Fit 11 epochs, then resume to 16: the plateau's best value, bad epochs and factor
     come back from the history in the checkpoint."""
     cfg = _run_config(name)
-    reference = _reference(cfg)
+    reference = reference_fit(cfg)
     train_run(_run_config(name, RESUME_AT), tmp_path, "r", progress=False)
     resume_run(tmp_path / "r", EPOCHS, progress=False)
-    _same_result(tmp_path / "r", reference)
+    same_result(tmp_path / "r", reference)
 
 
 def test_cosine_resumed_to_more_epochs_follows_the_curve_over_the_new_total(tmp_path):
@@ -184,7 +186,7 @@ def test_the_constant_schedule_is_the_fit_without_schedules(monkeypatch):
         return result, [p.detach().clone() for p in result.optimizer.param_groups[0]["params"]]
 
     scheduled, params = run()
-    monkeypatch.setattr(importlib.import_module("pyro_vae.fit"), "set_learning_rate",
+    monkeypatch.setattr(importlib.import_module("pyro_vae.infer.loop"), "set_learning_rate",
                         lambda optimizer, rate: None)
     untouched, untouched_params = run()
     assert [r.lr for r in scheduled.history] == [cfg.lr] * 3
