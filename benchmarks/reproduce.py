@@ -1,0 +1,313 @@
+"""The published numbers a VAE user checks first, each recipe run as written, on the full
+MNIST test set: one resumable command, one table.
+
+    python benchmarks/reproduce.py --list                       # the rows and their recipes
+    python benchmarks/reproduce.py burda-vae                    # train (or resume), score, table
+    python benchmarks/reproduce.py burda-vae --minutes 60       # an hour of training, then stop
+    python benchmarks/reproduce.py --table                      # the table of what is done
+    python benchmarks/reproduce.py burda-vae --device cuda      # the same on a GPU
+
+Each row is a run folder ``--out/<row>`` that resumes where it stopped, however often it
+is stopped (Ctrl-C, ``--minutes``, a kill: the last finished epoch's checkpoint stands).
+Scoring starts when a row has trained all its epochs (or at once with ``--score-now``, at
+the epochs done, marked as such): IWAE with K = ``--samples`` (5,000) on all 10,000 test
+images, AIS (T = ``--steps``, 1,000) on the first ``--ais-points`` (1,000) with the BDMC gap
+on ``--bdmc`` images simulated from the model, and the share of images whose PSIS k̂ > 0.7.
+Every image is scored on one binarization drawn with ``--seed`` (0): the test images are
+Bernoulli draws of the grey levels, the same draw for every row. Each score is cached in
+``<row>/reproduce.json`` under its settings and epoch count, so a rerun does only what is
+missing. Without MNIST under ``--data-root`` it says so and exits 0.
+
+The verdict compares our IWAE-5000 estimate of −log p(x) with the paper's figure: within
+two standard errors, or better, is *reproduced*; a finished row above that is *short by X*;
+a row still training is *not yet*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pyro_vae import (
+    CHECKPOINT,
+    METRICS,
+    AISConfig,
+    DataConfig,
+    ModelConfig,
+    Registry,
+    RunConfig,
+    TrainConfig,
+    ais,
+    bdmc,
+    evaluate,
+    load_run,
+    resume_run,
+    train_run,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = "reproduce.json"
+ROWS: Registry = Registry("reproduction row")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One published number and the recipe that produced it."""
+
+    published: float
+    """The paper's test −log p(x) in nats (lower is better)."""
+    source: str
+    """Who published it, and where in the paper."""
+    config: Callable[[argparse.Namespace], RunConfig]
+    """The run's settings, as the paper states them."""
+    differs: str = ""
+    """What this recipe does not do as the paper did, if anything."""
+    ais_start: str = "guide"
+    """Where AIS anneals from (the prior for guides whose density at a moving point is costly)."""
+
+
+def _burda(args: argparse.Namespace, *, objective: str = "elbo-auto", particles: int = 1,
+           prior: str = "normal", guide: str = "diagonal") -> RunConfig:
+    """Burda et al. (2016), section 5: 784-200-200-50 tanh MLPs (two deterministic layers in
+    encoder and decoder), Bernoulli likelihood, dynamic binarization, batch 20, Adam with
+    ε = 1e-4 and 3^i passes at 1e-3·10^(−i/7), i = 0…7 (3,280 epochs). They trained on the
+    60,000 training images; here 59,000, with 1,000 held out for the validation ELBO. The
+    objective is Pyro's Trace_ELBO (``elbo-auto``: traced, then the whole step compiled) or
+    the IWAE bound with the whole step compiled (``iwae-compile``)."""
+    return RunConfig(
+        model=ModelConfig(latent_dim=50, hidden_sizes=(200, 200), activation="tanh",
+                          likelihood="bernoulli", prior=prior, guide=guide),
+        data=DataConfig(name="mnist", root=str(args.data_root), binarize="dynamic",
+                        val_fraction=1000 / 60000),
+        train=TrainConfig(epochs=3280, batch_size=20, lr=1e-3, lr_schedule="burda",
+                          adam_eps=1e-4, objective=objective, particles=particles,
+                          seed=args.seed, device=args.device))
+
+
+def _vamp(args: argparse.Namespace) -> RunConfig:
+    """Tomczak & Welling (2018): 784-300-300-40 MLPs, VampPrior with K = 500 pseudo-inputs,
+    Bernoulli likelihood, dynamic binarization, batch 100, Adam lr 5e-4, a linear KL warm-up
+    over 100 epochs, up to 2,000 epochs with early stopping after 50 without a better
+    validation ELBO."""
+    cfg = RunConfig(
+        model=ModelConfig(latent_dim=40, hidden_sizes=(300, 300), activation="tanh",
+                          likelihood="bernoulli", prior="vamp", guide="diagonal",
+                          options={"prior": {"vamp": {"components": 500}}}),
+        data=DataConfig(name="mnist", root=str(args.data_root), binarize="dynamic"),
+        train=TrainConfig(epochs=2000, batch_size=100, lr=5e-4, kl_warmup=100,
+                          early_stopping=50, seed=args.seed, device=args.device))
+    return cfg
+
+
+ROWS.register("burda-vae")(Recipe(
+    86.76, "Burda et al. 2016, Table 1: VAE, 1 stochastic layer, k = 1", _burda))
+ROWS.register("burda-iwae-5")(Recipe(
+    85.54, "Burda et al. 2016, Table 1: IWAE, 1 stochastic layer, k = 5",
+    lambda a: _burda(a, objective="iwae-compile", particles=5)))
+ROWS.register("burda-iwae-50")(Recipe(
+    84.78, "Burda et al. 2016, Table 1: IWAE, 1 stochastic layer, k = 50",
+    lambda a: _burda(a, objective="iwae-compile", particles=50)))
+ROWS.register("vampprior")(Recipe(
+    85.57, "Tomczak & Welling 2018, Table 2: VampPrior, 1 stochastic layer (MLP)", _vamp,
+    differs="plain tanh MLPs where the paper's layers are gated (GatedDense)"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("rows", nargs="*", help="rows to train and score (--list shows them)")
+    p.add_argument("--list", action="store_true", help="list the rows and exit")
+    p.add_argument("--table", action="store_true", help="print the table of what is done")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "runs" / "reproduce")
+    p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop training after this many minutes (resume later)")
+    p.add_argument("--train-only", action="store_true", help="train (or resume), score nothing")
+    p.add_argument("--score-now", action="store_true",
+                   help="score at the epochs done, before the recipe's last (marked so)")
+    p.add_argument("--samples", type=int, default=5000, help="K of the IWAE estimate")
+    p.add_argument("--points", type=int, default=10_000, help="test images for IWAE (all)")
+    p.add_argument("--steps", type=int, default=1000, help="AIS intermediate distributions T")
+    p.add_argument("--chains", type=int, default=16, help="AIS chains per image C")
+    p.add_argument("--ais-points", type=int, default=1000, help="test images for AIS")
+    p.add_argument("--bdmc", type=int, default=100, help="simulated images for BDMC (0: skip)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fit and of the scoring")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    return p.parse_args(argv)
+
+
+def check_rows(args: argparse.Namespace) -> None:
+    """An unknown row is refused in one line, before anything runs (exit 2)."""
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        print(f"reproduce.py: error: unknown row {unknown[0]!r}; the rows are "
+              f"{', '.join(ROWS)} (--list describes them)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def done_epochs(path: Path) -> tuple[int, float]:
+    """Epochs the run's metrics record and their summed training seconds ((0, 0) before any)."""
+    if not (path / CHECKPOINT).exists():
+        return 0, 0.0
+    records = [json.loads(line) for line in (path / METRICS).read_text().splitlines() if line]
+    return len(records), sum(r["seconds"] for r in records)
+
+
+def finished(path: Path) -> bool:
+    """Whether the row trained all its epochs, or stopped early by its own rule."""
+    summary = path / "summary.json"
+    if not summary.exists():
+        return False
+    s = json.loads(summary.read_text())
+    planned = json.loads((path / "config.json").read_text())["train"]["epochs"]
+    return not s.get("interrupted") and (s.get("stopped_early") or s["epochs"] >= planned)
+
+
+def train(args: argparse.Namespace, name: str) -> Path:
+    """``--out/name`` trained towards its recipe's epochs, for at most ``--minutes``."""
+    path, cfg = args.out / name, ROWS[name].config(args)
+    deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
+    stop = None if deadline is None else (lambda: time.monotonic() > deadline)
+    done, _ = done_epochs(path)
+    if finished(path):
+        return path
+    if done == 0 and not path.exists():
+        print(f"[{name}] training {cfg.train.epochs} epochs", file=sys.stderr, flush=True)
+        train_run(cfg, args.out, name, stop=stop)
+    else:
+        print(f"[{name}] resuming at epoch {done} of {cfg.train.epochs}", file=sys.stderr, flush=True)
+        resume_run(path, cfg.train.epochs, changes={"device": args.device}, stop=stop)
+    return path
+
+
+def score(args: argparse.Namespace, name: str, path: Path) -> dict:
+    """IWAE on the test images, AIS on the first of them, BDMC on simulated ones, each cached
+    under its settings and the epoch count it scored."""
+    cache_file = path / CACHE
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    epochs, _ = done_epochs(path)
+    run = load_run(path, args.device)
+    x = run.data.eval_split("test", seed=args.seed)
+    cfg = AISConfig(steps=args.steps, chains=args.chains, start=ROWS[name].ais_start)
+    jobs = {
+        f"iwae/{epochs}/{args.points}/{args.samples}/{args.seed}": lambda: evaluate(
+            run.model, run.guide, x[:args.points], num_samples=args.samples, seed=args.seed,
+            progress=True).summary(),
+        f"ais/{epochs}/{args.ais_points}/{cfg.key()}/{args.seed}": lambda: ais(
+            run.model, run.guide, x[:args.ais_points], cfg, seed=args.seed).summary(),
+    }
+    if args.bdmc:
+        jobs[f"bdmc/{epochs}/{args.bdmc}/{cfg.key()}/{args.seed}"] = lambda: bdmc(
+            run.model, run.guide, x[:args.bdmc], cfg, seed=args.seed).summary()
+    for key, job in jobs.items():
+        if key not in cache:
+            print(f"[{name}] scoring {key}", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            cache[key] = {**job(), "seconds": time.perf_counter() - started}
+            cache_file.write_text(json.dumps(cache, indent=2) + "\n")
+    return cache
+
+
+def latest(cache: dict, kind: str, points: int) -> tuple[int, dict] | None:
+    """The most trained ``kind`` score on ``points`` images: (epochs, result)."""
+    found = [(int(k.split("/")[1]), v) for k, v in cache.items()
+             if k.startswith(kind + "/") and int(k.split("/")[2]) == points]
+    return max(found, key=lambda f: f[0], default=None)
+
+
+def verdict(ours: float | None, se: float, published: float, complete: bool) -> str:
+    if ours is None:
+        return "not yet (unscored)"
+    if ours <= published + 2 * se:
+        return "reproduced" if complete else "reproduced (before its last epoch)"
+    return f"short by {ours - published:.2f}" if complete else "not yet"
+
+
+def row_line(args: argparse.Namespace, name: str) -> str:
+    """One row of the table, from the run folder and its cached scores."""
+    recipe, path = ROWS[name], args.out / name
+    planned = recipe.config(args).train.epochs
+    epochs, train_s = done_epochs(path)
+    cache = json.loads((path / CACHE).read_text()) if (path / CACHE).exists() else {}
+    iwae, a = latest(cache, "iwae", args.points), latest(cache, "ais", args.ais_points)
+    b = latest(cache, "bdmc", args.bdmc)
+    ours = se = None
+    cells = ["—"] * 4
+    if iwae is not None:
+        est = iwae[1]["estimates"]["iwae"]
+        ours, se = -est["mean"], est["stderr"]
+        cells[0] = f"{ours:.2f} ± {se:.2f} (at {iwae[0]} ep.)"
+        cells[1] = f"{100 * iwae[1]['psis']['fraction_khat_above']:.1f}%"
+    if a is not None:
+        cells[2] = f"{-a[1]['estimate']['mean']:.2f} ± {a[1]['estimate']['stderr']:.2f}"
+    if b is not None:
+        cells[3] = f"{b[1]['gap_mean']:.2f}"
+    diff = "—" if ours is None else f"{ours - recipe.published:+.2f}"
+    wall = train_s + sum(v.get("seconds", 0.0) for v in cache.values())
+    return (f"| `{name}` | {cells[0]} | {recipe.published:.2f} | {diff} | {cells[1]} | {cells[2]} "
+            f"| {cells[3]} | {epochs} / {planned} | {wall / 3600:.2f} h | "
+            f"{verdict(ours, se or 0.0, recipe.published, finished(path))} |")
+
+
+def print_table(args: argparse.Namespace, names: list[str]) -> None:
+    print(f"\nMNIST test −log p(x), nats: IWAE K = {args.samples} on {args.points} test images "
+          f"(one binarization, seed {args.seed}); AIS T = {args.steps}, C = {args.chains} on the "
+          f"first {args.ais_points}; BDMC gap on {args.bdmc} simulated images\n")
+    print("| row | ours (IWAE) | published | diff | k̂ > 0.7 | AIS | BDMC gap | epochs | "
+          "wall | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        print(row_line(args, name))
+    print()
+    for name in names:
+        recipe = ROWS[name]
+        print(f"- `{name}`: {recipe.source}" + (f"; differs: {recipe.differs}" if recipe.differs else ""))
+        print(f"  command: python benchmarks/reproduce.py {name}"
+              + (f" --device {args.device}" if args.device != "cpu" else ""))
+
+
+def list_rows(args: argparse.Namespace) -> None:
+    for name, recipe in ROWS.items():
+        cfg = recipe.config(args)
+        t, m = cfg.train, cfg.model
+        print(f"{name}: {recipe.published} nats ({recipe.source})\n"
+              f"    {m.prior} prior, {m.guide} guide, hidden {m.hidden_sizes} {m.activation}, "
+              f"z {m.latent_dim}; {t.objective} (particles {t.particles}), batch {t.batch_size}, "
+              f"lr {t.lr} ({t.lr_schedule}), Adam ε {t.adam_eps}, {t.epochs} epochs"
+              + (f", KL warm-up {t.kl_warmup}" if t.kl_warmup else "")
+              + (f", early stopping {t.early_stopping}" if t.early_stopping else "")
+              + (f"\n    differs: {recipe.differs}" if recipe.differs else ""))
+
+
+def mnist_ready(args: argparse.Namespace) -> bool:
+    if (args.data_root / "MNIST" / "raw").is_dir():
+        return True
+    print(f"no MNIST under {args.data_root}/MNIST/raw (torchvision layout); nothing to do")
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_rows(args)
+    if args.list:
+        list_rows(args)
+        return 0
+    if not mnist_ready(args):
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.rows:
+        path = train(args, name)
+        if not args.train_only and (finished(path) or args.score_now):
+            score(args, name, path)
+    shown = args.rows or [n for n in ROWS if (args.out / n).exists()]
+    print_table(args, shown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""benchmarks/reproduce.py: its rows, its refusals and its table, without training."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_list_names_every_row_with_its_published_number_and_recipe():
+    done = _run("--list")
+    assert done.returncode == 0, done.stderr
+    for row, published in (("burda-vae", "86.76"), ("burda-iwae-5", "85.54"),
+                           ("burda-iwae-50", "84.78"), ("vampprior", "85.57")):
+        assert f"{row}: {published} nats" in done.stdout
+    assert "batch 20, lr 0.001 (burda), Adam ε 0.0001, 3280 epochs" in done.stdout
+
+
+def test_an_unknown_row_is_one_line_and_exit_2(tmp_path):
+    done = _run("burda-vea", "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "reproduce.py: error: unknown row 'burda-vea'; the rows are burda-vae, burda-iwae-5, "
+        "burda-iwae-50, vampprior (--list describes them)"]
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_the_table_of_a_row_not_started_says_so(tmp_path):
+    if not (SCRIPT.parents[2] / "shared" / "data" / "MNIST" / "raw").is_dir():
+        pytest.skip("no MNIST under ../shared/data: the script says so and prints no table")
+    done = _run("--table", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "| row | ours (IWAE) | published |" in done.stdout
