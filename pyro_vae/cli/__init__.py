@@ -8,16 +8,14 @@ end with a one-line error and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Sequence
 
-from pyro_vae.cli import diagnose as _diagnose  # noqa: F401  (registers the command)
-from pyro_vae.cli import evaluate as _evaluate  # noqa: F401  (registers the command)
-from pyro_vae.cli import sample as _sample  # noqa: F401  (registers the command)
-from pyro_vae.cli import train as _train  # noqa: F401
 from pyro_vae.cli.common import (
     COMMANDS,
     EXIT_USAGE,
+    HELP,
     DefaultsOnceFormatter,
     OneLineParser,
     UserError,
@@ -27,25 +25,38 @@ from pyro_vae.cli.common import (
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand with its flags, or, given ``only``, with the flags of
+    that one alone and the others by name and help: a command's module loads torch and the
+    wings it runs on, which ``pyro-vae --help`` (and a mistyped command) does not need."""
     # The subcommands' parsers are of the same class (add_subparsers' default).
     parser = OneLineParser(
         prog="pyro-vae",
         description="Fit, sample, evaluate and diagnose variational autoencoders written in Pyro.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, command in COMMANDS.items():
+    for name, text in HELP.items():
         # No abbreviations: --resume must know exactly which flags were given.
-        p = sub.add_parser(name, help=command.help, description=command.help, allow_abbrev=False,
+        p = sub.add_parser(name, help=text, description=text, allow_abbrev=False,
                            formatter_class=DefaultsOnceFormatter)
-        command.add_arguments(p)
-        p.set_defaults(handler=command.run, subparser=p)
+        if only is None or name == only:
+            command = command_named(name)
+            command.add_arguments(p)
+            p.set_defaults(handler=command.run, subparser=p)
     return parser
+
+
+def command_named(name: str):
+    """The :class:`~pyro_vae.cli.common.Command` ``name``, its module imported (which
+    registers it)."""
+    importlib.import_module(f"{__name__}.{name}")
+    return COMMANDS[name]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-vae`` console script and ``python -m pyro_vae``."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    named = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=named if named in HELP else "")
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the subcommand whose flags they were meant to be, not by pyro-vae
         args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -10,10 +10,21 @@ from typing import Callable, Iterator, NoReturn
 
 from pyro_vae.files import DiskFullError
 from pyro_vae.registry import Registry, UnknownNameError
-from pyro_vae.runs import CheckpointError, RunLockedError
-from pyro_vae.validation import DataError
 
 COMMANDS: Registry = Registry("command")
+HELP: dict[str, str] = {
+    "train": "fit a VAE and write a run folder (config, metrics, checkpoint, figures)",
+    "sample": ("draw images from a fitted run's story (prior predictive, or with latent sites "
+               "held fixed) into an image grid"),
+    "evaluate": ("estimate log p(x) of a split (prior Monte Carlo, ELBO, IWAE) with PSIS "
+                 "diagnostics, or by AIS (--method ais) checked by BDMC (--bdmc N); writes "
+                 "evaluation.json and figures"),
+    "diagnose": ("sample the true posterior by NUTS and compare it with the guide: inference "
+                 "gaps, posterior collapse, predictive checks"),
+}
+"""Each subcommand's one-line help, in the order ``pyro-vae --help`` lists them. It is read
+without importing the command's module, which loads torch and the wings the command runs on."""
+
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_DISK_FULL = 4  # no space left on the device; the files already written are intact
@@ -63,6 +74,11 @@ class UserError(Exception):
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the library's errors about input into :class:`UserError`."""
+    # Here, not at the top: the run wing loads torch and validation numpy, which
+    # pyro-vae --help does without.
+    from pyro_vae.runs import CheckpointError, RunLockedError
+    from pyro_vae.validation import DataError
+
     try:
         yield
     except DiskFullError as err:

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pyro_vae.cli.common import COMMANDS, Command, positive_int
+from pyro_vae.cli.common import COMMANDS, HELP, Command, positive_int
 from pyro_vae.diagnostics import DiagnoseConfig, active_units_text, diagnose, write_diagnostics
 from pyro_vae.evaluation import write_classifier_report
 from pyro_vae.runs import load_run
@@ -58,6 +58,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("diagnose")(Command(
-    "sample the true posterior by NUTS and compare it with the guide: inference gaps, "
-    "posterior collapse, predictive checks", add_arguments, run))
+COMMANDS.register("diagnose")(Command(HELP["diagnose"], add_arguments, run))

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from pyro_vae.cli.common import COMMANDS, Command, UserError, int_list, positive_int
+from pyro_vae.cli.common import COMMANDS, HELP, Command, UserError, int_list, positive_int
 from pyro_vae.evaluation import (
     ESTIMATORS,
     STARTS,
@@ -178,7 +178,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("evaluate")(Command("estimate log p(x) of a split (prior Monte Carlo, ELBO, IWAE) "
-                                      "with PSIS diagnostics, or by AIS (--method ais) checked by "
-                                      "BDMC (--bdmc N); writes evaluation.json and figures",
-                                      add_arguments, run))
+COMMANDS.register("evaluate")(Command(HELP["evaluate"], add_arguments, run))

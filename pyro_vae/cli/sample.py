@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import figures
-from pyro_vae.cli.common import COMMANDS, Command, UserError, float_list, positive_int
+from pyro_vae.cli.common import COMMANDS, HELP, Command, UserError, float_list, positive_int
 from pyro_vae.evaluation import label_site
 from pyro_vae.predictive import prior_predictive
 from pyro_vae.runs import LoadedRun, load_run
@@ -101,6 +101,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS.register("sample")(Command("draw images from a fitted run's story (prior predictive, or "
-                                    "with latent sites held fixed) into an image grid",
-                                    add_arguments, run))
+COMMANDS.register("sample")(Command(HELP["sample"], add_arguments, run))

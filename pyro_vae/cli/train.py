@@ -18,6 +18,7 @@ from pyro_vae.cli.common import (
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    HELP,
     Command,
     UserError,
     choice_of,
@@ -331,5 +332,4 @@ def _run(args: argparse.Namespace) -> int:
     return report(result)
 
 
-COMMANDS.register("train")(Command("fit a VAE and write a run folder (config, metrics, "
-                                   "checkpoint, figures)", add_arguments, run))
+COMMANDS.register("train")(Command(HELP["train"], add_arguments, run))

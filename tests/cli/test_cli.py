@@ -131,3 +131,15 @@ def test_train_on_mnist_from_shared_data(mnist_root, tmp_path):
             "--name", "m"]
     assert main(args) == 0
     assert (tmp_path / "m" / "checkpoint.safetensors").exists()
+
+
+def test_help_and_a_mistyped_command_load_no_torch():
+    """``pyro-vae --help`` lists the commands from their one-line helps without importing the
+    commands' modules (torch and the wings alone take seconds to import)."""
+    code = ("import sys\nfrom pyro_vae.cli import main\n"
+            "for argv in (['--help'], ['trian']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'pyro', 'numpy', 'pyro_vae.runs') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+    assert "invalid choice: 'trian'" in done.stderr
