@@ -18,6 +18,7 @@ This module is a leaf of the engine: it imports nothing from it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import re
 import warnings
@@ -266,6 +267,16 @@ def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[Non
     with torch.random.fork_rng(devices=cuda_devices(torch.device(device))):
         torch.manual_seed(seed)
         yield
+
+
+def unit_seed(seed: int, *unit: object) -> int:
+    """The seed of one unit of a long computation (a chunk of images, a stage), from the
+    computation's ``seed`` and the unit's name, e.g. ``unit_seed(0, "iwae", 3)``: a unit's
+    draws then depend on nothing but these, not on which units ran before it in the same
+    process, so a stopped computation can redo any unit exactly. In [0, 2**32), which every
+    generator Pyro seeds (torch, numpy, random) accepts."""
+    text = "/".join(str(part) for part in (seed, *unit))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
 def cuda_devices(*where: Tensor | torch.device) -> list[torch.device]:
