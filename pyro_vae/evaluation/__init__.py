@@ -1,6 +1,8 @@
-"""What a fit is worth: log p(x) by importance sampling (:mod:`~pyro_vae.evaluation.importance`),
-AIS and BDMC (:mod:`~pyro_vae.evaluation.ais`), classification reports for stories with a
-label site (:mod:`~pyro_vae.evaluation.classify`) and their figures.
+"""What a fit is worth: log p(x) by importance sampling (:mod:`~pyro_vae.evaluation.importance`,
+its estimates and PSIS in :mod:`~pyro_vae.evaluation.estimates`), AIS and BDMC
+(:mod:`~pyro_vae.evaluation.annealing`, :mod:`~pyro_vae.evaluation.bounds`), the entries of a
+run's ``evaluation.json`` (:mod:`~pyro_vae.evaluation.records`), classification reports for
+stories with a label site (:mod:`~pyro_vae.evaluation.classify`) and their figures.
 """
 
 from pyro_vae.evaluation.annealing import STARTS, Adaptation, AISConfig, sigmoid_schedule
@@ -24,8 +26,7 @@ from pyro_vae.evaluation.classify import (
                                         scored_splits,
                                         write_classifier_report,
 )
-from pyro_vae.evaluation.figures import plot_k_curve, plot_khat
-from pyro_vae.evaluation.importance import (
+from pyro_vae.evaluation.estimates import (
                                         ESTIMATORS,
                                         KHAT_THRESHOLD,
                                         Estimate,
@@ -33,12 +34,23 @@ from pyro_vae.evaluation.importance import (
                                         KCurve,
                                         PSISDiagnostics,
                                         bits_per_dim,
+                                        k_grid,
+                                        psis_diagnostics,
+)
+from pyro_vae.evaluation.figures import plot_k_curve, plot_khat
+from pyro_vae.evaluation.importance import (
                                         default_chunks,
                                         evaluate,
-                                        k_grid,
+                                        images_bar,
                                         log_importance_weights,
                                         particle_traces,
-                                        psis_diagnostics,
+)
+from pyro_vae.evaluation.records import (
+                                        EVALUATION_FILE,
+                                        entry_key,
+                                        make_entry,
+                                        read_evaluations,
+                                        record_entries,
 )
 
 __all__ = [
@@ -55,23 +67,29 @@ __all__ = [
     "classifier_figures",
     "default_chunks",
     "default_steps_grid",
+    "entry_key",
     "epoch_metrics",
     "Estimate",
     "ESTIMATORS",
     "evaluate",
     "Evaluation",
+    "EVALUATION_FILE",
+    "images_bar",
     "k_grid",
     "KCurve",
     "keep_labels",
     "KHAT_THRESHOLD",
     "label_site",
     "log_importance_weights",
+    "make_entry",
     "particle_traces",
     "partly_labelled",
     "plot_k_curve",
     "plot_khat",
     "psis_diagnostics",
     "PSISDiagnostics",
+    "read_evaluations",
+    "record_entries",
     "scored_splits",
     "sigmoid_schedule",
     "simulate",

@@ -65,6 +65,8 @@ from pyro_vae.traces import (
 )
 
 STARTS: Registry = Registry("AIS start")
+SETTLE = 10
+"""HMC transitions at β = 0 that settle each image's step size before the warm-up pass anneals."""
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,8 @@ class Annealer:
         self.problem, self.start, self.leapfrog = problem, start, leapfrog
         self.traced: Callable | None = None
         self.fallback: str | None = None if jit else "jit=False"
+        self.tick: Callable[[], object] | None = None
+        """Called after every annealing step (a progress bar)."""
 
     def terms(self, u: Tensor) -> Terms:
         values, log_det = self.problem.values(u)
@@ -379,6 +383,8 @@ class Annealer:
         for t in range(1, last + 1):
             (before, now), grad = self.log_f_grad(u, [float(betas[t - 1]), float(betas[t])])
             log_w = log_w + (now - before)
+            if self.tick is not None:
+                self.tick()
             if t == last:  # the last transition would not change the weight
                 break
             step = adapt.eps if adapt is not None else eps[t]
@@ -420,24 +426,18 @@ class Adaptation:
 
 def warmup(annealer: Annealer, cfg: AISConfig, steps: int) -> Adaptation:
     """The separate adaptation pass: fresh chains, ``min(warmup_steps, steps)`` steps, each
-    image's step size adapted as they go; a few transitions at β = 0 settle ε first."""
+    image's step size adapted as they go; ``SETTLE`` transitions at β = 0 settle ε first."""
     p = annealer.problem
     u = p.unconstrain(annealer.start.draw())
     dtype = u.dtype
     adapt = Adaptation(torch.full((p.x.shape[0],), cfg.initial_step_size, dtype=dtype,
                                   device=u.device), cfg.target_accept)
-    for _ in range(10):
+    for _ in range(SETTLE):
         (log_f,), grad = annealer.log_f_grad(u, [0.0])
         u, accept = annealer.hmc(u, log_f, grad, 0.0, adapt.eps)
         adapt.update(0.0, accept.to(dtype).mean(0))
+        if annealer.tick is not None:
+            annealer.tick()
     annealer.anneal(u, sigmoid_schedule(min(cfg.warmup_steps, steps), cfg.sharpness, dtype),
                     None, adapt)
     return adapt
-
-
-# ---------------------------------------------------------------------------- results
-
-
-# ---------------------------------------------------------------------------- BDMC
-
-

@@ -1,6 +1,9 @@
 """log p(x) by AIS, per image and as a curve over the number of steps, and its BDMC check
 on simulated images: the drivers of :mod:`~pyro_vae.evaluation.annealing`'s machinery
-(see there for the method), a chunk of images at a time."""
+(see there for the method), a chunk of images at a time. Each chunk draws from its own seed
+(:func:`pyro_vae.programs.unit_seed` of the seed and its index) and, given a
+:class:`~pyro_vae.partial.Partial`, is written to disk when done and read back instead of
+annealed again, so a stopped run continues to the numbers it would have given."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from pyro_vae.evaluation.annealing import (
+    SETTLE,
     STARTS,
     AISConfig,
     Annealer,
@@ -22,10 +26,10 @@ from pyro_vae.evaluation.annealing import (
     sigmoid_schedule,
     warmup,
 )
-from pyro_vae.evaluation.importance import (
-    Estimate,
-)
-from pyro_vae.programs import Batch, frozen, seeded
+from pyro_vae.evaluation.estimates import Estimate
+from pyro_vae.evaluation.importance import images_bar
+from pyro_vae.partial import Arrays, Partial, as_arrays
+from pyro_vae.programs import Batch, frozen, seeded, unit_seed
 from pyro_vae.traces import (
     image_site,
     is_observed,
@@ -80,10 +84,11 @@ class _Pass:
     acceptance: list[Tensor] = field(default_factory=list)
     seconds: float = 0.0
 
-    def add(self, log_w: Tensor, acceptance: Tensor, seconds: float) -> None:
-        self.log_w.append(log_w.detach().double().cpu())
-        self.acceptance.append(acceptance.detach().double().cpu())
-        self.seconds += seconds
+    def add(self, arrays: Arrays, name: str) -> None:
+        """The chunk's arrays ``<name>_log_w``, ``_acceptance`` and ``_seconds``."""
+        self.log_w.append(torch.as_tensor(arrays[f"{name}_log_w"]))
+        self.acceptance.append(torch.as_tensor(arrays[f"{name}_acceptance"]))
+        self.seconds += float(arrays[f"{name}_seconds"])
 
     def result(self, data_dim: int, cfg: AISConfig, sign: float = 1.0) -> AISResult:
         """Forward AIS: log p̂ = log mean w. Reverse (``sign`` −1): w estimates 1 / p(x), and
@@ -94,46 +99,87 @@ class _Pass:
                          torch.cat(self.acceptance), log_w, cfg, self.seconds)
 
 
+def _timed_anneal(annealer: Annealer, u: Tensor, betas: Tensor, eps: Tensor, name: str
+                  ) -> dict[str, Any]:
+    begin = time.perf_counter()
+    log_w, acceptance = annealer.anneal(u, betas, eps)
+    return {f"{name}_log_w": log_w.detach().double(),
+            f"{name}_acceptance": acceptance.detach().double(),
+            f"{name}_seconds": time.perf_counter() - begin}
+
+
 def _anneal_chunk(annealer: Annealer, cfg: AISConfig, steps: Sequence[int],
-                  forward: list[_Pass], reverse: list[_Pass] | None = None,
-                  exact: dict[str, Tensor] | None = None) -> None:
+                  exact: dict[str, Tensor] | None = None) -> Arrays:
     """One chunk: one warm-up pass (its step sizes serve every T, read off against β), then
-    forward AIS at each T in ``steps`` and, given exact posterior draws ``exact``
-    ``{name: [n, ...]}``, AIS backwards from them."""
+    forward AIS at each T in ``steps`` (``forward<i>_*``, see :meth:`_Pass.add`) and, given
+    exact posterior draws ``exact`` ``{name: [n, ...]}``, AIS backwards from them
+    (``reverse<i>_*``)."""
     problem = annealer.problem
     adapt = warmup(annealer, cfg, max(steps))
+    out: dict[str, Any] = {}
     for i, t in enumerate(steps):
         betas = sigmoid_schedule(t, cfg.sharpness, adapt.eps.dtype)
-        begin = time.perf_counter()
         u = problem.unconstrain(annealer.start.draw())
-        forward[i].add(*annealer.anneal(u, betas, adapt.schedule(betas)),
-                       time.perf_counter() - begin)
-        if reverse is not None and exact is not None:
-            begin = time.perf_counter()
+        out |= _timed_anneal(annealer, u, betas, adapt.schedule(betas), f"forward{i}")
+        if exact is not None:
             u = problem.unconstrain({k: v.expand(cfg.chains, *v.shape) for k, v in exact.items()})
             down = betas.flip(0)
-            reverse[i].add(*annealer.anneal(u, down, adapt.schedule(down)),
-                           time.perf_counter() - begin)
+            out |= _timed_anneal(annealer, u, down, adapt.schedule(down), f"reverse{i}")
+    return as_arrays(out)
 
 
 def _modules(*programs: Callable | None) -> list[nn.Module]:
     return [p for p in programs if isinstance(p, nn.Module)]
 
 
+@dataclass(frozen=True)
+class _Runs:
+    """How the chunks of one AIS or BDMC are seeded, kept and shown: chunk i draws from
+    ``unit_seed(seed, name, i)`` (the caller's stream for seed None), is kept in
+    ``partial`` when given, and advances a bar over the images named ``name``."""
+
+    name: str
+    seed: int | None
+    partial: Partial | None = None
+    progress: bool | None = False
+
+    def check(self) -> None:
+        if self.partial is not None and self.seed is None:
+            raise ValueError(f"{self.name}: partial results need a seed (with seed=None every "
+                             f"chunk draws from the caller's random stream, which cannot be replayed)")
+
+
 def _run(model: Callable, guide: Callable | None, x: Tensor, batch: Batch, cfg: AISConfig,
-         steps: Sequence[int], nesting: int, exact: dict[str, Tensor] | None = None
+         steps: Sequence[int], nesting: int, runs: _Runs, exact: dict[str, Tensor] | None = None
          ) -> tuple[list[_Pass], list[_Pass]]:
-    """Forward (and with ``exact``, reverse) passes at each T, a chunk of images at a time."""
+    """Forward (and with ``exact``, reverse) passes at each T, a chunk of images at a time
+    (read back from ``runs.partial`` where it holds them)."""
+    runs.check()
     forward, reverse = [_Pass() for _ in steps], [_Pass() for _ in steps]
-    size = cfg.chunk(x.device)
-    with frozen(*_modules(model, guide)):
-        for lo in range(0, x.shape[0], size):
-            rows, fields = x[lo:lo + size], slice_rows(batch, lo, lo + size)
-            problem = Problem(model, rows, fields, cfg.chains, nesting)
-            annealer = Annealer(problem, STARTS.lookup(cfg.start)(problem, guide), cfg.leapfrog,
-                                cfg.jit)
-            _anneal_chunk(annealer, cfg, steps, forward, reverse,
-                          None if exact is None else slice_rows(exact, lo, lo + size))
+    size, n = cfg.chunk(x.device), x.shape[0]
+    # Annealing steps per chunk: the warm-up pass's, then each T forward (and backward).
+    work = SETTLE + min(cfg.warmup_steps, max(steps)) + sum(steps) * (1 if exact is None else 2)
+    with frozen(*_modules(model, guide)), images_bar(n, runs.progress, runs.name) as bar:
+        for index, lo in enumerate(range(0, n, size)):
+            unit = f"chunk-{index:05d}"
+            saved = runs.partial.load(unit) if runs.partial is not None else None
+            if saved is None:
+                rows, fields = x[lo:lo + size], slice_rows(batch, lo, lo + size)
+                seed = None if runs.seed is None else unit_seed(runs.seed, runs.name, index)
+                with seeded(seed, x.device):
+                    problem = Problem(model, rows, fields, cfg.chains, nesting)
+                    annealer = Annealer(problem, STARTS.lookup(cfg.start)(problem, guide),
+                                        cfg.leapfrog, cfg.jit)
+                    annealer.tick = lambda r=len(rows): bar.update(r / work)
+                    saved = _anneal_chunk(annealer, cfg, steps,
+                                          None if exact is None else slice_rows(exact, lo, lo + size))
+                if runs.partial is not None:
+                    saved = runs.partial.save(unit, saved)
+            bar.update(min(n, lo + size) - bar.n)
+            for i in range(len(steps)):
+                forward[i].add(saved, f"forward{i}")
+                if exact is not None:
+                    reverse[i].add(saved, f"reverse{i}")
     return forward, reverse
 
 
@@ -157,7 +203,9 @@ def default_steps_grid(steps: int) -> tuple[int, ...]:
 @torch.no_grad()
 def ais_curve(model: Callable, guide: Callable | None, data: Tensor, cfg: AISConfig = AISConfig(),
               steps: Sequence[int] | None = None, *, seed: int | None = 0,
-              batch: Batch | None = None, max_plate_nesting: int = 1) -> tuple[AISResult, ...]:
+              batch: Batch | None = None, max_plate_nesting: int = 1,
+              partial: Partial | None = None, progress: bool | None = False
+              ) -> tuple[AISResult, ...]:
     """log p(x) of each row of ``data`` ``[N, ...]`` by annealed importance sampling, at each
     T in ``steps`` (default: ``cfg.steps`` alone), each T with its own independent chains.
 
@@ -165,14 +213,18 @@ def ais_curve(model: Callable, guide: Callable | None, data: Tensor, cfg: AISCon
         model, guide: Pyro programs ``model(x, **batch)`` (the story contract); the guide is
             read only with ``cfg.start == "guide"``.
         data: the images, on the device to compute on.
-        cfg: C, the start and the HMC settings (:class:`AISConfig`).
+        cfg: C, the start and the HMC settings (:class:`AISConfig`); its ``chunk`` of images
+            is annealed at once, from its own seed (``unit_seed(seed, "ais", i)``).
         seed: seeds every draw without touching the caller's random state; None uses it.
         batch: per-row extras ``{name: [N, ...]}`` (labels ``y``), sliced with ``data``.
+        partial: where each finished chunk is written, and read back instead of annealed
+            again (so a stopped run continues to the same numbers).
+        progress: a bar over the images: shown, hidden, or (None) only on a terminal.
     """
     cfg.check()
     steps = tuple(steps or (cfg.steps,))
-    with seeded(seed, data.device):
-        forward, _ = _run(model, guide, data, batch or {}, cfg, steps, max_plate_nesting)
+    forward, _ = _run(model, guide, data, batch or {}, cfg, steps, max_plate_nesting,
+                      _Runs("ais", seed, partial, progress))
     dim = int(data[0].numel())
     return tuple(f.result(dim, dataclasses.replace(cfg, steps=t)) for f, t in zip(forward, steps))
 
@@ -230,17 +282,21 @@ def simulate(model: Callable, template: Tensor, batch: Batch | None = None
 
 def bdmc(model: Callable, guide: Callable | None, template: Tensor, cfg: AISConfig = AISConfig(),
          steps: Sequence[int] | None = None, *, seed: int | None = 0, batch: Batch | None = None,
-         max_plate_nesting: int = 1) -> BDMCResult:
+         max_plate_nesting: int = 1, partial: Partial | None = None,
+         progress: bool | None = False) -> BDMCResult:
     """Bidirectional Monte Carlo on ``len(template)`` images simulated from the model
     (rows of ``template`` ``[N, ...]`` and its extras give their shape and labels), at each
-    T in ``steps`` (default :func:`default_steps_grid` of ``cfg.steps``)."""
+    T in ``steps`` (default :func:`default_steps_grid` of ``cfg.steps``). The images are
+    simulated from ``seed`` itself, each chunk is annealed from ``unit_seed(seed, "bdmc", i)``;
+    ``partial`` and ``progress`` as for :func:`ais_curve`."""
     cfg.check()
     steps = tuple(steps or default_steps_grid(cfg.steps))
     batch = batch or {}
     with seeded(seed, template.device):
         x, latents = simulate(model, template, batch)
-        with torch.no_grad():
-            forward, reverse = _run(model, guide, x, batch, cfg, steps, max_plate_nesting, latents)
+    with torch.no_grad():
+        forward, reverse = _run(model, guide, x, batch, cfg, steps, max_plate_nesting,
+                                _Runs("bdmc", seed, partial, progress), latents)
     dim = int(x[0].numel())
     configs = [dataclasses.replace(cfg, steps=t) for t in steps]
     return BDMCResult(steps, tuple(f.result(dim, c) for f, c in zip(forward, configs)),

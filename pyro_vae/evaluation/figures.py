@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from pyro_vae.evaluation.importance import ESTIMATORS, KCurve, PSISDiagnostics
+from pyro_vae.evaluation.estimates import ESTIMATORS, KCurve, PSISDiagnostics
 from pyro_vae.figures import save_figure
 
 LABELS = {"prior_mc": "prior Monte Carlo  log 1/K Σ p(x|z), z~p(z)",
@@ -19,9 +19,10 @@ LABELS = {"prior_mc": "prior Monte Carlo  log 1/K Σ p(x|z), z~p(z)",
 
 
 def plot_k_curve(curve: KCurve, path: Path, exact: float | None = None,
-                 ais: Sequence = ()) -> Path:
+                 ais: Sequence = (), entry: str | None = None) -> Path:
     """Each estimator's mean log p(x) (± 2 standard errors over points) against K, log-spaced;
-    with ``ais`` (results of :func:`pyro_vae.evaluation.ais_curve`), AIS against T beside them."""
+    with ``ais`` (results of :func:`pyro_vae.evaluation.ais_curve`), AIS against T beside them.
+    ``entry`` names what is shown (the keys of ``evaluation.json`` entries) above the plot."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     ks = np.asarray(curve.ks)
@@ -41,8 +42,14 @@ def plot_k_curve(curve: KCurve, path: Path, exact: float | None = None,
                  + " (bands: ±2 s.e. over points)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    _name(fig, entry)
     save_figure(fig, path)
     return path
+
+
+def _name(fig: Figure, entry: str | None) -> None:
+    if entry:
+        fig.suptitle(f"evaluation.json: {entry}", fontsize=7, color="0.3")
 
 
 def _draw_ais(ax, ais: Sequence) -> None:
@@ -55,8 +62,9 @@ def _draw_ais(ax, ais: Sequence) -> None:
     ax.fill_between(steps, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.1)
 
 
-def plot_khat(psis: PSISDiagnostics, path: Path) -> Path:
-    """Histogram of the per-point PSIS k̂ of the guide's weights, with the 0.7 threshold."""
+def plot_khat(psis: PSISDiagnostics, path: Path, entry: str | None = None) -> Path:
+    """Histogram of the per-point PSIS k̂ of the guide's weights, with the 0.7 threshold
+    (``entry``: the ``evaluation.json`` entry shown, named above the plot)."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     khat = psis.khat.numpy()
@@ -70,5 +78,6 @@ def plot_khat(psis: PSISDiagnostics, path: Path) -> Path:
     ax.set_xlabel("PSIS Pareto k̂ of q(z|x) as proposal for p(z|x)")
     ax.set_ylabel("data points")
     ax.legend()
+    _name(fig, entry)
     save_figure(fig, path)
     return path

@@ -1,4 +1,6 @@
-"""How P(x) = ∫ p(x | z) p(z) dz is actually computed: three estimates of log p(x), with PSIS diagnostics.
+"""How P(x) = ∫ p(x | z) p(z) dz is actually computed: the importance weights of any story,
+and :func:`evaluate`, which reduces them to three estimates of log p(x) with PSIS
+diagnostics (:mod:`~pyro_vae.evaluation.estimates`), a chunk of points at a time.
 
 For each data point x_n and K draws z_k the evaluator forms log importance weights
 
@@ -8,14 +10,6 @@ For each data point x_n and K draws z_k the evaluator forms log importance weigh
              (latent sites that the guide leaves out are drawn from the model and cancel)
     prior:   log v_kn = log p(x_n | z_k),                      z_k ~ p(z)
 
-and from them, per data point,
-
-.. code-block:: text
-
-    prior Monte Carlo   log (1/K Σ_k v_kn)     unbiased for p(x_n) on the linear scale (the naive method)
-    ELBO                1/K Σ_k log w_kn       a lower bound, E = log p(x_n) − KL(q ‖ p(z | x_n))
-    IWAE                log (1/K Σ_k w_kn)     a lower bound that rises to log p(x_n) as K grows
-
 It works for any Pyro model/guide pair, called as ``model(x, **batch)`` and
 ``guide(x, **batch)`` with x ``[N, ...]`` (the story contract), whose latent and observed sites all
 sit inside one data plate over the rows of x (at dim -1 when
@@ -24,43 +18,47 @@ around both programs; log-densities are summed over sites but the data
 dimension is kept, unlike Pyro's ``vectorized_importance_weights``, which
 collapses it. Everything runs under ``torch.no_grad()`` on the device of ``x``.
 
-Quality of the guide as a proposal is reported with ArviZ's Pareto-smoothed
-importance sampling: k̂ per point (trustworthy below 0.7, Yao et al. 2018) and
-the normalized importance-sampling effective sample size.
+**Chunks that can be redone.** :func:`evaluate` draws for ``hold_points`` points at a time,
+each such chunk from its own seed (:func:`pyro_vae.programs.unit_seed` of the seed and the
+chunk's index), so a chunk's numbers do not depend on the chunks before it; with a
+:class:`~pyro_vae.partial.Partial` each finished chunk is written to disk and read back
+instead of drawn again, and a stopped evaluation continues to the numbers it would have
+given uninterrupted.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from pyro_vae.evaluation.estimates import (
+    ESTIMATORS,
+    Estimate,
+    Evaluation,
+    PSISDiagnostics,
+    curve_of,
+    estimates_at,
+    k_grid,
+    merge_psis,
+    psis_diagnostics,
+)
+from pyro_vae.partial import Arrays, Partial, as_arrays
 from pyro_vae.pixels import Pixels, check_binary, scored_pixels
-from pyro_vae.programs import cuda_devices, seeded
+from pyro_vae.programs import cuda_devices, seeded, unit_seed
 from pyro_vae.traces import (
     is_enumerated,
     is_latent,
-    log_mean_exp,
     particle_plate,
     slice_rows,
     trace_program,
 )
-
-__all__ = ["Estimate", "Evaluation", "KCurve", "PSISDiagnostics", "bits_per_dim", "evaluate",
-           "log_importance_weights", "log_mean_exp", "psis_diagnostics"]
-
-KHAT_THRESHOLD = 0.7
-ESTIMATORS = ("prior_mc", "elbo", "iwae")
 
 
 def local_log_prob(trace: poutine.Trace, n: int, keep: Callable[[str, dict], bool]) -> Tensor:
@@ -232,152 +230,19 @@ def check_cancelling(trace: poutine.Trace, proposed: set[str]) -> None:
                              f"the guide must propose every continuous latent that follows them")
 
 
-def bits_per_dim(log_px: Tensor | float, data_dim: int) -> Tensor | float:
-    """−log p(x) / (D ln 2): the code length per pixel, so lower is better while log p is higher."""
-    return -log_px / (data_dim * math.log(2.0))
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """One estimator of log p(x): per point ``[N]`` and its mean ± standard error over points.
-
-    ``bits_per_dim`` is −``mean`` / (D ln 2); its standard error scales the same way.
-    """
-
-    name: str
-    per_point: Tensor
-    mean: float
-    stderr: float
-    bits_per_dim: float
-    bits_per_dim_stderr: float
-
-    @classmethod
-    def of(cls, name: str, per_point: Tensor, data_dim: int) -> "Estimate":
-        per_point = per_point.detach().double().cpu()
-        n = per_point.numel()
-        mean = float(per_point.mean())
-        stderr = float(per_point.std() / math.sqrt(n)) if n > 1 else float("nan")
-        return cls(name, per_point, mean, stderr, float(bits_per_dim(mean, data_dim)),
-                   stderr / (data_dim * math.log(2.0)))
-
-    def summary(self) -> dict[str, float | str]:
-        """The numbers without the per-point tensor (for JSON)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "per_point"}
-
-
-@dataclass(frozen=True)
-class PSISDiagnostics:
-    """How far the guide's importance weights can be trusted, per point.
-
-    ``khat`` ``[N]``: Pareto shape of the weights' upper tail (PSIS); above
-    ``threshold`` (0.7) the IWAE estimate of that point is unreliable; −∞ where
-    all K weights are equal.
-    ``ess`` ``[N]``: importance-sampling effective sample size of the smoothed
-    weights divided by K, 1 / (K Σ_k w̃_k²) with w̃ normalized, in (0, 1].
-    """
-
-    khat: Tensor
-    ess: Tensor
-    fraction_above: float
-    threshold: float = KHAT_THRESHOLD
-
-    def summary(self) -> dict[str, float]:
-        k = self.khat.double().clamp(min=-1.0)  # −∞ (constant weights) would swamp the mean
-        return {"khat_mean": float(k.mean()), "khat_median": float(k.median()),
-                "khat_max": float(k.max()), "fraction_khat_above": self.fraction_above,
-                "khat_threshold": self.threshold, "ess_fraction_mean": float(self.ess.mean()),
-                "ess_fraction_median": float(self.ess.median())}
-
-
-def psis_diagnostics(log_w: Tensor, threshold: float = KHAT_THRESHOLD) -> PSISDiagnostics:
-    """PSIS k̂ and normalized ESS of each point's K weights ``log_w`` ``[K, N]``.
-
-    ``arviz.psislw`` reads the last axis as the sample axis, so all N points go
-    in as one ``[N, K]`` array.
-    """
-    import arviz
-
-    lw = log_w.T.double().cpu().numpy()
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        smoothed, khat = arviz.psislw(lw)
-    khat = np.asarray(khat, dtype=np.float64)
-    # All K weights equal (q = p(z|x) exactly): there is no tail, and psislw's fit returns
-    # inf; the proposal is perfect, so k̂ = −∞.
-    khat[lw.max(axis=-1) == lw.min(axis=-1)] = -np.inf
-    khat = torch.as_tensor(khat)
-    # psislw returns normalized log weights: Σ_k exp(lw_k) = 1.
-    ess = 1.0 / (np.exp(2.0 * smoothed).sum(axis=-1) * log_w.shape[0])
-    return PSISDiagnostics(khat, torch.as_tensor(ess), float((khat > threshold).double().mean()),
-                           threshold)
-
-
-def k_grid(num_samples: int, points: int = 12) -> tuple[int, ...]:
-    """Log-spaced K from 1 to ``num_samples`` (distinct integers, ``num_samples`` last)."""
-    ks = np.unique(np.round(np.geomspace(1, num_samples, points)).astype(int))
-    return tuple(int(k) for k in ks)
-
-
-@dataclass(frozen=True)
-class KCurve:
-    """Each estimator's mean (± standard error over points) using only the first K draws."""
-
-    ks: tuple[int, ...]
-    mean: dict[str, tuple[float, ...]]
-    stderr: dict[str, tuple[float, ...]]
-
-
-def estimates_at(guided: Tensor, prior: Tensor, k: int) -> dict[str, Tensor]:
-    """The three per-point estimates ``[N]`` from the first ``k`` rows of the weights ``[K, N]``."""
-    return {"prior_mc": log_mean_exp(prior[:k]), "elbo": guided[:k].mean(0),
-            "iwae": log_mean_exp(guided[:k])}
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What :func:`evaluate` measured on N points with K draws each.
-
-    ``prior_mc``, ``elbo`` and ``iwae`` are the three estimates of log p(x)
-    (nats, and bits/dim); ``psis`` judges the guide's weights; ``curve`` gives
-    each estimate against K.
-    """
-
-    prior_mc: Estimate
-    elbo: Estimate
-    iwae: Estimate
-    psis: PSISDiagnostics
-    curve: KCurve
-    num_samples: int
-    num_points: int
-    data_dim: int
-    seconds: float
-    summed: tuple[str, ...] = ()
-    """Discrete sites marked for enumeration: summed exactly over their values inside every
-    weight, not sampled."""
-
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready dict (no per-point tensors)."""
-        return {"num_samples": self.num_samples, "num_points": self.num_points,
-                "data_dim": self.data_dim, "seconds": self.seconds,
-                "summed_exactly": list(self.summed),
-                "estimates": {name: getattr(self, name).summary() for name in ESTIMATORS},
-                "psis": self.psis.summary(),
-                "curve": {"ks": list(self.curve.ks), "mean": self.curve.mean,
-                          "stderr": self.curve.stderr}}
-
 
 @torch.no_grad()
 def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int = 5000,
              particle_chunk: int | None = None, point_chunk: int | None = None,
              hold_points: int = 256, ks: Sequence[int] | None = None,
-             seed: int | None = 0, progress: bool = False, max_plate_nesting: int = 1,
+             seed: int | None = 0, progress: bool | None = False, max_plate_nesting: int = 1,
              args: tuple = (), kwargs: dict | None = None,
-             batch: dict[str, Tensor] | None = None) -> Evaluation:
+             batch: dict[str, Tensor] | None = None, partial: Partial | None = None) -> Evaluation:
     """Estimate log p(x) of each row of ``data`` ``[N, ...]`` three ways, with PSIS diagnostics.
 
     Draws K = ``num_samples`` z per point from the guide (for the ELBO and the
     IWAE bound) and K from the prior (for naive Monte Carlo). The K weights of
-    ``hold_points`` points at a time are held, reduced and dropped, so peak
+    ``hold_points`` points at a time (a chunk) are held, reduced and dropped, so peak
     memory is about ``4 · K · hold_points · 8`` bytes of weights (two proposals,
     and PSIS's float64 copies) plus one program chunk of ``particle_chunk ×
     point_chunk`` draws (see :func:`log_importance_weights`), whatever N is.
@@ -388,34 +253,70 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
         num_samples: K, draws per point from each proposal.
         particle_chunk, point_chunk: draws × points per program call (see
             :func:`log_importance_weights`).
-        hold_points: points whose K weights are held at once.
+        hold_points: points whose K weights are held at once: a chunk, seeded on its own
+            from ``seed`` and its index (so the numbers depend on it, and on the program
+            chunks, as they fix the order of the draws).
         ks: the K at which ``curve`` is read (default: log-spaced up to K).
-        seed: seeds the draws without touching the caller's random state; ``None`` uses it.
-        progress: show a tqdm bar over the draws (2·N·K in all).
+        seed: seeds the draws without touching the caller's random state; ``None`` draws
+            every chunk from the caller's stream (and cannot be resumed).
+        progress: a tqdm bar over the images (True), none (False), or one only when stderr
+            is a terminal (None).
         batch: per-row extras ``{name: [N, ...]}`` (labels ``y``), sliced with ``data``.
+        partial: where finished chunks are written as they are made, and read back instead
+            of drawn again (``pyro-vae evaluate`` keeps them in the run folder).
     """
     check_scorable(model, data, batch)
-    start = time.perf_counter()
+    if partial is not None and seed is None:
+        raise ValueError("evaluate: partial results need a seed (with seed=None every chunk "
+                         "draws from the caller's random stream, which cannot be replayed)")
     n, data_dim = data.shape[0], int(data[0].numel())
     ks = tuple(ks or k_grid(num_samples))
-    per_point: dict[str, list[Tensor]] = {name: [] for name in ESTIMATORS}
-    at_k: dict[str, list[Tensor]] = {name: [] for name in ESTIMATORS}
-    psis: list[PSISDiagnostics] = []
-    with seeded(seed, data.device), _bar(2 * n * num_samples, progress) as bar:
+    parts: list[Arrays] = []
+    with images_bar(n, progress, "evaluate") as bar:
+        # One program call of k draws on r images is k·r / 2K of the images' work.
         chunks = _Chunks(*default_chunks(data.device, particle_chunk, point_chunk),
-                         max_plate_nesting, args, kwargs or {}, bar.update)
-        for lo in range(0, n, hold_points):
-            x, fields = data[lo:lo + hold_points], slice_rows(batch or {}, lo, lo + hold_points)
-            weights = [_weights(model, q, x, fields, num_samples, chunks) for q in (guide, None)]
-            for name, value in estimates_at(*weights, num_samples).items():
-                per_point[name].append(value.cpu())
-            curve = [estimates_at(*weights, k) for k in ks]
-            for name in ESTIMATORS:
-                at_k[name].append(torch.stack([c[name] for c in curve]).cpu())
-            psis.append(psis_diagnostics(weights[0]))
-    return Evaluation(*(Estimate.of(name, torch.cat(per_point[name]), data_dim) for name in ESTIMATORS),
-                      _merge_psis(psis), _curve(ks, at_k), num_samples, n, data_dim,
-                      time.perf_counter() - start, summed_sites(model, guide, data, batch))
+                         max_plate_nesting, args, kwargs or {},
+                         lambda draws: bar.update(draws / (2 * num_samples)))
+        for index, lo in enumerate(range(0, n, hold_points)):
+            unit = f"chunk-{index:05d}"
+            saved = partial.load(unit) if partial is not None else None
+            if saved is None:
+                x, fields = data[lo:lo + hold_points], slice_rows(batch or {}, lo, lo + hold_points)
+                with seeded(None if seed is None else unit_seed(seed, "iwae", index), data.device):
+                    saved = _chunk_estimates(model, guide, x, fields, num_samples, ks, chunks)
+                saved = partial.save(unit, saved) if partial is not None else saved
+            bar.update(min(n, lo + hold_points) - bar.n)
+            parts.append(saved)
+    return _evaluation(parts, ks, num_samples, n, data_dim, summed_sites(model, guide, data, batch))
+
+
+def _chunk_estimates(model: Callable, guide: Callable, x: Tensor, batch: dict[str, Tensor],
+                     num_samples: int, ks: tuple[int, ...], chunks: _Chunks) -> Arrays:
+    """One chunk of points ``x`` ``[n, ...]``: each estimate per point ``[n]`` (at K and at each
+    of ``ks``: ``<name>_at_k`` ``[len(ks), n]``), the PSIS ``khat`` and ``ess`` ``[n]``, and the
+    ``seconds`` it took."""
+    start = time.perf_counter()
+    weights = [_weights(model, q, x, batch, num_samples, chunks) for q in (guide, None)]
+    out = {name: value for name, value in estimates_at(*weights, num_samples).items()}
+    curve = [estimates_at(*weights, k) for k in ks]
+    out |= {f"{name}_at_k": torch.stack([c[name] for c in curve]) for name in ESTIMATORS}
+    psis = psis_diagnostics(weights[0])
+    out |= {"khat": psis.khat, "ess": psis.ess, "seconds": time.perf_counter() - start}
+    return as_arrays(out)
+
+
+def _evaluation(parts: list[Arrays], ks: tuple[int, ...], num_samples: int, n: int, data_dim: int,
+                summed: tuple[str, ...]) -> Evaluation:
+    """The :class:`Evaluation` of all chunks' arrays (see :func:`_chunk_estimates`)."""
+    def joined(name: str, dim: int = 0) -> Tensor:
+        return torch.cat([torch.as_tensor(p[name]) for p in parts], dim=dim)
+
+    psis = merge_psis([PSISDiagnostics(torch.as_tensor(p["khat"]), torch.as_tensor(p["ess"]),
+                                       float("nan")) for p in parts])
+    at_k = {name: [torch.as_tensor(p[f"{name}_at_k"]) for p in parts] for name in ESTIMATORS}
+    return Evaluation(*(Estimate.of(name, joined(name), data_dim) for name in ESTIMATORS), psis,
+                      curve_of(ks, at_k), num_samples, n, data_dim,
+                      float(sum(float(p["seconds"]) for p in parts)), summed)
 
 
 BINARIZE_FIRST = ("binarize first, as fit and pyro-vae evaluate do: data.eval_split('test') "
@@ -445,26 +346,14 @@ def summed_sites(model: Callable, guide: Callable, x: Tensor,
     return tuple(names)
 
 
-def _bar(total: int, show: bool):
+def images_bar(total: int, progress: bool | None, desc: str):
+    """A tqdm bar over ``total`` images, showing the images done and the time left (updated
+    by fractions of an image as the work goes): shown for ``progress`` True, hidden for
+    False, and for None only when stderr is a terminal (as the fit's bar), so that a log
+    redirected to a file gets no bar at all."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not show, unit="draw", unit_scale=True, desc="evaluate",
-                leave=False)
-
-
-def _merge_psis(parts: list[PSISDiagnostics]) -> PSISDiagnostics:
-    khat = torch.cat([p.khat for p in parts])
-    return PSISDiagnostics(khat, torch.cat([p.ess for p in parts]),
-                           float((khat > KHAT_THRESHOLD).double().mean()))
-
-
-def _curve(ks: tuple[int, ...], at_k: dict[str, list[Tensor]]) -> KCurve:
-    """Means and standard errors over points of the per-point estimates ``[len(ks), N]``."""
-    mean, stderr = {}, {}
-    for name, parts in at_k.items():
-        values = torch.cat(parts, dim=1).double()
-        n = values.shape[1]
-        mean[name] = tuple(float(v) for v in values.mean(1))
-        stderr[name] = tuple(float(v) for v in (values.std(1) / math.sqrt(n) if n > 1
-                                                  else torch.full((len(ks),), float("nan"))))
-    return KCurve(ks, mean, stderr)
+    return tqdm(total=total, disable=None if progress is None else not progress, desc=desc,
+                unit="image", leave=False,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} images "
+                           "[{elapsed} elapsed, {remaining} left]")

@@ -24,7 +24,8 @@ from pyro_vae.diagnostics.posteriors import PosteriorProposal, fit_local
 from pyro_vae.diagnostics.ppc import predictive_check
 from pyro_vae.diagnostics.report import verdicts, write_diagnostics
 from pyro_vae.diagnostics.suite import diagnose
-from pyro_vae.evaluation.importance import log_importance_weights, psis_diagnostics
+from pyro_vae.evaluation.estimates import psis_diagnostics
+from pyro_vae.evaluation.importance import log_importance_weights
 from pyro_vae.guides.amortized import GUIDES
 from pyro_vae.models.linear_gaussian import LinearGaussian
 from pyro_vae.models.priors import PRIORS

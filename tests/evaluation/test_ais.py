@@ -131,9 +131,10 @@ def test_ais_from_the_prior_recovers_a_bimodal_marginal_where_a_unimodal_iwae_is
                                            warmup_steps=50), seed=0)
     err = result.estimate.per_point - exact
     # Both modes come from the prior (c summed inside the target, drawn in the start), so
-    # AIS is unbiased per image: within 4 of its own chain s.e. (~0.03 with 256 chains).
+    # AIS is unbiased per image: within 4 of its own chain s.e. (~0.03 with 256 chains; the
+    # image at 2.0 has the largest, 0.073-0.084 over seeds 0-4 of the per-chunk seeding).
     assert bool((err.abs() < 4 * result.chain_stderr).all()), (err, result.chain_stderr)
-    assert float(result.chain_stderr.max()) < 0.08
+    assert float(result.chain_stderr.max()) < 0.1
 
 
 def test_constrained_latents_anneal_through_their_bijections():

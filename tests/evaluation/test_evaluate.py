@@ -17,13 +17,8 @@ from pyro.ops.indexing import Vindex
 from torch.distributions import constraints
 
 from pyro_vae.config import ModelConfig
-from pyro_vae.evaluation.importance import (
-    Estimate,
-    bits_per_dim,
-    evaluate,
-    log_importance_weights,
-    psis_diagnostics,
-)
+from pyro_vae.evaluation.estimates import Estimate, bits_per_dim, psis_diagnostics
+from pyro_vae.evaluation.importance import evaluate, log_importance_weights
 from pyro_vae.models.linear_gaussian import LinearGaussian
 from pyro_vae.stories.build import build_vae, with_options
 from pyro_vae.traces import log_mean_exp
