@@ -17,8 +17,9 @@ HELP: dict[str, str] = {
     "sample": ("draw images from a fitted run's story (prior predictive, or with latent sites "
                "held fixed) into an image grid"),
     "evaluate": ("estimate log p(x) of a split (prior Monte Carlo, ELBO, IWAE) with PSIS "
-                 "diagnostics, or by AIS (--method ais) checked by BDMC (--bdmc N); writes "
-                 "evaluation.json and figures"),
+                 "diagnostics, or by AIS (--method ais) checked by BDMC (--bdmc N); adds its "
+                 "entries to evaluation.json and draws figures; continues where a stopped one "
+                 "left off"),
     "diagnose": ("sample the true posterior by NUTS and compare it with the guide: inference "
                  "gaps, posterior collapse, predictive checks"),
 }

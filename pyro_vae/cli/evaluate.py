@@ -1,18 +1,25 @@
 """``pyro-vae evaluate RUN``: log p(x) of a split three ways (prior Monte Carlo, ELBO, IWAE),
 with PSIS diagnostics of the guide, and with ``--method ais`` by annealed importance sampling
-(``--bdmc N``: its check on simulated images); writes ``evaluation.json`` and figures into the
-run folder."""
+(``--bdmc N``: its check on simulated images); adds one entry per method to
+``evaluation.json`` and draws figures in the run folder.
+
+Each method's finished chunks are kept in ``RUN/evaluation.partial/<entry key>/`` as they are
+made; the same command (or it with ``--resume``, which insists that the settings on disk are
+the command's) continues from them to the numbers an uninterrupted run gives, and the folder
+is removed once the entry is written.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from pyro_vae.cli.common import COMMANDS, HELP, Command, UserError, int_list, positive_int
+from pyro_vae.cli.partials import Job, interrupted, open_jobs, progress_flag
 from pyro_vae.evaluation import (
     ESTIMATORS,
+    EVALUATION_FILE,
     STARTS,
     AISConfig,
     AISResult,
@@ -21,14 +28,21 @@ from pyro_vae.evaluation import (
     ais_curve,
     bdmc,
     check_ais,
+    default_chunks,
     default_steps_grid,
+    entry_key,
     evaluate,
+    make_entry,
     plot_k_curve,
     plot_khat,
+    read_evaluations,
+    record_entries,
 )
-from pyro_vae.files import atomic_write
+from pyro_vae.partial import state_digest, tensor_digest
 from pyro_vae.runs import load_run
 from pyro_vae.traces import slice_rows
+
+PARTIAL = "evaluation.partial"
 
 SPLITS = ("test", "val", "train")
 
@@ -46,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--point-chunk", type=positive_int, default=None,
                    help="images per program call (None: 8 on CPU, 256 on GPU)")
     p.add_argument("--hold-points", type=positive_int, default=256,
-                   help="images whose K weights are held in memory at once")
+                   help="images whose K weights are held in memory at once: a chunk, seeded on "
+                        "its own and kept on disk when done")
     p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
     a = p.add_argument_group("annealed importance sampling (--method ais, --bdmc)")
     A = AISConfig()
@@ -69,13 +84,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--bdmc", type=positive_int, default=None, metavar="N",
                    help="bidirectional Monte Carlo on N images simulated from the model: "
                         "AIS lower and reverse-AIS upper bounds and their gap at each T")
+    a.add_argument("--ais-chunk", type=positive_int, default=None,
+                   help="images annealed at once, each with its C chains: the unit AIS and "
+                        "BDMC keep on disk (None: 4096 chains' worth on CPU, 65536 on GPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the partial evaluation in RUN/evaluation.partial, refusing if "
+                        "its settings differ from these (the same command without --resume "
+                        "also continues it, and starts afresh where the settings differ)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="show progress bars even when stderr is not a terminal")
+    shown.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def report(result: Evaluation, path: Path) -> None:
-    """Print each estimate in nats and bits/dim, and the PSIS verdict, to stderr."""
-    print(f"{result.num_points} images, K = {result.num_samples}, {result.seconds:.1f} s", file=sys.stderr)
+def report(result: Evaluation, key: str, path: Path) -> None:
+    """Print each estimate in nats and bits/dim, and the PSIS verdict, to stderr (the entry's
+    key first), and the path of evaluation.json to stdout."""
+    print(f"{key}: {result.num_points} images, K = {result.num_samples}, {result.seconds:.1f} s",
+          file=sys.stderr)
     for name in ESTIMATORS:
         e = getattr(result, name)
         print(f"  {name:9s} log p(x) = {e.mean:10.3f} ± {e.stderr:.3f} nats  "
@@ -89,8 +116,9 @@ def report(result: Evaluation, path: Path) -> None:
     print(path)
 
 
-def report_ais(curve: tuple[AISResult, ...]) -> None:
+def report_ais(curve: tuple[AISResult, ...], key: str) -> None:
     """One line per T: the AIS mean ± s.e. over images, chain s.e. and acceptance."""
+    print(f"{key}:", file=sys.stderr)
     for r in curve:
         e = r.estimate
         print(f"  ais T={r.config.steps:<6d} log p(x) = {e.mean:10.3f} ± {e.stderr:.3f} nats  "
@@ -100,8 +128,9 @@ def report_ais(curve: tuple[AISResult, ...]) -> None:
               f"{r.seconds:.1f} s)", file=sys.stderr)
 
 
-def report_bdmc(result: BDMCResult) -> None:
+def report_bdmc(result: BDMCResult, key: str) -> None:
     """One line per T: the stochastic lower and upper bounds and their gap."""
+    print(f"{key}:", file=sys.stderr)
     for i, t in enumerate(result.steps):
         lo, up, gap = result.lower[i].estimate, result.upper[i].estimate, result.gap(i)
         print(f"  bdmc T={t:<6d} lower {lo.mean:10.3f}  upper {up.mean:10.3f}  "
@@ -112,7 +141,7 @@ def report_bdmc(result: BDMCResult) -> None:
 def ais_config(args: argparse.Namespace) -> AISConfig:
     cfg = AISConfig(steps=args.steps, chains=args.chains, start=args.ais_start,
                     leapfrog=args.leapfrog, target_accept=args.target_accept,
-                    warmup_steps=args.warmup_steps)
+                    warmup_steps=args.warmup_steps, point_chunk=args.ais_chunk)
     cfg.check()
     return cfg
 
@@ -124,25 +153,40 @@ def steps_grid(args: argparse.Namespace) -> tuple[int, ...]:
     return default_steps_grid(args.steps)
 
 
-def run_ais(args: argparse.Namespace, loaded, x, batch) -> tuple[dict, tuple[AISResult, ...]]:
-    """AIS at each T of the grid (the last is --steps): the ``ais`` block of evaluation.json."""
-    cfg = ais_config(args)
-    curve = ais_curve(loaded.model, loaded.guide, x, cfg, steps_grid(args), seed=args.seed, batch=batch)
-    block = {**curve[-1].summary(),
-             "curve": {"steps": [r.config.steps for r in curve],
-                       "mean": [r.estimate.mean for r in curve],
-                       "stderr": [r.estimate.stderr for r in curve]}}
-    return block, curve
+def jobs(args: argparse.Namespace, loaded, x) -> list[Job]:
+    """The command's parts, each with every setting its numbers depend on: IWAE always, AIS
+    with --method ais, BDMC with --bdmc (on the first N images' shapes and labels)."""
+    device = loaded.device
+    common = {"split": args.split, "seed": args.seed, "device": device.type,
+              "parameters": state_digest(loaded.model, loaded.guide)}
+    particles, points = default_chunks(device, args.particle_chunk, args.point_chunk)
+    settings = [{"method": "iwae", "points": len(x), "samples": args.samples,
+                 "hold_points": args.hold_points, "particle_chunk": particles,
+                 "point_chunk": points, **common, "images": tensor_digest(x)}]
+    if args.method == "ais" or args.bdmc:
+        cfg = ais_config(args)
+        annealing = {"steps": cfg.steps, "chains": cfg.chains, "start": cfg.start,
+                     "leapfrog": cfg.leapfrog, "target_accept": cfg.target_accept,
+                     "warmup_steps": cfg.warmup_steps, "steps_grid": list(steps_grid(args)),
+                     "ais_chunk": cfg.chunk(device)}
+    if args.method == "ais":
+        settings.append({"method": "ais", "points": len(x), **annealing, **common,
+                         "images": tensor_digest(x)})
+    if args.bdmc:
+        settings.append({"method": "bdmc", "points": args.bdmc, **annealing, **common,
+                         "images": tensor_digest(x[:args.bdmc])})
+    return [Job(entry_key(s), s, {"points": "--bdmc"} if s["method"] == "bdmc" else {})
+            for s in settings]
 
 
-def run_bdmc(args: argparse.Namespace, loaded, x, batch) -> tuple[dict, BDMCResult]:
-    """BDMC on --bdmc images simulated from the model (shaped, and labelled, like the split's)."""
-    if args.bdmc > len(x):
-        raise UserError(f"--bdmc {args.bdmc}: the {args.split} split has only {len(x)} images "
-                        f"to shape the simulated ones")
-    result = bdmc(loaded.model, loaded.guide, x[:args.bdmc], ais_config(args), steps_grid(args),
-                  seed=args.seed, batch=slice_rows(batch, 0, args.bdmc))
-    return result.summary(), result
+def finished_note(path: Path, jobs_: list[Job]) -> str:
+    """Where --resume finds nothing: whether evaluation.json already holds these entries."""
+    try:
+        entries = read_evaluations(path)["entries"]
+    except ValueError:
+        return ""
+    done = [job.key for job in jobs_ if entries.get(job.key, {}).get("settings") == job.settings]
+    return f" ({EVALUATION_FILE} already holds {', '.join(done)}: it finished)" if done else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,29 +197,62 @@ def run(args: argparse.Namespace) -> int:
         if args.points > len(x):
             raise UserError(f"--points {args.points}: the {args.split} split has only {len(x)} images")
         x, batch = x[:args.points], slice_rows(batch, 0, args.points)
+    if args.bdmc and args.bdmc > len(x):
+        raise UserError(f"--bdmc {args.bdmc}: the {args.split} split has only {len(x)} images "
+                        f"to shape the simulated ones")
     if args.method == "ais" or args.bdmc:
         # Bad settings, or a story or guide AIS cannot anneal, are refused before anything runs.
         check_ais(loaded.model, loaded.guide, x, ais_config(args), batch)
+    out, root = loaded.path / EVALUATION_FILE, loaded.path / PARTIAL
+    parts = jobs(args, loaded, x)
+    open_jobs(parts, root, args.resume, "evaluate", finished_note(out, parts))
+    try:
+        entries, result, curve, sandwich = compute(args, loaded, x, batch, parts)
+    except KeyboardInterrupt:
+        return interrupted("evaluate", root)
+    record_entries(out, entries)
+    shown = " and ".join(job.key for job in parts if job.settings["method"] != "bdmc")
+    plot_k_curve(result.curve, loaded.path / "evaluation_k_curve.png", ais=curve, entry=shown)
+    plot_khat(result.psis, loaded.path / "evaluation_khat.png", entry=parts[0].key)
+    report(result, parts[0].key, out)
+    if curve:
+        report_ais(curve, parts[1].key)
+    if sandwich is not None:
+        report_bdmc(sandwich, parts[-1].key)
+    for job in parts:  # their entries are written: the chunks are no longer needed
+        job.partial.remove()
+    return 0
+
+
+def compute(args: argparse.Namespace, loaded, x, batch, parts: list[Job]):
+    """Each part's result (from its partial results where they hold it) and its entry."""
+    progress = progress_flag(args)
+    by_method = {job.settings["method"]: job for job in parts}
+    iwae = by_method["iwae"]
     result = evaluate(loaded.model, loaded.guide, x, num_samples=args.samples,
                       particle_chunk=args.particle_chunk, point_chunk=args.point_chunk,
-                      hold_points=args.hold_points, batch=batch,
-                      seed=args.seed, progress=not args.no_progress)
-    summary = {"split": args.split, "seed": args.seed, **result.summary()}
+                      hold_points=args.hold_points, batch=batch, seed=args.seed,
+                      progress=progress, partial=iwae.partial)
+    entries = [make_entry("iwae", iwae.settings, result.summary())]
     curve: tuple[AISResult, ...] = ()
     sandwich = None
-    if args.method == "ais":
-        summary["ais"], curve = run_ais(args, loaded, x, batch)
-    if args.bdmc:
-        summary["bdmc"], sandwich = run_bdmc(args, loaded, x, batch)
-    out = loaded.path / "evaluation.json"
-    atomic_write(out, (json.dumps(summary, indent=2) + "\n").encode())  # readers: old or new
-    plot_k_curve(result.curve, loaded.path / "evaluation_k_curve.png", ais=curve)
-    plot_khat(result.psis, loaded.path / "evaluation_khat.png")
-    report(result, out)
-    report_ais(curve)
-    if sandwich is not None:
-        report_bdmc(sandwich)
-    return 0
+    cfg = ais_config(args) if len(parts) > 1 else None
+    if "ais" in by_method:
+        job = by_method["ais"]
+        curve = ais_curve(loaded.model, loaded.guide, x, cfg, steps_grid(args), seed=args.seed,
+                          batch=batch, partial=job.partial, progress=progress)
+        block = {**curve[-1].summary(),
+                 "curve": {"steps": [r.config.steps for r in curve],
+                           "mean": [r.estimate.mean for r in curve],
+                           "stderr": [r.estimate.stderr for r in curve]}}
+        entries.append(make_entry("ais", job.settings, block))
+    if "bdmc" in by_method:
+        job = by_method["bdmc"]
+        sandwich = bdmc(loaded.model, loaded.guide, x[:args.bdmc], cfg, steps_grid(args),
+                        seed=args.seed, batch=slice_rows(batch, 0, args.bdmc),
+                        partial=job.partial, progress=progress)
+        entries.append(make_entry("bdmc", job.settings, sandwich.summary()))
+    return entries, result, curve, sandwich
 
 
 COMMANDS.register("evaluate")(Command(HELP["evaluate"], add_arguments, run))
