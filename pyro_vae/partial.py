@@ -142,13 +142,8 @@ class Partial:
         return out
 
     def remove(self) -> None:
-        """Remove the folder (the computation is done and its result kept elsewhere), and its
-        parent if that is then empty."""
+        """Remove the folder: the computation is done and its result kept elsewhere."""
         shutil.rmtree(self.folder, ignore_errors=True)
-        try:
-            self.folder.parent.rmdir()
-        except OSError:
-            pass
 
 
 def as_arrays(arrays: Mapping[str, Any]) -> Arrays:

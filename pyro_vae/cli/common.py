@@ -21,7 +21,8 @@ HELP: dict[str, str] = {
                  "entries to evaluation.json and draws figures; continues where a stopped one "
                  "left off"),
     "diagnose": ("sample the true posterior by NUTS and compare it with the guide: inference "
-                 "gaps, posterior collapse, predictive checks"),
+                 "gaps, posterior collapse, predictive checks; continues where a stopped one "
+                 "left off"),
 }
 """Each subcommand's one-line help, in the order ``pyro-vae --help`` lists them. It is read
 without importing the command's module, which loads torch and the wings the command runs on."""

@@ -1,4 +1,9 @@
-"""``pyro-vae diagnose RUN``: NUTS against the guide, inference gaps, collapse and predictive checks."""
+"""``pyro-vae diagnose RUN``: NUTS against the guide, inference gaps, collapse and predictive checks.
+
+Each finished stage (NUTS, the local fit, the gaps, collapse, the predictive checks) is kept
+in ``OUT/diagnostics.partial/`` with the settings it was made with; the same command (or it
+with ``--resume``, which insists on those settings) continues from them, and the folder is
+removed once the report is written."""
 
 from __future__ import annotations
 
@@ -8,9 +13,13 @@ import sys
 from pathlib import Path
 
 from pyro_vae.cli.common import COMMANDS, HELP, Command, positive_int
+from pyro_vae.cli.partials import Job, interrupted, open_jobs, progress_flag
 from pyro_vae.diagnostics import DiagnoseConfig, active_units_text, diagnose, write_diagnostics
 from pyro_vae.evaluation import write_classifier_report
+from pyro_vae.partial import state_digest, tensor_digest
 from pyro_vae.runs import load_run
+
+PARTIAL = "diagnostics.partial"
 
 C = DiagnoseConfig()
 
@@ -29,7 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=C.seed, help="random seed")
     p.add_argument("--out", type=Path, default=None, help="folder for the outputs (default: RUN)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the partial diagnosis in OUT/diagnostics.partial, refusing if "
+                        "its settings differ from these (the same command without --resume "
+                        "also continues it, and starts afresh where the settings differ)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="show progress bars even when stderr is not a terminal")
+    shown.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,22 +54,30 @@ def run(args: argparse.Namespace) -> int:
                               samples=args.samples, local_steps=args.local_steps,
                               elbo_samples=args.elbo_samples, seed=args.seed)
     heldout = loaded.data.eval_split("test", seed=loaded.config.train.seed)
-    # The per-row extras (labels y) of the same rows: a conditional story reads them.
-    result = diagnose(loaded.model, loaded.guide, heldout, cfg, progress=not args.no_progress,
-                      batch=loaded.data.test.fields())
-    written = write_diagnostics(result, args.out or loaded.path, loaded.data.image_shape,
-                                title=loaded.path.name)
+    out = args.out or loaded.path
+    job = Job("", {"method": "diagnose", **dataclasses.asdict(cfg), "device": loaded.device.type,
+                   "parameters": state_digest(loaded.model, loaded.guide),
+                   "images": tensor_digest(heldout)})
+    open_jobs([job], out / PARTIAL, args.resume, "diagnose")
+    try:
+        # The per-row extras (labels y) of the same rows: a conditional story reads them.
+        result = diagnose(loaded.model, loaded.guide, heldout, cfg, progress=progress_flag(args),
+                          batch=loaded.data.test.fields(), partial=job.partial)
+    except KeyboardInterrupt:
+        return interrupted("diagnose", out / PARTIAL)
+    written = write_diagnostics(result, out, loaded.data.image_shape, title=loaded.path.name)
     s = result.summary()
     g = s["gaps"]
     print(f"max r̂ {s['nuts']['rhat_max']:.3f}; approximation gap {g['approximation_gap']:.2f} nats, "
           f"amortization gap {g['amortization_gap']:.2f} nats; active units "
           f"{active_units_text(s['collapse'])}", file=sys.stderr)
     classifier = write_classifier_report(loaded.model, loaded.guide, loaded.data,
-                                         loaded.config.train.seed, args.out or loaded.path)
+                                         loaded.config.train.seed, out)
     if classifier is not None:
         print(f"q(y | x) on {classifier['points']} test images: accuracy "
               f"{classifier['accuracy']:.4f}, expected calibration error "
               f"{classifier['expected_calibration_error']:.4f}", file=sys.stderr)
+    job.partial.remove()  # the report is written: the stages are no longer needed
     print(written.html)
     return 0
 

@@ -12,6 +12,7 @@ is removed once the entry is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -221,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
         report_bdmc(sandwich, parts[-1].key)
     for job in parts:  # their entries are written: the chunks are no longer needed
         job.partial.remove()
+    with contextlib.suppress(OSError):
+        root.rmdir()  # unless another evaluation's partial results are still there
     return 0
 
 

@@ -100,12 +100,12 @@ def open_jobs(jobs: list[Job], root: Path | None, resume: bool, command: str,
     for job in jobs:
         folder = root / job.key if job.key else root
         job.partial = Partial.open(folder, job.settings, resume=resume)
-        name = job.key or command
+        said = f"{command}: {job.key}: " if job.key else f"{command}: "
         if job.partial.discarded:
-            print(f"{command}: {name}: replaced partial results made with other settings "
+            print(f"{said}replaced the partial results made with other settings "
                   f"({describe(job.partial.discarded, job.flags)})", file=sys.stderr)
         if job.partial.resumed:
-            print(f"{command}: {name}: continuing from {job.partial.resumed} finished "
+            print(f"{said}continuing from {job.partial.resumed} finished "
                   f"{'stages' if command == 'diagnose' else 'chunks'} in {folder}", file=sys.stderr)
 
 

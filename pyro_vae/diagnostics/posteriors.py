@@ -190,7 +190,7 @@ def fit_local(model: Callable, guide: Callable, x: Tensor, cfg: DiagnoseConfig,
     opt = torch.optim.Adam(local.parameters(), lr=cfg.local_lr)
     # Decaying the rate lets the Monte Carlo gradient noise die out near the optimum.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.local_steps)
-    bar = tqdm(range(cfg.local_steps), desc="local SVI", disable=not progress or None, leave=False)
+    bar = tqdm(range(cfg.local_steps), desc="local SVI", disable=not progress, leave=False)
     with frozen(model, guide), pyro.get_param_store().scope(), pyro.validation_enabled(False):
         for _ in bar:
             loss = elbo.differentiable_loss(model, local, x, **batch)

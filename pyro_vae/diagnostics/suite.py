@@ -38,6 +38,7 @@ otherwise fork one process per chain, which shared CPUs and CUDA do not suit).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -55,29 +56,19 @@ from pyro_vae.diagnostics.idata import inference_data
 from pyro_vae.diagnostics.nuts import Convergence, NutsResult, convergence, run_nuts
 from pyro_vae.diagnostics.posteriors import PosteriorProposal, fit_local
 from pyro_vae.diagnostics.ppc import PredictiveCheck, predictive_check
-from pyro_vae.programs import Batch, as_program, cuda_devices
+from pyro_vae.diagnostics.stages import (
+    collapse_arrays,
+    collapse_result,
+    fields_arrays,
+    local_arrays,
+    local_guide,
+    nuts_arrays,
+    nuts_result,
+    run_stage,
+)
+from pyro_vae.partial import Partial
+from pyro_vae.programs import Batch, as_program, cuda_devices, unit_seed
 from pyro_vae.traces import LatentSite, index_rows, slice_rows
-
-# ---------------------------------------------------------------------------- trace helpers
-
-
-# ---------------------------------------------------------------------------- joint guides
-
-
-# ---------------------------------------------------------------------------- NUTS
-
-
-# ---------------------------------------------------------------------------- gaps
-
-
-# ---------------------------------------------------------------------------- collapse
-
-
-# ---------------------------------------------------------------------------- PPC
-
-
-# ---------------------------------------------------------------------------- ArviZ
-
 
 # ---------------------------------------------------------------------------- all together
 
@@ -196,38 +187,50 @@ def select_points(n_available: int, n: int, seed: int) -> Tensor:
 
 
 def diagnose(model: Callable, guide: Callable, heldout: Tensor, cfg: DiagnoseConfig = DiagnoseConfig(),
-             progress: bool = False, batch: Batch | None = None) -> Diagnostics:
+             progress: bool | None = False, batch: Batch | None = None,
+             partial: Partial | None = None) -> Diagnostics:
     """Run every diagnostic of a fitted story/guide pair on held-out images ``heldout``
     ``[M, D]``, whose per-row extras (labels ``y``) are ``batch`` ``{name: [M, ...]}``.
 
     NUTS, the local fit and the gap table use ``cfg.points`` rows chosen by
     :func:`select_points`; the collapse and predictive checks use the first
-    ``cfg.collapse_points`` / ``cfg.ppc_points`` rows.
+    ``cfg.collapse_points`` / ``cfg.ppc_points`` rows. Each stage (``stages.STAGES``) draws
+    from its own seed, ``unit_seed(cfg.seed, stage)``; with ``partial`` each finished stage
+    is kept there and read back instead of run again. ``progress``: bars for NUTS and the
+    local fit (True), none (False), or only when stderr is a terminal (None).
     """
     model, guide, batch = as_program(model, "the story"), as_program(guide, "the guide"), dict(batch or {})
+    progress = sys.stderr.isatty() if progress is None else progress
     seconds: dict[str, float] = {}
+    device = heldout.device
 
-    def timed(name: str, fn: Callable, *args: Any) -> Any:
-        start = time.perf_counter()
-        out = fn(*args)
-        seconds[name] = time.perf_counter() - start
+    def stage(name: str, compute: Callable[[], Any], pack: Callable, unpack: Callable) -> Any:
+        out, seconds[name] = run_stage(name, cfg.seed, partial, compute, pack, unpack, device)
         return out
 
     indices = select_points(len(heldout), cfg.points, cfg.seed)
-    x, fields = heldout[indices.to(heldout.device)], index_rows(batch, indices.to(heldout.device))
+    x, fields = heldout[indices.to(device)], index_rows(batch, indices.to(device))
     sites = story_sites(model, x, fields)
     c, p = cfg.collapse_points, cfg.ppc_points
+    nuts = stage("nuts", lambda: run_nuts(model, guide, x, cfg, progress, fields, sites),
+                 lambda r: nuts_arrays(r, sites), lambda a: nuts_result(a, sites, device))
+    local = stage("local_svi", lambda: fit_local(model, guide, x, cfg, progress, fields, sites),
+                  local_arrays, lambda a: local_guide(a, sites, device))
+    gaps = stage("gaps", lambda: inference_gaps(model, guide, local, x, cfg.elbo_samples,
+                                                PosteriorProposal(sites, nuts.z), fields),
+                 fields_arrays, lambda a: Gaps(**{k: torch.as_tensor(v) for k, v in a.items()}))
+    collapse = stage("collapse", lambda: posterior_collapse(model, guide, heldout[:c],
+                                                            slice_rows(batch, 0, c),
+                                                            cfg.collapse_draws, sites),
+                     lambda r: collapse_arrays(r, sites), lambda a: collapse_result(a, sites))
+    ppc = stage("ppc", lambda: predictive_check(model, guide, heldout[:p], slice_rows(batch, 0, p),
+                                                sites),
+                fields_arrays,
+                lambda a: PredictiveCheck(**{k: torch.as_tensor(v) for k, v in a.items()}))
+    start = time.perf_counter()
     with torch.random.fork_rng(devices=cuda_devices(heldout)):
-        pyro.set_rng_seed(cfg.seed)
-        nuts = timed("nuts", run_nuts, model, guide, x, cfg, progress, fields, sites)
-        pyro.set_rng_seed(cfg.seed + 1)
-        local = timed("local_svi", fit_local, model, guide, x, cfg, progress, fields, sites)
-        gaps = timed("gaps", inference_gaps, model, guide, local, x, cfg.elbo_samples,
-                     PosteriorProposal(sites, nuts.z), fields)
-        collapse = timed("collapse", posterior_collapse, model, guide, heldout[:c],
-                         slice_rows(batch, 0, c), cfg.collapse_draws, sites)
-        ppc = timed("ppc", predictive_check, model, guide, heldout[:p], slice_rows(batch, 0, p), sites)
-        idata = timed("inference_data", inference_data, model, guide, local, x, indices, nuts,
-                      fields, sites)
+        pyro.set_rng_seed(unit_seed(cfg.seed, "inference_data"))
+        idata = inference_data(model, guide, local, x, indices, nuts, fields, sites)
+    seconds["inference_data"] = time.perf_counter() - start
     return Diagnostics(cfg, indices, sites, find_image_site(model, x, fields), nuts,
                        convergence(idata), gaps, collapse, ppc, idata, seconds)
