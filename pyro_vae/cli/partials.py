@@ -105,8 +105,10 @@ def open_jobs(jobs: list[Job], root: Path | None, resume: bool, command: str,
             print(f"{said}replaced the partial results made with other settings "
                   f"({describe(job.partial.discarded, job.flags)})", file=sys.stderr)
         if job.partial.resumed:
-            print(f"{said}continuing from {job.partial.resumed} finished "
-                  f"{'stages' if command == 'diagnose' else 'chunks'} in {folder}", file=sys.stderr)
+            n = job.partial.resumed
+            unit = "stage" if command == "diagnose" else "chunk"
+            print(f"{said}continuing from {n} finished {unit}{'s' if n != 1 else ''} in {folder}",
+                  file=sys.stderr)
 
 
 def interrupted(command: str, where: Path) -> int:
