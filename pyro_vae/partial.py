@@ -109,7 +109,8 @@ class Partial:
         elif found != partial.settings:
             if found is not None:
                 partial.discarded = differences(found, partial.settings)
-                shutil.rmtree(partial.folder, ignore_errors=True)
+            # Units of other settings, or of unknown ones (no settings.json), are not ours.
+            shutil.rmtree(partial.folder, ignore_errors=True)
             partial.folder.mkdir(parents=True, exist_ok=True)
             atomic_write(partial.folder / SETTINGS,
                          (json.dumps(partial.settings, indent=1) + "\n").encode())

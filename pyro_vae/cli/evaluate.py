@@ -182,10 +182,7 @@ def jobs(args: argparse.Namespace, loaded, x) -> list[Job]:
 
 def finished_note(path: Path, jobs_: list[Job]) -> str:
     """Where --resume finds nothing: whether evaluation.json already holds these entries."""
-    try:
-        entries = read_evaluations(path)["entries"]
-    except ValueError:
-        return ""
+    entries = read_evaluations(path)["entries"]
     done = [job.key for job in jobs_ if entries.get(job.key, {}).get("settings") == job.settings]
     return f" ({EVALUATION_FILE} already holds {', '.join(done)}: it finished)" if done else ""
 
@@ -205,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         # Bad settings, or a story or guide AIS cannot anneal, are refused before anything runs.
         check_ais(loaded.model, loaded.guide, x, ais_config(args), batch)
     out, root = loaded.path / EVALUATION_FILE, loaded.path / PARTIAL
+    read_evaluations(out)  # an unreadable evaluation.json is refused before the work, not after
     parts = jobs(args, loaded, x)
     open_jobs(parts, root, args.resume, "evaluate", finished_note(out, parts))
     try:

@@ -25,10 +25,8 @@ import torch
 from torch import Tensor
 
 from pyro_vae.diagnostics.collapse import Collapse, SiteCollapse
-from pyro_vae.diagnostics.gaps import Gaps
 from pyro_vae.diagnostics.nuts import NutsResult
 from pyro_vae.diagnostics.posteriors import LocalGaussian
-from pyro_vae.diagnostics.ppc import PredictiveCheck
 from pyro_vae.partial import Arrays, Partial, as_arrays
 from pyro_vae.programs import cuda_devices, unit_seed
 from pyro_vae.traces import LatentSite
@@ -69,7 +67,7 @@ def local_guide(a: Arrays, sites: Sequence[LatentSite], device: torch.device) ->
 
 
 def fields_arrays(result: Any) -> dict[str, Any]:
-    """The tensor fields of a dataclass (:class:`Gaps`, :class:`PredictiveCheck`)."""
+    """The tensor fields of a dataclass (``Gaps``, ``PredictiveCheck``)."""
     return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
 
 
@@ -95,8 +93,6 @@ def run_stage(name: str, seed: int, partial: Partial | None, compute: Callable[[
     """Stage ``name``'s result and the seconds it took (when it was computed): read back
     from ``partial``, else computed from ``unit_seed(seed, name)`` (the caller's random
     state left as it was) and kept there."""
-    import time
-
     saved = partial.load(name) if partial is not None else None
     if saved is None:
         with torch.random.fork_rng(devices=cuda_devices(device)):

@@ -211,3 +211,11 @@ def test_an_interrupted_diagnose_resumes_to_the_same_summary(run, capsys, monkey
     again = json.loads((run / "diagnostics.json").read_text())
     assert stable(again) == stable(whole)
     assert not (run / "diagnostics.partial").exists()
+
+
+def test_an_unreadable_evaluation_json_is_refused_before_any_work(run, capsys):
+    (run / "evaluation.json").write_text("{not json")
+    code, err = run_cli(["evaluate", str(run), *IWAE], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "is not JSON" in err
+    assert not (run / "evaluation.partial").exists()
+    assert (run / "evaluation.json").read_text() == "{not json"
