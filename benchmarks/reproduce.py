@@ -36,19 +36,15 @@ from typing import Callable
 from pyro_vae import (
     CHECKPOINT,
     METRICS,
-    AISConfig,
     DataConfig,
     ModelConfig,
     Registry,
     RunConfig,
     TrainConfig,
-    ais,
-    bdmc,
-    evaluate,
-    load_run,
     resume_run,
     train_run,
 )
+from pyro_vae.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = "reproduce.json"
@@ -186,30 +182,34 @@ def train(args: argparse.Namespace, name: str) -> Path:
 
 
 def score(args: argparse.Namespace, name: str, path: Path) -> dict:
-    """IWAE on the test images, AIS on the first of them, BDMC on simulated ones, each cached
-    under its settings and the epoch count it scored."""
+    """IWAE on the test images, AIS on the first of them, BDMC on simulated ones, each by
+    ``pyro-vae evaluate`` (which keeps every finished chunk, so an interrupted score resumes
+    where it stopped), then cached here under its settings and the epoch count it scored."""
     cache_file = path / CACHE
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     epochs, _ = done_epochs(path)
-    run = load_run(path, args.device)
-    x = run.data.eval_split("test", seed=args.seed)
-    cfg = AISConfig(steps=args.steps, chains=args.chains, start=ROWS[name].ais_start)
-    jobs = {
-        f"iwae/{epochs}/{args.points}/{args.samples}/{args.seed}": lambda: evaluate(
-            run.model, run.guide, x[:args.points], num_samples=args.samples, seed=args.seed,
-            progress=True).summary(),
-        f"ais/{epochs}/{args.ais_points}/{cfg.key()}/{args.seed}": lambda: ais(
-            run.model, run.guide, x[:args.ais_points], cfg, seed=args.seed).summary(),
-    }
+    common = ["evaluate", str(path), "--split", "test", "--samples", str(args.samples),
+              "--seed", str(args.seed), "--device", args.device]
+    ais = ["--method", "ais", "--steps", str(args.steps), "--chains", str(args.chains),
+           "--ais-start", ROWS[name].ais_start]
+    jobs = {f"iwae/{epochs}/{args.points}/{args.samples}/{args.seed}":
+            ("iwae", [*common, "--points", str(args.points)]),
+            f"ais/{epochs}/{args.ais_points}/{args.steps}-{args.chains}/{args.seed}":
+            ("ais", [*common, "--points", str(args.ais_points), *ais])}
     if args.bdmc:
-        jobs[f"bdmc/{epochs}/{args.bdmc}/{cfg.key()}/{args.seed}"] = lambda: bdmc(
-            run.model, run.guide, x[:args.bdmc], cfg, seed=args.seed).summary()
-    for key, job in jobs.items():
-        if key not in cache:
-            print(f"[{name}] scoring {key}", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            cache[key] = {**job(), "seconds": time.perf_counter() - started}
-            cache_file.write_text(json.dumps(cache, indent=2) + "\n")
+        jobs[f"bdmc/{epochs}/{args.bdmc}/{args.steps}-{args.chains}/{args.seed}"] = (
+            "bdmc", [*common, "--points", str(args.ais_points), *ais, "--bdmc", str(args.bdmc)])
+    for key, (method, argv) in jobs.items():
+        if key in cache:
+            continue
+        print(f"[{name}] scoring: pyro-vae {' '.join(argv)}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        if cli_main(argv) != 0:
+            raise SystemExit(f"[{name}] pyro-vae evaluate failed; rerun to resume it")
+        doc = json.loads((path / "evaluation.json").read_text())
+        cache[key] = {**doc["entries"][doc["latest"][method]],
+                      "seconds": time.perf_counter() - started}
+        cache_file.write_text(json.dumps(cache, indent=2) + "\n")
     return cache
 
 
