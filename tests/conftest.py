@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,19 @@ from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_ROOT = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _trust_file(tmp_path_factory):
+    """Story digests trusted by ``train`` go to a file of this session, never the real home
+    (set in the environment, so the command lines tests run in subprocesses see it too)."""
+    before = os.environ.get("PYRO_VAE_TRUST_FILE")
+    os.environ["PYRO_VAE_TRUST_FILE"] = str(tmp_path_factory.mktemp("trust") / "trusted.json")
+    yield Path(os.environ["PYRO_VAE_TRUST_FILE"])
+    if before is None:
+        os.environ.pop("PYRO_VAE_TRUST_FILE", None)
+    else:
+        os.environ["PYRO_VAE_TRUST_FILE"] = before
 
 
 @pytest.fixture(autouse=True)

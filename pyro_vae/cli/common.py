@@ -95,6 +95,16 @@ def user_errors() -> Iterator[None]:
                         EXIT_DISK_FULL) from None
 
 
+def add_trust_argument(p: argparse.ArgumentParser) -> None:
+    """``--trust-story``: import a run folder's story file that was not trained here."""
+    p.add_argument("--trust-story", action="store_true",
+                   help="a run folder's story.py (and guide.py) is imported only if pyro-vae "
+                        "train wrote it for you (its SHA-256 is in your trust file, "
+                        "$PYRO_VAE_TRUST_FILE or ~/.config/pyro-vae/trusted.json); this flag "
+                        "trusts a folder from elsewhere, once: read its code first. It is "
+                        "remembered. Built-in and shipped stories never need it")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:

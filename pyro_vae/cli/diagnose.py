@@ -18,6 +18,7 @@ from pyro_vae.diagnostics import DiagnoseConfig, active_units_text, diagnose, wr
 from pyro_vae.evaluation import write_classifier_report
 from pyro_vae.partial import state_digest, tensor_digest
 from pyro_vae.runs import load_run
+from pyro_vae.cli.common import add_trust_argument
 
 PARTIAL = "diagnostics.partial"
 
@@ -26,6 +27,7 @@ C = DiagnoseConfig()
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by pyro-vae train")
+    add_trust_argument(p)
     p.add_argument("--points", type=positive_int, default=C.points,
                    help="held-out images whose posterior NUTS samples and whose gaps are measured")
     p.add_argument("--chains", type=positive_int, default=C.chains, help="NUTS chains")
@@ -49,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run, args.device)
+    loaded = load_run(args.run, args.device, trust_story=args.trust_story)
     cfg = dataclasses.replace(C, points=args.points, chains=args.chains, warmup=args.warmup,
                               samples=args.samples, local_steps=args.local_steps,
                               elbo_samples=args.elbo_samples, seed=args.seed)

@@ -42,6 +42,7 @@ from pyro_vae.evaluation import (
 from pyro_vae.partial import state_digest, tensor_digest
 from pyro_vae.runs import load_run
 from pyro_vae.traces import slice_rows
+from pyro_vae.cli.common import add_trust_argument
 
 PARTIAL = "evaluation.partial"
 
@@ -50,6 +51,7 @@ SPLITS = ("test", "val", "train")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by pyro-vae train")
+    add_trust_argument(p)
     p.add_argument("--split", choices=SPLITS, default="test", help="which images to score")
     p.add_argument("--samples", type=positive_int, default=5000,
                    help="K, draws of z per image (from the guide, and again from the prior)")
@@ -188,7 +190,7 @@ def finished_note(path: Path, jobs_: list[Job]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run, args.device)
+    loaded = load_run(args.run, args.device, trust_story=args.trust_story)
     x = loaded.data.eval_split(args.split, seed=args.seed)
     batch = getattr(loaded.data, args.split).fields()
     if args.points is not None:

@@ -15,10 +15,12 @@ from pyro_vae.evaluation import label_site
 from pyro_vae.predictive import prior_predictive
 from pyro_vae.runs import LoadedRun, load_run
 from pyro_vae.traces import index_rows, latent_sites
+from pyro_vae.cli.common import add_trust_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by pyro-vae train")
+    add_trust_argument(p)
     p.add_argument("--n", type=positive_int, default=64, help="number of images")
     p.add_argument("--set", action="append", default=[], metavar="SITE=V1,V2,...",
                    help="hold latent site SITE at this value (its elements, comma-separated) and "
@@ -79,7 +81,7 @@ def _check_label(loaded: LoadedRun, label: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run, args.device)
+    loaded = load_run(args.run, args.device, trust_story=args.trust_story)
     sets = args.set + ([f"z={','.join(map(str, args.z))}"] if args.z is not None else [])
     torch.manual_seed(args.seed)
     n = 1 if sets and args.mean else args.n

@@ -21,6 +21,7 @@ from pyro_vae.cli.common import (
     HELP,
     Command,
     UserError,
+    add_trust_argument,
     choice_of,
     float_list,
     int_list,
@@ -162,6 +163,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--name", default=None, help="run folder name (default: time, data and parts)")
     g.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue the run in this folder from its checkpoint")
+    add_trust_argument(g)  # with --resume
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(actions=p._actions)  # --resume checks which of them were given
 
@@ -218,7 +220,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 # Flags that --resume accepts besides the run: where and how it runs, not what it fits.
-RESUME_FLAGS = {"resume", "epochs", "lr", "clip_norm", "early_stopping", "device", "no_progress"}
+RESUME_FLAGS = {"resume", "epochs", "lr", "clip_norm", "early_stopping", "device", "no_progress",
+                "trust_story"}
 
 
 def given_flags(parser_actions, argv: list[str]) -> set[str]:
@@ -239,7 +242,7 @@ def resume_changes(args: argparse.Namespace, given: set[str]) -> dict:
         flag = next(a.option_strings[0] for a in args.actions if a.dest == refused[0])
         raise UserError(f"{flag} cannot change when a run is resumed: the run keeps the data, "
                         f"model and objective it was trained with; --resume takes --epochs, "
-                        f"--lr, --clip-norm, --early-stopping and --device")
+                        f"--lr, --clip-norm, --early-stopping, --device and --trust-story")
     return {k: getattr(args, k) for k in ("lr", "clip_norm", "early_stopping", "device")
             if k in given}
 
@@ -318,8 +321,12 @@ def _run(args: argparse.Namespace) -> int:
             if args.resume is not None:
                 changes = resume_changes(args, given_flags(args.actions, args.argv))
                 result = resume_run(args.resume, args.epochs, changes=changes,
-                                    progress=not args.no_progress, stop=stop)
+                                    progress=not args.no_progress, stop=stop,
+                                    trust_story=args.trust_story)
             else:
+                if args.trust_story:
+                    raise UserError("--trust-story is for --resume RUN: a story file named by "
+                                    "--model is run as you gave it")
                 result = train_run(config_from_args(args), args.out, args.name,
                                    progress=not args.no_progress, stop=stop)
         except DivergenceError as err:

@@ -57,11 +57,13 @@ from pyro_vae.stories import (
     is_named,
     migrate_model_config,
     parse_spec,
+    record_written,
     sha256_of,
     story_is_binary,
 )
 from pyro_vae.traces import is_enumerated, is_real, latent_sites, slice_rows, trace_program
 from pyro_vae.validation import check_image_shape, check_label_range
+from pyro_vae.stories import check_run_story_files
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
 
@@ -113,15 +115,19 @@ def _split(cfg: RunConfig, raw: RawImages, binary: bool) -> Data:
     return split_or_stream(raw, cfg.data, resolve_binarize(cfg.data.binarize, binary), binary)
 
 
-def load_run_data(cfg: RunConfig, folder: Path | None = None) -> Data:
+def load_run_data(cfg: RunConfig, folder: Path | None = None, *, trust_story: bool = False
+                  ) -> Data:
     """The run's images, split and binarized as its likelihood needs."""
-    return prepare(cfg, folder)[0]
+    return prepare(cfg, folder, trust=trust_story)[0]
 
 
-def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
-            ) -> tuple[Data, Program, Program]:
+def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None,
+            trust: bool = False) -> tuple[Data, Program, Program]:
     """The run's data, story and guide. A story file is read from ``folder`` (a run folder,
-    checked against its recorded SHA-256) when given, else from where ``cfg`` says."""
+    checked against its recorded SHA-256 and this user's trust file, before anything is
+    loaded; ``trust`` trusts it and records that) when given, else from where ``cfg`` says."""
+    if folder is not None:
+        check_run_story_files(cfg, folder, trust)
     raw = _raw_images(cfg)
     shape = tuple(raw.train_x.shape[1:])
     dim = int(np.prod(shape))
@@ -145,10 +151,10 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None
             story, own = builder(cfg.model, dim, **args)
         model = as_program(story, cfg.story.model)
     else:
-        model = build_story(cfg, folder, dim, shape, seed)
+        model = build_story(cfg, folder, dim, shape, seed, trust=trust)
     _check_story_data(model, raw)
     data = _kept_labels(cfg, model, _split(cfg, raw, story_is_binary(model, dim, labels)))
-    return data, model, build_story_guide(cfg, folder, model, data, seed, own)
+    return data, model, build_story_guide(cfg, folder, model, data, seed, own, trust=trust)
 
 
 def _kept_labels(cfg: RunConfig, model: Program, data: Data) -> Data:
@@ -325,6 +331,10 @@ def _fill_new_folder(path: Path, cfg: RunConfig, sources: dict[str, bytes]) -> R
         raise FileExistsError(f"{path} already holds a run; resume it with --resume {path}, "
                               f"or choose another --name")
     cfg = dataclasses.replace(cfg, story=_keep_story_files(cfg.story, sources, path))
+    # This user ran these files: a later evaluate, sample or --resume imports them unasked.
+    record_written({path / p.partition(":")[0]: d for p, d in
+                    ((cfg.story.model, cfg.story.model_sha256),
+                     (cfg.story.guide, cfg.story.guide_sha256)) if d})
     save_run_config(cfg, path / CONFIG)
     (path / METRICS).write_text("")
     return cfg
@@ -376,18 +386,19 @@ RESUMABLE = ("epochs", "lr", "clip_norm", "early_stopping", "device", "val_every
 
 
 def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = None,
-               progress: bool = True, stop=None) -> TrainResult:
+               progress: bool = True, stop=None, trust_story: bool = False) -> TrainResult:
     """Continue the run in ``path`` from its checkpoint, optionally with a new total of
     ``epochs`` and new values of the :data:`RESUMABLE` training settings in ``changes``
-    (applied and recorded in config.json), holding the folder's writer lock."""
+    (applied and recorded in config.json), holding the folder's writer lock. A story file
+    that ``train`` did not write for this user is refused unless ``trust_story``."""
     path = Path(path)
     world = distributed.current()
     with distributed.on_writer(world, lambda: writer_lock(path, take=path.is_dir())):
-        return _resume(path, epochs, changes, progress, stop)
+        return _resume(path, epochs, changes, progress, stop, trust_story)
 
 
 def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool,
-            stop) -> TrainResult:
+            stop, trust: bool) -> TrainResult:
     cfg = load_run_config(path / CONFIG, migrate_model_config)
     changes = dict(changes or {})
     if epochs is not None:
@@ -401,7 +412,7 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
     check_train_config(cfg.train)
     said: list[str] = []
     cfg = dataclasses.replace(cfg, data=resolve_stream(cfg.data, said.append))
-    data, model, guide = prepare(cfg, path, seed=cfg.train.seed)
+    data, model, guide = prepare(cfg, path, seed=cfg.train.seed, trust=trust)
     ckpt = _load_into(path, model, guide, data)
     if epochs is not None and epochs < ckpt.state.epoch:
         raise ValueError(f"--epochs {epochs} is fewer than the {ckpt.state.epoch} epochs {path} "
@@ -448,13 +459,15 @@ def _load_into(path: Path, model: Program, guide: Program, data: Data):
     return ckpt
 
 
-def load_run(path: Path, device: str = "cpu") -> LoadedRun:
-    """A fitted run, ready to sample from, evaluate or diagnose (in eval mode, on ``device``)."""
+def load_run(path: Path, device: str = "cpu", *, trust_story: bool = False) -> LoadedRun:
+    """A fitted run, ready to sample from, evaluate or diagnose (in eval mode, on ``device``).
+    A story (or guide) file in the folder is imported only if ``train`` wrote it for this user
+    or ``trust_story`` says so (which is then recorded); else :class:`UntrustedStoryError`."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"run folder {path} does not exist")
     cfg = load_run_config(path / CONFIG, migrate_model_config)
-    data, model, guide = prepare(cfg, path)
+    data, model, guide = prepare(cfg, path, trust=trust_story)
     _load_into(path, model, guide, data)
     dev = resolve_device(device)
     model.to(dev).eval()
@@ -464,7 +477,8 @@ def load_run(path: Path, device: str = "cpu") -> LoadedRun:
 
 def load_or_train(run: Path | None, cfg: RunConfig, out: Path, name: str) -> LoadedRun:
     """The run at ``run``; else the run in ``out/name``, fitting ``cfg`` there first if it
-    holds none. Lets a script take ``--run`` or make its own model, and be rerun."""
+    holds none. Lets a script take ``--run`` or make its own model, and be rerun. (A story
+    file in ``run`` must be trusted: see :func:`load_run`.)"""
     if run is None:
         run = Path(out) / name
         if not (run / CHECKPOINT).exists():

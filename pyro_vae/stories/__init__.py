@@ -1,6 +1,7 @@
 """Where a model comes from: the built-in VAE assembled from registered parts
-(:mod:`~pyro_vae.stories.build`), the shipped stories (:mod:`~pyro_vae.stories.catalog`) and a
-user's story file (:mod:`~pyro_vae.stories.loader`).
+(:mod:`~pyro_vae.stories.build`), the shipped stories (:mod:`~pyro_vae.stories.catalog`), a
+user's story file (:mod:`~pyro_vae.stories.loader`), and which story files in run folders this
+user trusts to import (:mod:`~pyro_vae.stories.trust`).
 """
 
 from pyro_vae.stories.build import (
@@ -10,6 +11,7 @@ from pyro_vae.stories.build import (
                                     build_story_guide,
                                     build_vae,
                                     check_model_config,
+                                    check_run_story_files,
                                     migrate_model_config,
                                     option_fields,
                                     part_options,
@@ -28,6 +30,14 @@ from pyro_vae.stories.loader import (
                                     parse_spec,
                                     sha256_of,
 )
+from pyro_vae.stories.trust import (
+                                    TRUST_ENV,
+                                    TRUST_FLAG,
+                                    UntrustedStoryError,
+                                    record_written,
+                                    trust_file,
+                                    trusted_digests,
+)
 
 __all__ = [
     "build_part",
@@ -37,6 +47,7 @@ __all__ = [
     "call_factory",
     "check_model_args",
     "check_model_config",
+    "check_run_story_files",
     "check_story",
     "default_objective",
     "factory_keywords",
@@ -48,9 +59,15 @@ __all__ = [
     "parse_spec",
     "part_options",
     "PARTS",
+    "record_written",
     "sha256_of",
     "STORIES",
     "story_is_binary",
     "StoryError",
+    "TRUST_ENV",
+    "TRUST_FLAG",
+    "trust_file",
+    "trusted_digests",
+    "UntrustedStoryError",
     "with_options",
 ]

@@ -28,6 +28,7 @@ from pyro_vae.stories.loader import (
     parse_spec,
     sha256_of,
 )
+from pyro_vae.stories.trust import check_trusted
 from pyro_vae.traces import slice_rows
 
 PARTS = {"prior": PRIORS, "likelihood": LIKELIHOODS, "decoder": DECODERS, "encoder": ENCODERS,
@@ -84,12 +85,15 @@ def build_part(cfg: ModelConfig, kind: str, *args, **kwargs) -> nn.Module:
 
 
 def build_story(cfg: RunConfig, folder: Path | None, data_dim: int,
-                image_shape: tuple[int, ...], seed: int | None = None) -> Program:
-    """The story of ``cfg.story`` (its file resolved against the run ``folder`` when
-    given, and checked against the recorded SHA-256), built by its factory."""
-    path, name = _story_file(cfg.story.model, cfg.story.model_sha256, folder, "--model")
+                image_shape: tuple[int, ...], seed: int | None = None, *,
+                trust: bool = False) -> Program:
+    """The story of ``cfg.story``, built by its factory. With a run ``folder``, its file is
+    the folder's copy, checked against the recorded SHA-256 and this user's trust file
+    (``trust`` trusts it and records it) before it is imported."""
+    path, name, digest = _story_file(cfg.story.model, cfg.story.model_sha256, folder, "--model",
+                                     trust)
     offered = {"data_dim": data_dim, "image_shape": tuple(image_shape), **cfg.story.args}
-    factory = load_object(path, name)
+    factory = load_object(path, name, digest)
     if folder is None:  # a new fit; a run's recorded pairs were checked when it was trained
         check_model_args(cfg.story.args, _args_takers(cfg, path, name, factory))
     with seeded(seed):
@@ -108,10 +112,12 @@ def _args_takers(cfg: RunConfig, path: Path, name: str, factory: object) -> dict
 
 
 def build_story_guide(cfg: RunConfig, folder: Path | None, model: Program, data: Data,
-                      seed: int | None = None, own: nn.Module | None = None) -> Program:
+                      seed: int | None = None, own: nn.Module | None = None, *,
+                      trust: bool = False) -> Program:
     """``auto`` (an :class:`AutoAmortizedGuide` on an MLP encoder of ``cfg.model.hidden_sizes``),
     ``story`` (``own``, the guide a shipped story comes with) or the guide file's object,
-    built on rows of the training data."""
+    built on rows of the training data. A guide file in a run ``folder`` is checked as
+    :func:`build_story` checks the story's."""
     x, batch = data.train.x[:8], slice_rows(data.train.fields(), 0, 8)
     check_story(model, x, batch, model.name)
     if cfg.story.guide == "story":
@@ -126,10 +132,11 @@ def build_story_guide(cfg: RunConfig, folder: Path | None, model: Program, data:
             except ValueError as err:
                 raise StoryError(f"{model.name}: {err}") from None
             return as_program(guide, name="auto")
-        path, name = _story_file(cfg.story.guide, cfg.story.guide_sha256, folder, "--guide")
+        path, name, digest = _story_file(cfg.story.guide, cfg.story.guide_sha256, folder,
+                                         "--guide", trust)
         offered = {"model": model, "data_dim": data.data_dim,
                    "image_shape": tuple(data.image_shape), **cfg.story.args}
-        guide = call_factory(load_object(path, name), path, name, offered)
+        guide = call_factory(load_object(path, name, digest), path, name, offered)
     return as_program(guide, name=f"{path}:{name}")
 
 
@@ -143,14 +150,33 @@ def story_is_binary(model: Program, data_dim: int, batch: dict) -> Pixels:
     return scored_pixels(trace, x)
 
 
-def _story_file(spec: str, sha256: str, folder: Path | None, what: str) -> tuple[Path, str]:
+def check_run_story_files(cfg: RunConfig, folder: Path, trust: bool = False) -> None:
+    """Before anything else is loaded: the run ``folder``'s story and guide files (if it has
+    them) match config.json and are trusted by this user (``trust``: trust and record them).
+    Nothing is imported."""
+    if ":" in cfg.story.model:  # a file, not a shipped story's name
+        _story_file(cfg.story.model, cfg.story.model_sha256, folder, "--model", trust)
+    if ":" in cfg.story.guide:
+        _story_file(cfg.story.guide, cfg.story.guide_sha256, folder, "--guide", trust)
+
+
+def _story_file(spec: str, sha256: str, folder: Path | None, what: str, trust: bool
+                ) -> tuple[Path, str, str | None]:
+    """(path, name, digest to import it under): a file named on the command line as it is
+    (the user chose it); a run folder's copy only if it matches config.json's SHA-256 and
+    this user trusts it."""
     path, name = parse_spec(spec, what)
-    if folder is not None:
-        path = Path(folder) / path
-        if sha256 and sha256_of(path) != sha256:
-            raise StoryError(f"{path} has changed since the run was trained (its SHA-256 no "
-                             f"longer matches config.json); the run cannot be rebuilt from it")
-    return path, name
+    if folder is None:
+        return path, name, None
+    path = Path(folder) / path
+    if not path.is_file():
+        raise StoryError(f"{path}: no such story file (config.json names it)")
+    digest = sha256_of(path)
+    if sha256 and digest != sha256:
+        raise StoryError(f"{path} has changed since the run was trained (its SHA-256 no "
+                         f"longer matches config.json); the run cannot be rebuilt from it")
+    check_trusted(path, digest, trust)
+    return path, name, digest
 
 
 

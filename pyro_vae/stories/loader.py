@@ -94,17 +94,26 @@ def parse_arg(text: str) -> tuple[str, Any]:
         return key, raw
 
 
-def load_object(path: Path, name: str) -> Any:
-    """Import the file ``path`` as a fresh module and return its attribute ``name``."""
+def load_object(path: Path, name: str, sha256: str | None = None) -> Any:
+    """Import the file ``path`` as a fresh module and return its attribute ``name``.
+
+    The bytes read are the bytes run: no cached bytecode (``__pycache__``) is consulted or
+    written. With ``sha256``, they must have that digest (the one a caller checked), so a file
+    swapped after the check is refused, not run."""
     path = Path(path)
     if not path.is_file():
         raise StoryError(f"{path}: no such story file")
-    module_name = f"pyro_vae_story_{sha256_of(path)[:16]}_{path.stem}"
+    source = path.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise StoryError(f"{path} changed while it was being read; nothing in it was run")
+    module_name = f"pyro_vae_story_{digest[:16]}_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     try:
+        code = compile(source, str(path), "exec", dont_inherit=True)
         sys.modules[module_name] = module  # dataclasses and pickling look modules up here
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        exec(code, module.__dict__)  # noqa: S102 - the story file is the user's program
     except SyntaxError as err:
         raise StoryError(f"{path}:{err.lineno}: syntax error: {err.msg}") from None
     except Exception as err:  # noqa: BLE001 - any failure of a user's file is reported as one line
