@@ -11,7 +11,7 @@ foundation (``programs``, ``traces``, ``config``, ``pixels``, ``files``, ...):
     pyro_vae.infer        objectives and the fit
     pyro_vae.evaluation   log p(x): importance sampling, AIS, BDMC; classification reports
     pyro_vae.diagnostics  NUTS against the guide, gaps, collapse, predictive checks
-    pyro_vae.runs         run folders, checkpoints, the writer lock
+    pyro_vae.runs         run folders, checkpoints, the writer lock, comparing runs
 
 The parts live in ``pyro_vae.models`` (the generative side) and ``pyro_vae.guides`` (the
 inference side). Every name below is imported on first use, so ``import pyro_vae`` (and
@@ -44,9 +44,10 @@ _SOURCES: dict[str, tuple[str, ...]] = {
                             "plot_k_curve", "plot_khat", "psis_diagnostics", "scored_splits"),
     "pyro_vae.diagnostics": ("DiagnoseConfig", "Diagnostics", "diagnose", "verdicts",
                              "write_diagnostics"),
-    "pyro_vae.runs": ("CHECKPOINT", "CONFIG", "METRICS", "CheckpointError", "LoadedRun",
-                      "RunLockedError", "TrainResult", "load_checkpoint", "load_or_train",
-                      "load_run", "resume_run", "save_checkpoint", "train_run"),
+    "pyro_vae.runs": ("CHECKPOINT", "CONFIG", "METRICS", "CheckpointError", "Comparison",
+                      "LoadedRun", "RunLockedError", "TrainResult", "compare_runs",
+                      "load_checkpoint", "load_or_train", "load_run", "resume_run",
+                      "save_checkpoint", "train_run", "write_comparison"),
 }
 _WHERE = {name: module for module, names in _SOURCES.items() for name in names}
 _WINGS = ("data", "stories", "infer", "evaluation", "diagnostics", "runs", "models", "guides",

@@ -57,3 +57,21 @@ def same_result(run: Path, reference) -> None:
     saved = load_checkpoint(run / CHECKPOINT).modules
     assert saved.keys() == params.keys()
     assert all(torch.equal(saved[k], params[k]) for k in params)
+
+
+def train_tiny(out: Path, name: str, *args: str) -> Path:
+    """A run folder trained by the CLI on digits in a second or two (2 epochs, a 16-unit
+    network), with ``args`` as further ``pyro-vae train`` flags."""
+    code = main(["train", "--epochs", "2", "--hidden", "16", "--batch-size", "256", "--device",
+                 "cpu", "--no-progress", "--out", str(out), "--name", name, *args])
+    assert code == 0, f"training {name} failed with exit status {code}"
+    return Path(out) / name
+
+
+def flipped_digits(path: Path) -> Path:
+    """The digits with black and white swapped, as an .npz file: other data of the same size."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    np.savez(path, x=(16 - load_digits().images) / 16.0)
+    return path

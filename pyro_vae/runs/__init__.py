@@ -1,5 +1,6 @@
 """Run folders: training into one, resuming and loading it (:mod:`~pyro_vae.runs.folders`), its
-checkpoint (:mod:`~pyro_vae.runs.checkpoint`) and its writer lock (:mod:`~pyro_vae.runs.lock`).
+checkpoint (:mod:`~pyro_vae.runs.checkpoint`), its writer lock (:mod:`~pyro_vae.runs.lock`), and
+several of them side by side (:mod:`~pyro_vae.runs.compare`, :mod:`~pyro_vae.runs.compare_page`).
 """
 
 from pyro_vae.runs.checkpoint import (
@@ -10,6 +11,8 @@ from pyro_vae.runs.checkpoint import (
                                       load_modules,
                                       save_checkpoint,
 )
+from pyro_vae.runs.compare import Comparison, Estimate, RunRow, compare_runs, read_run
+from pyro_vae.runs.compare_page import ComparisonFiles, write_comparison
 from pyro_vae.runs.folders import (
                                       CHECKPOINT,
                                       CONFIG,
@@ -29,7 +32,11 @@ __all__ = [
     "CHECKPOINT",
     "Checkpoint",
     "CheckpointError",
+    "compare_runs",
+    "Comparison",
+    "ComparisonFiles",
     "CONFIG",
+    "Estimate",
     "FORMAT",
     "load_checkpoint",
     "load_modules",
@@ -39,12 +46,15 @@ __all__ = [
     "LoadedRun",
     "LOCK_FILE",
     "METRICS",
+    "read_run",
     "resume_run",
     "RunLock",
     "RunLockedError",
+    "RunRow",
     "save_checkpoint",
     "train_run",
     "TrainResult",
+    "write_comparison",
     "write_summary",
     "writer_lock",
 ]
