@@ -1,22 +1,31 @@
 """Swap priors and guides by name, fit each combination on the same data with the
-same budget, and compare them.
+same budget, and compare them with ``pyro_vae.compare_runs``.
 
-You will see a table, one row per ``prior/guide/objective`` combination: the
-validation ELBO (nats per image, higher is better), the importance-weighted
-bound log p̂(x) with K draws per image on the first validation images, and the
-seconds the fit took. Every fit uses the same data split, seed, network sizes,
-epochs and batch size. With a 2-D latent space it also writes
-``prior_densities.png``: each fitted prior's density drawn under the encoded
-test points (one draw z ~ q(z | x) per image, i.e. the aggregate posterior).
+Each ``prior/guide/objective`` combination is trained into a run folder
+(``OUT/runs/<prior>-<guide>-<objective>/``, which ``pyro-vae evaluate``, ``diagnose``,
+``sample`` and ``compare`` accept) and its importance-weighted bound log p̂(x) with K draws
+per image on the validation images is written beside it as ``evaluation.json``. You will see
+the comparison table, one row per combination: the parts and settings that differ, the
+training seconds, the final and best validation ELBO (nats per image, higher is better), the
+rank, the IWAE bound ± its standard error and the share of images whose PSIS k̂ exceeds 0.7.
+``OUT/val_elbo.png`` draws every combination's validation ELBO against epoch on one pair of
+axes, and ``OUT/compare.html`` holds the table and that figure in one page (``compare.json``
+the numbers). Every fit uses the same data split, seed, network sizes, epochs and batch size.
+With a 2-D latent space it also writes ``prior_densities.png``: each fitted prior's density
+drawn under the encoded test points (one draw z ~ q(z | x) per image, i.e. the aggregate
+posterior). Rerunning it replaces its run folders.
 
     python examples/swap_priors_and_guides.py --epochs 300
     python examples/swap_priors_and_guides.py --data mnist --data-root ../shared/data \\
         --latent-dim 20 --hidden 400 --epochs 10
+    pyro-vae compare swap_priors_and_guides/runs/*    # the same table again, from the folders
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -25,14 +34,14 @@ from matplotlib.figure import Figure
 from pyro_vae import (
     DataConfig,
     ModelConfig,
+    RunConfig,
     TrainConfig,
-    build_vae,
-    fit,
+    compare_runs,
+    evaluate,
     load_data,
-    log_importance_weights,
-    log_mean_exp,
-    mean_elbo,
+    train_run,
     with_options,
+    write_comparison,
 )
 
 DEFAULT_COMBOS = ("normal/diagonal/elbo", "mixture/diagonal/elbo", "vamp/diagonal/elbo",
@@ -60,14 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def iwae_bound(model, guide, x: torch.Tensor, k: int) -> float:
-    """Mean log p̂(x) over ``x``: log (1/K Σ_k w_k) of ``pyro_vae.evaluate``'s importance weights."""
-    torch.manual_seed(0)
-    return float(log_mean_exp(log_importance_weights(model, guide, x, k)).mean())
-
-
 def fit_one(combo: str, data, args: argparse.Namespace) -> dict:
-    """Build ``prior/guide/objective``, fit it, and measure it on the validation images."""
+    """Build ``prior/guide/objective``, fit it into a run folder, and write the IWAE bound on
+    the validation images into that folder's ``evaluation.json``."""
     prior, guide_name, objective = combo.split("/")
     hidden = tuple(int(h) for h in args.hidden.split(","))
     mcfg = with_options(ModelConfig(latent_dim=args.latent_dim, hidden_sizes=hidden, prior=prior,
@@ -76,19 +80,19 @@ def fit_one(combo: str, data, args: argparse.Namespace) -> dict:
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                        device="cpu", objective=objective,
                        particles=args.particles if "iwae" in objective else 1)
-    result = fit(*build_vae(mcfg, data.data_dim, seed=args.seed), data, tcfg, progress=False)
-    model, guide = result.model, result.guide  # the fitted Programs (the VAE's helpers reachable)
-    x_val = data.eval_split("val", seed=args.seed)
-    torch.manual_seed(args.seed)
-    return {"combo": combo, "model": model, "guide": guide, "seconds": result.seconds,
-            "val_elbo": mean_elbo(model, guide, x_val),
-            "iwae": iwae_bound(model, guide, x_val[:args.iwae_points], args.iwae_samples)}
-
-
-def print_table(rows: list[dict], k: int) -> None:
-    print(f"{'prior/guide/objective':<26} {'val ELBO':>10} {f'IWAE K={k}':>11} {'seconds':>8}")
-    for r in rows:
-        print(f"{r['combo']:<26} {r['val_elbo']:>10.2f} {r['iwae']:>11.2f} {r['seconds']:>8.1f}")
+    cfg = RunConfig(model=mcfg, data=DataConfig(name=args.data, root=args.data_root), train=tcfg)
+    name = combo.replace("/", "-")
+    if (args.out / "runs" / name / "config.json").exists():  # this example's own earlier run
+        shutil.rmtree(args.out / "runs" / name)
+    trained = train_run(cfg, args.out / "runs", name, progress=False)
+    model, guide = trained.fit.model, trained.fit.guide  # the VAE's helpers stay reachable
+    x_val = data.eval_split("val", seed=args.seed)[:args.iwae_points]
+    result = evaluate(model, guide, x_val, num_samples=args.iwae_samples, seed=args.seed)
+    record = {"split": "val", "seed": args.seed, **result.summary()}  # as pyro-vae evaluate writes it
+    (trained.path / "evaluation.json").write_text(json.dumps(record, indent=2) + "\n")
+    return {"combo": combo, "path": trained.path, "model": model, "guide": guide,
+            "seconds": trained.fit.seconds, "val_elbo": trained.fit.history[-1].val_elbo,
+            "iwae": result.iwae.mean}
 
 
 @torch.no_grad()
@@ -120,6 +124,7 @@ def draw_prior_densities(rows: list[dict], x_test: torch.Tensor, path: Path) -> 
 
 
 def main(args: argparse.Namespace) -> list[dict]:
+    # Each run loads its own copy of the data; this one gives the images to evaluate on.
     data = load_data(DataConfig(name=args.data, root=args.data_root))
     rows = []
     for combo in args.combos.split(","):
@@ -127,9 +132,11 @@ def main(args: argparse.Namespace) -> list[dict]:
         r = rows[-1]
         print(f"  {combo}: val ELBO {r['val_elbo']:.2f}, IWAE {r['iwae']:.2f}, {r['seconds']:.1f} s",
               flush=True)
-    print_table(rows, args.iwae_samples)
+    comparison = compare_runs([r["path"] for r in rows])
+    print(comparison.text())
+    files = write_comparison(comparison, args.out, html_page=True)
+    print(files.figure, files.html, sep="\n")
     if args.latent_dim == 2:
-        args.out.mkdir(parents=True, exist_ok=True)
         x_test = data.eval_split("test", seed=args.seed)[:2000]
         print(draw_prior_densities(rows, x_test, args.out / "prior_densities.png"))
     return rows

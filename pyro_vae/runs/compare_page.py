@@ -54,8 +54,9 @@ def curves_figure(comparison: Comparison, path: Path) -> Path:
         if not row.curve:
             continue
         epochs, values = zip(*row.curve)
+        style = ("-", "--", ":", "-.")[shown // 10 % 4]  # ten colours, then another line style
         ax.plot(epochs, values, marker="o" if len(values) <= 30 else None, markersize=3,
-                linewidth=1.5, label=row.name)
+                linewidth=1.5, linestyle=style, label=row.name)
         shown += 1
         skip = math.ceil(0.1 * len(values)) if len(values) >= 5 else 0
         tails += list(values[skip:])
@@ -80,7 +81,8 @@ def curves_figure(comparison: Comparison, path: Path) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if shown or missing:
-        ax.legend(fontsize=8, loc="lower right")
+        # Beside the axes, so that no curve hides behind it.
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     save_figure(fig, path)
     return path
 
