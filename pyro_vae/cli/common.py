@@ -23,6 +23,8 @@ HELP: dict[str, str] = {
     "diagnose": ("sample the true posterior by NUTS and compare it with the guide: inference "
                  "gaps, posterior collapse, predictive checks; continues where a stopped one "
                  "left off"),
+    "compare": ("compare run folders in one table: story, parts, the settings that differ, "
+                "ELBOs, log p(x) estimates, gaps; their validation-ELBO curves in one figure"),
 }
 """Each subcommand's one-line help, in the order ``pyro-vae --help`` lists them. It is read
 without importing the command's module, which loads torch and the wings the command runs on."""

@@ -12,13 +12,12 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pyro_vae.cli.common import COMMANDS, HELP, Command, positive_int
+from pyro_vae.cli.common import COMMANDS, HELP, Command, add_trust_argument, positive_int
 from pyro_vae.cli.partials import Job, interrupted, open_jobs, progress_flag
 from pyro_vae.diagnostics import DiagnoseConfig, active_units_text, diagnose, write_diagnostics
 from pyro_vae.evaluation import write_classifier_report
 from pyro_vae.partial import state_digest, tensor_digest
 from pyro_vae.runs import load_run
-from pyro_vae.cli.common import add_trust_argument
 
 PARTIAL = "diagnostics.partial"
 

@@ -16,7 +16,15 @@ import contextlib
 import sys
 from pathlib import Path
 
-from pyro_vae.cli.common import COMMANDS, HELP, Command, UserError, int_list, positive_int
+from pyro_vae.cli.common import (
+    COMMANDS,
+    HELP,
+    Command,
+    UserError,
+    add_trust_argument,
+    int_list,
+    positive_int,
+)
 from pyro_vae.cli.partials import Job, interrupted, open_jobs, progress_flag
 from pyro_vae.evaluation import (
     ESTIMATORS,
@@ -42,7 +50,6 @@ from pyro_vae.evaluation import (
 from pyro_vae.partial import state_digest, tensor_digest
 from pyro_vae.runs import load_run
 from pyro_vae.traces import slice_rows
-from pyro_vae.cli.common import add_trust_argument
 
 PARTIAL = "evaluation.partial"
 

@@ -10,12 +10,19 @@ from pathlib import Path
 import torch
 
 from pyro_vae import figures
-from pyro_vae.cli.common import COMMANDS, HELP, Command, UserError, float_list, positive_int
+from pyro_vae.cli.common import (
+    COMMANDS,
+    HELP,
+    Command,
+    UserError,
+    add_trust_argument,
+    float_list,
+    positive_int,
+)
 from pyro_vae.evaluation import label_site
 from pyro_vae.predictive import prior_predictive
 from pyro_vae.runs import LoadedRun, load_run
 from pyro_vae.traces import index_rows, latent_sites
-from pyro_vae.cli.common import add_trust_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

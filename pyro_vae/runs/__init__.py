@@ -11,7 +11,7 @@ from pyro_vae.runs.checkpoint import (
                                       load_modules,
                                       save_checkpoint,
 )
-from pyro_vae.runs.compare import Comparison, Estimate, RunRow, compare_runs, read_run
+from pyro_vae.runs.compare import Comparison, ReadEstimate, RunRow, compare_runs, read_run
 from pyro_vae.runs.compare_page import ComparisonFiles, write_comparison
 from pyro_vae.runs.folders import (
                                       CHECKPOINT,
@@ -36,7 +36,7 @@ __all__ = [
     "Comparison",
     "ComparisonFiles",
     "CONFIG",
-    "Estimate",
+    "ReadEstimate",
     "FORMAT",
     "load_checkpoint",
     "load_modules",

@@ -36,7 +36,7 @@ SAME_DATA = ("data.name", "data.binarize", "data.val_fraction", "data.test_fract
 
 
 @dataclass(frozen=True)
-class Estimate:
+class ReadEstimate:
     """A mean ± standard error in nats (per image), with how it was made (e.g. ``K=5000``)."""
 
     mean: float
@@ -70,13 +70,13 @@ class RunRow:
     """Images and draws of evaluation.json, e.g. ``100 test, K=5000, T=1000, C=16``."""
     evaluated_images: str | None = None
     """Just the images, e.g. ``100 test``."""
-    iwae: Estimate | None = None
-    ais: Estimate | None = None
+    iwae: ReadEstimate | None = None
+    ais: ReadEstimate | None = None
     khat_share: float | None = None
     """Share of the evaluated images whose PSIS k̂ exceeds ``khat_threshold``."""
     khat_threshold: float | None = None
-    approximation_gap: Estimate | None = None
-    amortization_gap: Estimate | None = None
+    approximation_gap: ReadEstimate | None = None
+    amortization_gap: ReadEstimate | None = None
     diagnosed_on: str | None = None
     """Images of diagnostics.json's gaps, e.g. ``2 test``."""
     active_units: dict[str, tuple[int, int]] | None = None
@@ -305,10 +305,10 @@ def _from_evaluation(e: dict | None) -> dict[str, Any]:
     k = e.get("num_samples")
     iwae = e.get("estimates", {}).get("iwae")
     if iwae is not None:
-        out["iwae"] = Estimate(float(iwae["mean"]), float(iwae["stderr"]), f"K={k}" if k else "")
+        out["iwae"] = ReadEstimate(float(iwae["mean"]), float(iwae["stderr"]), f"K={k}" if k else "")
     ais = e.get("ais")
     if ais is not None:
-        out["ais"] = Estimate(float(ais["estimate"]["mean"]), float(ais["estimate"]["stderr"]),
+        out["ais"] = ReadEstimate(float(ais["estimate"]["mean"]), float(ais["estimate"]["stderr"]),
                               f"T={ais.get('steps')}, C={ais.get('chains')}")
     psis = e.get("psis")
     if psis is not None:
@@ -328,9 +328,9 @@ def _from_diagnostics(d: dict | None) -> dict[str, Any]:
     if g is not None:
         n = len(d.get("points", [])) or None
         how = f"{n} test" if n else ""
-        out["approximation_gap"] = Estimate(float(g["approximation_gap"]),
+        out["approximation_gap"] = ReadEstimate(float(g["approximation_gap"]),
                                             float(g.get("approximation_gap_se", float("nan"))), how)
-        out["amortization_gap"] = Estimate(float(g["amortization_gap"]),
+        out["amortization_gap"] = ReadEstimate(float(g["amortization_gap"]),
                                            float(g.get("amortization_gap_se", float("nan"))), how)
         out["diagnosed_on"] = how or None
     c = d.get("collapse")
@@ -401,7 +401,7 @@ def _cell(c: Comparison, i: int, column: str) -> str:
     return _value(r.settings[key]) if key in r.settings else ""
 
 
-def _pm(estimate: Estimate | None) -> str:
+def _pm(estimate: ReadEstimate | None) -> str:
     return "" if estimate is None else f"{estimate.mean:.2f} ± {estimate.stderr:.2f}"
 
 

@@ -53,6 +53,7 @@ from pyro_vae.stories import (
     build_story_guide,
     build_vae,
     check_model_args,
+    check_run_story_files,
     factory_keywords,
     is_named,
     migrate_model_config,
@@ -63,7 +64,6 @@ from pyro_vae.stories import (
 )
 from pyro_vae.traces import is_enumerated, is_real, latent_sites, slice_rows, trace_program
 from pyro_vae.validation import check_image_shape, check_label_range
-from pyro_vae.stories import check_run_story_files
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
 

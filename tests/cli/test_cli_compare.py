@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pyro_vae.cli import main
+
 from support import flipped_digits, run_cli, train_tiny
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from pyro_vae import compare_runs, write_comparison
 from pyro_vae.cli import main
+
 from support import flipped_digits, train_tiny
 
 EVALUATE = ["--samples", "20", "--points", "20", "--method", "ais", "--steps", "4", "--chains",

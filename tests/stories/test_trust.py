@@ -23,8 +23,8 @@ import pytest
 
 from pyro_vae import UntrustedStoryError
 from pyro_vae.cli import main
-from pyro_vae.runs import load_run
-from pyro_vae.stories import TRUST_ENV, trust_file, trusted_digests
+from pyro_vae.runs.folders import load_run
+from pyro_vae.stories.trust import TRUST_ENV, trust_file, trusted_digests
 
 STORY = textwrap.dedent('''
     import pyro
@@ -170,7 +170,7 @@ def test_cached_bytecode_beside_a_trusted_story_is_never_run(trained, tmp_path):
 
 
 def test_built_in_stories_never_need_the_flag(tiny_config, tmp_path, monkeypatch):
-    from pyro_vae.runs import train_run
+    from pyro_vae.runs.folders import train_run
 
     train_run(tiny_config, tmp_path, "vae", progress=False)
     monkeypatch.setenv(TRUST_ENV, str(tmp_path / "empty" / "trusted.json"))
