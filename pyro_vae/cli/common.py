@@ -44,6 +44,13 @@ class Command:
     run: Callable[[argparse.Namespace], int | None]
 
 
+def add_checkpoint_argument(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint last|best``: which of a run folder's checkpoints to load."""
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="the run's last checkpoint, or best.safetensors: the parameters at its "
+                        "best validation ELBO")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are the one line and where to read more: argparse
     would print the whole usage above it (47 lines for ``train``), burying the line."""

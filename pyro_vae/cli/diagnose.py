@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run, args.device, trust_story=args.trust_story)
+    loaded = load_run(args.run, args.device, args.checkpoint, trust_story=args.trust_story)
     cfg = dataclasses.replace(C, points=args.points, chains=args.chains, warmup=args.warmup,
                               samples=args.samples, local_steps=args.local_steps,
                               elbo_samples=args.elbo_samples, seed=args.seed)
@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                           batch=loaded.data.test.fields(), partial=job.partial)
     except KeyboardInterrupt:
         return interrupted("diagnose", out / PARTIAL)
-    written = write_diagnostics(result, out, loaded.data.image_shape, title=loaded.path.name)
+    written = write_diagnostics(result, out, loaded.data.image_shape, title=loaded.path.name,
+                                scored=loaded.scored)
     s = result.summary()
     g = s["gaps"]
     print(f"max r̂ {s['nuts']['rhat_max']:.3f}; approximation gap {g['approximation_gap']:.2f} nats, "

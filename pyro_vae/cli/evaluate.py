@@ -197,7 +197,7 @@ def finished_note(path: Path, jobs_: list[Job]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run, args.device, trust_story=args.trust_story)
+    loaded = load_run(args.run, args.device, args.checkpoint, trust_story=args.trust_story)
     x = loaded.data.eval_split(args.split, seed=args.seed)
     batch = getattr(loaded.data, args.split).fields()
     if args.points is not None:
@@ -218,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
         entries, result, curve, sandwich = compute(args, loaded, x, batch, parts)
     except KeyboardInterrupt:
         return interrupted("evaluate", root)
-    record_entries(out, entries)
+    # Which checkpoint each entry scored (its epoch and digest): a resume moves stale ones aside.
+    record_entries(out, [{**entry, "scored": loaded.scored} for entry in entries])
     shown = " and ".join(job.key for job in parts if job.settings["method"] != "bdmc")
     plot_k_curve(result.curve, loaded.path / "evaluation_k_curve.png", ais=curve, entry=shown)
     plot_khat(result.psis, loaded.path / "evaluation_khat.png", entry=parts[0].key)

@@ -88,7 +88,7 @@ def _check_label(loaded: LoadedRun, label: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run, args.device, trust_story=args.trust_story)
+    loaded = load_run(args.run, args.device, args.checkpoint, trust_story=args.trust_story)
     sets = args.set + ([f"z={','.join(map(str, args.z))}"] if args.z is not None else [])
     torch.manual_seed(args.seed)
     n = 1 if sets and args.mean else args.n

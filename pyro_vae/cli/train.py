@@ -281,8 +281,12 @@ def report(result: TrainResult) -> int:
               f"Continue with: {again} train --resume {result.path}", file=sys.stderr)
         print(result.path)
         return EXIT_INTERRUPTED
-    last = fit.history[-1]
-    print(f"{len(fit.history)} epochs in {fit.seconds:.1f} s; validation ELBO "
+    last, ran = fit.history[-1], len(fit.history) - result.before
+    span = (f"{result.before + 1}-{len(fit.history)}" if ran > 1 else f"{len(fit.history)}")
+    done = (f"{len(fit.history)} epochs" if not result.before else
+            f"{ran} epoch{'s' if ran != 1 else ''} ({span} of {len(fit.history)})" if ran else
+            f"0 epochs (the run had finished its {len(fit.history)})")
+    print(f"{done} in {fit.seconds:.1f} s; validation ELBO "
           f"{last.val_elbo:.3f} nats per image", file=sys.stderr)
     print(result.path)
     return 0

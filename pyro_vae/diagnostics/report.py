@@ -260,12 +260,14 @@ def _gap_table(summary: dict[str, Any]) -> str:
 
 
 def write_html(summary: dict[str, Any], figures: list[Path], path: Path, run_name: str) -> Path:
-    """The one-page summary: verdicts first, then the gap table and the figures inline."""
+    """The one-page summary: which checkpoint it diagnosed, the verdicts, then the gap table
+    and the figures inline."""
     items = verdicts(summary)
     failing = [v.check for v in items if not v.ok]
     headline = ("Every check passes." if not failing else
                 f"{len(failing)} of {len(items)} checks need a look: " + "; ".join(failing) + ".")
     body = (f"<h1>Can this fit be trusted? {html.escape(run_name)}</h1>"
+            f"{_scored_line(summary.get('scored'))}"
             f"<p><b>{html.escape(headline)}</b></p><table>{_verdict_rows(items)}</table>"
             f"<h2>Inference gaps</h2>{_gap_table(summary)}" + "".join(_inline(f) for f in figures))
     style = ("<style>body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:2px 8px;"
@@ -273,6 +275,14 @@ def write_html(summary: dict[str, Any], figures: list[Path], path: Path, run_nam
     atomic_write(path, (f"<!doctype html><html><head><meta charset='utf-8'><title>diagnostics"
                         f"</title>{style}</head><body>{body}</body></html>\n").encode())
     return path
+
+
+def _scored_line(scored: dict | None) -> str:
+    if not scored:
+        return ""
+    return (f"<p>The {html.escape(str(scored.get('checkpoint')))} checkpoint, after epoch "
+            f"{scored.get('epoch')} (SHA-256 {html.escape(str(scored.get('sha256', ''))[:12])})."
+            f"</p>")
 
 
 @dataclass(frozen=True)
@@ -286,13 +296,16 @@ class Written:
 
 
 def write_diagnostics(d: Diagnostics, folder: Path, image_shape: Sequence[int],
-                      title: str = "") -> Written:
-    """``diagnostics.json``, ``diagnostics.nc`` (ArviZ), the PNGs and ``diagnostics.html`` in ``folder``."""
+                      title: str = "", scored: dict | None = None) -> Written:
+    """``diagnostics.json``, ``diagnostics.nc`` (ArviZ), the PNGs and ``diagnostics.html`` in
+    ``folder``; ``scored`` (which checkpoint, its epoch and digest) is recorded in both."""
     import json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     summary = d.summary()
+    if scored:
+        summary["scored"] = scored
     summary["verdicts"] = [vars(v) for v in verdicts(summary)]
     json_path = folder / "diagnostics.json"
     atomic_write(json_path, (json.dumps(summary, indent=2) + "\n").encode())

@@ -42,6 +42,8 @@ class Checkpoint:
     optimizer: dict[str, Any]
     state: TrainState
     meta: dict[str, Any]
+    digest: str = ""
+    """The SHA-256 checksum the file carries (of its tensors and header)."""
 
 
 def header_digest(tensors: dict[str, Tensor], header: str) -> str:
@@ -152,7 +154,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         modules, optimizer, fields = _unflatten(tensors, header)
         fields["history"] = [EpochRecord(**r) for r in fields["history"]]
         optimizer = optimizer if header["param_groups"] is not None else None
-        return Checkpoint(modules, optimizer, TrainState(**fields), header["meta"])
+        return Checkpoint(modules, optimizer, TrainState(**fields), header["meta"], meta["sha256"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         # A checksum guards against accidents, not against a crafted file: its header is
         # still untrusted, and any surprise in it is reported, never half-used.

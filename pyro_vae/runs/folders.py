@@ -46,6 +46,7 @@ from pyro_vae.infer import (
 from pyro_vae.programs import Program, as_program, check_fields, seeded
 from pyro_vae.runs.checkpoint import load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.runs.lock import writer_lock
+from pyro_vae.runs.records import WHICH, is_new_best, move_stale, save_best, scored
 from pyro_vae.state import EpochRecord, TrainState
 from pyro_vae.stories import (
     STORIES,
@@ -78,6 +79,9 @@ class LoadedRun:
     guide: Program
     data: Data
     device: torch.device
+    scored: dict = dataclasses.field(default_factory=dict)
+    """Which checkpoint was loaded (``last`` or ``best``), its epoch and SHA-256: what a
+    score computed from this run records."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class TrainResult:
     path: Path
     fit: FitResult
     figures: list[Path]
+    before: int = 0
+    """Epochs the run had finished before this call (a resumed run's checkpoint)."""
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -198,13 +204,17 @@ def _check_story_data(model: Program, raw: RawImages) -> None:
 
 def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = None) -> Callable:
     """After each epoch: append the epoch to metrics.jsonl (with ``extra(session)``'s
-    figures, e.g. a classifier's accuracy) and rewrite the checkpoint."""
+    figures, e.g. a classifier's accuracy) and rewrite the checkpoint; at a new best
+    validation ELBO, first ``best.safetensors``."""
 
     def write(session: FitSession, state: TrainState, record: EpochRecord) -> None:
         line = dataclasses.asdict(record) | (extra(session) if extra else {})
         # The epoch's line stays in metrics.jsonl only if its checkpoint was written (a
-        # full disk leaves both at the previous epoch); fit captured the RNG states.
+        # full disk leaves both at the previous epoch); fit captured the RNG states. The best
+        # goes first: a resume from the previous checkpoint finds this epoch best again.
         with appended(path / METRICS, json.dumps(line) + "\n"):
+            if is_new_best(state, record):
+                save_best(path, session.modules(), state, {"config": dataclasses.asdict(cfg)})
             save_state(path, session.modules(), session.optimizer, state, cfg)
 
     return write
@@ -269,6 +279,7 @@ def write_summary(path: Path, result: FitResult) -> None:
 def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn.Module,
              checkpoint=None, progress: bool = True, stop=None) -> TrainResult:
     writer = distributed.current().writer  # rank 0 alone writes the folder
+    before = checkpoint.state.epoch if checkpoint else 0
     result = fit(model, guide, data, cfg.train,
                  state=checkpoint.state if checkpoint else None,
                  optimizer_state=checkpoint.optimizer if checkpoint else None,
@@ -276,7 +287,7 @@ def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn
                  if writer else [], stop=stop,
                  progress=progress)
     if not writer:
-        return TrainResult(path, result, [])
+        return TrainResult(path, result, [], before)
     save_state(path, nn.ModuleDict({"model": model, "guide": guide}), result.optimizer,
                result.state, cfg)
     write_summary(path, result)
@@ -284,7 +295,7 @@ def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn
     if not result.interrupted:
         pictures = write_figures(path, result.model, result.guide, data.to(result.model.device),
                                  result.history, cfg.train.seed, cfg.story.map_site)
-    return TrainResult(path, result, pictures)
+    return TrainResult(path, result, pictures, before)
 
 
 def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None, *,
@@ -417,9 +428,12 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
     if epochs is not None and epochs < ckpt.state.epoch:
         raise ValueError(f"--epochs {epochs} is fewer than the {ckpt.state.epoch} epochs {path} "
                          f"has already run; give the new total, at least {ckpt.state.epoch}")
-    _say(*said)
     world = distributed.current()
     distributed.check_same_world(ckpt.state.world_size, world, str(path))
+    # Scores of the checkpoint this fit replaces would sit beside the new one as if its own.
+    if world.writer and (cfg.train.epochs > ckpt.state.epoch or ckpt.state.step):
+        said.append(move_stale(path, ckpt.state.epoch) or "")
+    _say(*filter(None, said))
     # Only a checkpoint that loaded may change the folder's files; rank 0 alone writes them.
     if changes and world.writer:
         save_run_config(cfg, path / CONFIG)
@@ -451,28 +465,36 @@ def metrics_matching(path: Path, history: list[EpochRecord]) -> str:
     return "".join(out)
 
 
-def _load_into(path: Path, model: Program, guide: Program, data: Data):
+def _load_into(path: Path, model: Program, guide: Program, data: Data, file: str = CHECKPOINT):
     """Create every parameter site (one run on two rows), then load the checkpoint into them."""
     materialize(model, guide, data)
-    ckpt = load_checkpoint(path / CHECKPOINT)
-    load_modules(nn.ModuleDict({"model": model, "guide": guide}), ckpt.modules, str(path / CHECKPOINT))
+    ckpt = load_checkpoint(path / file)
+    load_modules(nn.ModuleDict({"model": model, "guide": guide}), ckpt.modules, str(path / file))
     return ckpt
 
 
-def load_run(path: Path, device: str = "cpu", *, trust_story: bool = False) -> LoadedRun:
-    """A fitted run, ready to sample from, evaluate or diagnose (in eval mode, on ``device``).
-    A story (or guide) file in the folder is imported only if ``train`` wrote it for this user
-    or ``trust_story`` says so (which is then recorded); else :class:`UntrustedStoryError`."""
+def load_run(path: Path, device: str = "cpu", which: str = "last", *,
+             trust_story: bool = False) -> LoadedRun:
+    """A fitted run, ready to sample from, evaluate or diagnose (in eval mode, on ``device``):
+    its last checkpoint, or with ``which="best"`` the parameters at its best validation ELBO
+    (``best.safetensors``). A story (or guide) file in the folder is imported only if
+    ``train`` wrote it for this user or ``trust_story`` says so (which is then recorded);
+    else :class:`UntrustedStoryError`."""
     path = Path(path)
+    if which not in WHICH:
+        raise ValueError(f"checkpoint {which!r}: a run folder holds {' and '.join(WHICH)}")
     if not path.is_dir():
         raise FileNotFoundError(f"run folder {path} does not exist")
+    if which != "last" and not (path / WHICH[which]).is_file():
+        raise FileNotFoundError(f"{path} holds no {WHICH[which]}: it is written when a "
+                                f"validation ELBO improves; runs trained before it was kept lack one)")
     cfg = load_run_config(path / CONFIG, migrate_model_config)
     data, model, guide = prepare(cfg, path, trust=trust_story)
-    _load_into(path, model, guide, data)
+    ckpt = _load_into(path, model, guide, data, WHICH[which])
     dev = resolve_device(device)
     model.to(dev).eval()
     guide.to(dev).eval()
-    return LoadedRun(path, cfg, model, guide, data.to(dev), dev)
+    return LoadedRun(path, cfg, model, guide, data.to(dev), dev, scored(which, ckpt))
 
 
 def load_or_train(run: Path | None, cfg: RunConfig, out: Path, name: str) -> LoadedRun:

@@ -1,0 +1,90 @@
+"""What a run folder records about its checkpoints: the best one (``best.safetensors``), which
+checkpoint a score was computed from, and the scores a resumed fit makes stale.
+
+.. code-block:: text
+
+    runs/<name>/best.safetensors      the parameters at the best validation ELBO so far
+    runs/<name>/stale/epoch-<N>/      evaluate's and diagnose's files for epoch N, moved aside
+                                      by train --resume
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+from pyro_vae.runs.checkpoint import Checkpoint, save_checkpoint
+from pyro_vae.state import EpochRecord, TrainState
+
+BEST = "best.safetensors"
+WHICH = {"last": "checkpoint.safetensors", "best": BEST}
+"""The checkpoints a run folder may hold, by the name ``--checkpoint`` gives them."""
+
+STALE = "stale"
+# The files evaluate, diagnose and sample write beside the checkpoint they scored, and the
+# JSON of each that records the epoch it was for.
+SCORES = {"evaluation": ("evaluation.json", ("evaluation.json", "evaluation_k_curve.png",
+                                             "evaluation_khat.png")),
+          "diagnose": ("diagnostics.json", ("diagnostics.json", "diagnostics.nc",
+                                            "diagnostics.html", "diagnose_gaps.png",
+                                            "diagnose_collapse.png", "diagnose_pixel_maps.png",
+                                            "diagnose_loglik.png", "diagnose_pairs.png",
+                                            "classifier.json")),
+          "sample": ("", ("samples.png",))}
+
+
+def is_new_best(state: TrainState, record: EpochRecord) -> bool:
+    """True when ``record``'s validation ELBO is the fit's best so far (the fit has just
+    counted it: it equals ``state.best_val`` and no epoch since has been worse)."""
+    return record.val_elbo is not None and record.val_elbo == state.best_val \
+        and state.bad_epochs == 0
+
+
+def save_best(folder: Path, modules: nn.Module, state: TrainState, meta: dict) -> None:
+    """``best.safetensors``: the parameters and fit state (no optimizer) of this epoch,
+    written atomically."""
+    save_checkpoint(Path(folder) / BEST, modules, None, state, meta)
+
+
+def scored(which: str, ckpt: Checkpoint) -> dict:
+    """The ``scored`` block of evaluation.json and diagnostics.json: which checkpoint, the
+    epochs it had finished (and the step within the next, if it was interrupted), its digest."""
+    out = {"checkpoint": which, "epoch": ckpt.state.epoch, "sha256": ckpt.digest}
+    if ckpt.state.step:
+        out["step"] = ckpt.state.step
+    return out
+
+
+def _recorded_epoch(path: Path) -> int | None:
+    try:
+        entry = json.loads(path.read_text())["scored"]["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return entry if isinstance(entry, int) else None
+
+
+def move_stale(folder: Path, epoch: int) -> str | None:
+    """Move the scores of earlier checkpoints into ``stale/epoch-<N>/`` before a resumed fit
+    replaces the checkpoint they were computed from; N is the epoch each recorded, or for a
+    record written before pyro-vae recorded it, ``<epoch>-or-earlier`` (the checkpoint being
+    resumed is the newest it can be for). One line saying what moved where, or ``None``."""
+    folder = Path(folder)
+    moved: dict[str, list[str]] = {}
+    for record, names in SCORES.values():
+        present = [n for n in names if (folder / n).is_file()]
+        if not present:
+            continue
+        found = _recorded_epoch(folder / record) if record else None
+        where = f"epoch-{found}" if found is not None else f"epoch-{epoch}-or-earlier"
+        target = folder / STALE / where
+        target.mkdir(parents=True, exist_ok=True)
+        for name in present:
+            os.replace(folder / name, target / name)
+        moved.setdefault(f"{STALE}/{where}", []).extend(present)
+    if not moved:
+        return None
+    parts = "; ".join(f"{', '.join(names)} into {folder / where}/" for where, names in moved.items())
+    return f"moved the scores of an earlier checkpoint aside (the fit replaces it): {parts}"
