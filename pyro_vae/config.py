@@ -247,10 +247,26 @@ def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
     return _from_dict(RunConfig, raw)
 
 
+# What a story file's run builds from ``ModelConfig``: the automatic guide's encoder. The
+# built-in VAE's parts (latent_dim, prior, likelihood, guide...) do not apply to it.
+AUTO_GUIDE_FIELDS = ("hidden_sizes", "activation")
+
+
+def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """``config`` as config.json holds it: a story file's run keeps of ``model`` only what
+    its guide is built from (the rest takes its default when read back)."""
+    raw = dataclasses.asdict(config)
+    story = config.story.model
+    if ":" in story or story.endswith(".py"):
+        kept = AUTO_GUIDE_FIELDS if config.story.guide == "auto" else ()
+        raw["model"] = {k: raw["model"][k] for k in kept}
+    return raw
+
+
 def save_run_config(config: RunConfig, path: Path) -> None:
     """Write ``config.json`` atomically: a reader (evaluate on a run being resumed) sees the
     old file or the new one, never half of one."""
-    atomic_write(Path(path), (json.dumps(dataclasses.asdict(config), indent=2) + "\n").encode())
+    atomic_write(Path(path), (json.dumps(run_config_to_dict(config), indent=2) + "\n").encode())
 
 
 def load_run_config(path: Path, migrate: Callable[[dict], dict] | None = None) -> RunConfig:

@@ -24,11 +24,12 @@ from pyro_vae.runs.folders import (
                                       load_run_data,
                                       resume_run,
                                       train_run,
-                                      write_summary,
 )
+from pyro_vae.runs.records import BEST, write_summary
 from pyro_vae.runs.lock import LOCK_FILE, RunLock, RunLockedError, writer_lock
 
 __all__ = [
+    "BEST",
     "CHECKPOINT",
     "Checkpoint",
     "CheckpointError",

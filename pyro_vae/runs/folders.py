@@ -23,7 +23,13 @@ import torch
 from torch import nn
 
 from pyro_vae import distributed, figures
-from pyro_vae.config import RunConfig, StoryConfig, load_run_config, save_run_config
+from pyro_vae.config import (
+    RunConfig,
+    StoryConfig,
+    load_run_config,
+    run_config_to_dict,
+    save_run_config,
+)
 from pyro_vae.data import (
     Data,
     RawImages,
@@ -46,7 +52,14 @@ from pyro_vae.infer import (
 from pyro_vae.programs import Program, as_program, check_fields, seeded
 from pyro_vae.runs.checkpoint import load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.runs.lock import writer_lock
-from pyro_vae.runs.records import WHICH, is_new_best, move_stale, save_best, scored
+from pyro_vae.runs.records import (
+    WHICH,
+    is_new_best,
+    move_stale,
+    save_best,
+    scored,
+    write_summary,
+)
 from pyro_vae.state import EpochRecord, TrainState
 from pyro_vae.stories import (
     STORIES,
@@ -214,7 +227,7 @@ def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = Non
         # goes first: a resume from the previous checkpoint finds this epoch best again.
         with appended(path / METRICS, json.dumps(line) + "\n"):
             if is_new_best(state, record):
-                save_best(path, session.modules(), state, {"config": dataclasses.asdict(cfg)})
+                save_best(path, session.modules(), state, {"config": run_config_to_dict(cfg)})
             save_state(path, session.modules(), session.optimizer, state, cfg)
 
     return write
@@ -222,7 +235,7 @@ def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = Non
 
 def save_state(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer,
                state: TrainState, cfg: RunConfig) -> None:
-    save_checkpoint(path / CHECKPOINT, modules, optimizer, state, {"config": dataclasses.asdict(cfg)})
+    save_checkpoint(path / CHECKPOINT, modules, optimizer, state, {"config": run_config_to_dict(cfg)})
 
 
 def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
@@ -255,25 +268,6 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
 
 def _labels(split, n: int):
     return None if split.labels is None else split.labels[:n]
-
-
-def write_summary(path: Path, result: FitResult) -> None:
-    """``summary.json``: the figures a person looks for first."""
-    last = result.history[-1] if result.history else None
-    summary = {
-        "epochs": len(result.history),
-        "final_train_elbo": last.train_elbo if last else None,
-        "final_val_elbo": last.val_elbo if last else None,
-        "best_val_elbo": result.best_val_elbo if result.history else None,
-        "stopped_early": result.stopped_early,
-        "interrupted": result.interrupted,
-        "seconds": result.seconds,
-        "mean_epoch_seconds": (sum(r.seconds for r in result.history) / len(result.history)
-                               if result.history else None),
-    }
-    if result.compiled_step is not None:  # did the whole-step program run, or why not
-        summary["compiled_step"] = result.compiled_step
-    (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn.Module,
@@ -314,7 +308,9 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     check_objective(cfg, model, guide, data)
     _check_map_site(cfg.story.map_site, model, data)
     _say(*said)
-    cfg = dataclasses.replace(cfg, image_shape=tuple(data.image_shape))
+    # What was used, not "auto": a resume or a reader then needs no likelihood to resolve it.
+    cfg = dataclasses.replace(cfg, image_shape=tuple(data.image_shape),
+                              data=dataclasses.replace(cfg.data, binarize=data.binarize))
     world = distributed.current()
     path = Path(out) / distributed.from_writer(name or default_run_name(cfg), world)
     # One writer per folder (rank 0 of a data-parallel fit); a second is refused at once.

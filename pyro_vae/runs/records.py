@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from pyro_vae.infer import FitResult
 from pyro_vae.runs.checkpoint import Checkpoint, save_checkpoint
 from pyro_vae.state import EpochRecord, TrainState
 
@@ -88,3 +89,22 @@ def move_stale(folder: Path, epoch: int) -> str | None:
         return None
     parts = "; ".join(f"{', '.join(names)} into {folder / where}/" for where, names in moved.items())
     return f"moved the scores of an earlier checkpoint aside (the fit replaces it): {parts}"
+
+
+def write_summary(path: Path, result: FitResult) -> None:
+    """``summary.json``: the figures a person looks for first."""
+    last = result.history[-1] if result.history else None
+    summary = {
+        "epochs": len(result.history),
+        "final_train_elbo": last.train_elbo if last else None,
+        "final_val_elbo": last.val_elbo if last else None,
+        "best_val_elbo": result.best_val_elbo if result.history else None,
+        "stopped_early": result.stopped_early,
+        "interrupted": result.interrupted,
+        "seconds": result.seconds,
+        "mean_epoch_seconds": (sum(r.seconds for r in result.history) / len(result.history)
+                               if result.history else None),
+    }
+    if result.compiled_step is not None:  # did the whole-step program run, or why not
+        summary["compiled_step"] = result.compiled_step
+    (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -177,6 +177,15 @@ def test_unseen_story_runs_end_to_end(unseen):
         assert (unseen / figure).stat().st_size > 0, figure
 
 
+def test_unseen_story_config_records_only_what_applies(unseen):
+    """A story file's run keeps of the model settings only the automatic guide's, and the
+    binarization it used (the story is Bernoulli: dynamic), not ``auto``."""
+    config = json.loads((unseen / "config.json").read_text())
+    assert config["model"] == {"hidden_sizes": [32], "activation": "relu"}
+    assert config["data"]["binarize"] == "dynamic"
+    assert load_run(unseen).data.binarize == "dynamic"
+
+
 def test_unseen_story_trains_its_pyro_params(unseen):
     loaded = load_run(unseen)
     assert loaded.model.param("bias").abs().max() > 1e-3
