@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -34,6 +35,33 @@ LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep
 
 class JitFallbackWarning(UserWarning):
     """The traced loss could not be trusted for this story; the untraced one is used."""
+
+
+def warn_fallback(message: str, where: tuple[str, int] | None = None) -> None:
+    """A :class:`JitFallbackWarning` shown at the user's code, never at pyro-vae's: at
+    ``where`` (the story's file and line that the reason names), else at the first caller
+    outside torch, Pyro and pyro-vae (the script that called ``fit``)."""
+    if where is None:
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename.startswith(LIBRARIES):
+            frame = frame.f_back
+        if frame is None:
+            warnings.warn(message, JitFallbackWarning, stacklevel=2)
+            return
+        where = (frame.f_code.co_filename, frame.f_lineno)
+    warnings.warn_explicit(message, JitFallbackWarning, where[0], where[1])
+
+
+def one_line_fallbacks(show: Callable) -> Callable:
+    """A ``warnings.showwarning`` for the command line: a :class:`JitFallbackWarning` is one
+    line, ``warning: ...``, with no path (its reason names the story's file and line where
+    it has one); any other warning goes to ``show``."""
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, JitFallbackWarning):
+            print(f"warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
 
 
 @contextlib.contextmanager

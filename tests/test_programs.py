@@ -3,6 +3,7 @@ per-row extras reach the stories that name them, and a JIT trace is never truste
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pyro
@@ -155,6 +156,19 @@ def test_jit_falls_back_with_a_note_when_control_flow_depends_on_values():
     assert all(torch.isfinite(torch.tensor(r.train_elbo)) for r in result.history)
 
 
+def test_jit_fallback_warning_points_at_the_story_line_not_at_pyro_vae():
+    """The warning is shown at the story's line that reads a value (where the reason says),
+    not at pyro-vae's objectives module."""
+    with pytest.warns(JitFallbackWarning, match="reads a tensor's value") as caught:
+        fit(branchy_story, branchy_guide, _data(), TrainConfig(epochs=1, batch_size=16,
+                                                               device="cpu"), progress=False)
+    shown = [w for w in caught if issubclass(w.category, JitFallbackWarning)][0]
+    source, first = inspect.getsourcelines(branchy_story)
+    line = first + next(i for i, text in enumerate(source) if "bool(z.sum()" in text)
+    assert (shown.filename, shown.lineno) == (__file__, line)
+    assert f"{__file__}:{line}" in str(shown.message)
+
+
 def test_jit_check_compares_against_the_untraced_loss_on_later_batches():
     """A branch the tracer cannot see (a Python float, no TracerWarning) is caught by the
     numeric check on the next batch: the loss then equals the untraced loss."""
@@ -171,9 +185,10 @@ def test_jit_check_compares_against_the_untraced_loss_on_later_batches():
     model_p, guide_p = Program(model), Program(branchy_guide)
     x = _data().train.x[:8]
     guide_p(x)  # create the guide's parameter
-    with pytest.warns(JitFallbackWarning, match="differs from the untraced"):
+    with pytest.warns(JitFallbackWarning, match="differs from the untraced") as caught:
         objective.differentiable_loss(model_p, guide_p, x)
     assert objective.fallback is not None
+    assert caught[0].filename == __file__  # the caller's line, not pyro-vae's
 
 
 def test_jit_is_kept_for_the_built_in_vae_with_identical_numbers():

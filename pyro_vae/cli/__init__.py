@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import Sequence
 
 from pyro_vae.cli.common import (
@@ -21,6 +22,7 @@ from pyro_vae.cli.common import (
     UserError,
     user_errors,
 )
+from pyro_vae.jit import one_line_fallbacks
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -62,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv
     try:
-        with user_errors():
+        with user_errors(), warnings.catch_warnings():
+            warnings.showwarning = one_line_fallbacks(warnings.showwarning)
             return int(args.handler(args) or 0)
     except UserError as err:
         print(f"pyro-vae {args.command}: error: {err}", file=sys.stderr)

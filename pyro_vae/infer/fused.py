@@ -30,7 +30,6 @@ a fit has shown it is long.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable
 
 import torch
@@ -42,10 +41,10 @@ from pyro_vae.infer.precision import PRECISIONS
 from pyro_vae.infer.session import FitSession
 from pyro_vae.jit import (
     JIT_CHECK_CALLS,
-    JitFallbackWarning,
     first_difference,
     kept_buffers,
     quiet_compiler,
+    warn_fallback,
     without_float_copies,
 )
 from pyro_vae.programs import cuda_devices
@@ -173,9 +172,8 @@ class FusedStep:
     def _fall_back(self, reason: str) -> None:
         self.fallback = reason
         what = getattr(self.rest, "recording", "untraced loss")
-        warnings.warn(f"the training step is not compiled as one program ({reason}); "
-                      f"training on step by step with the {what}", JitFallbackWarning,
-                      stacklevel=4)
+        warn_fallback(f"the training step is not compiled as one program ({reason}); "
+                      f"training on step by step with the {what}")
         return None
 
     def _compile(self, inputs: tuple[Tensor, ...]) -> tuple[Callable | None, str | None]:

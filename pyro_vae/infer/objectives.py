@@ -48,10 +48,10 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.jit import (
     JIT_CHECK_CALLS,
     LIBRARIES,
-    JitFallbackWarning,
     checked_against,
     kept_buffers,
     quiet_compiler,
+    warn_fallback,
     without_float_copies,
 )
 from pyro_vae.programs import Batch, cuda_devices, scale_latents, unique_parameters
@@ -170,6 +170,8 @@ class Jit(Objective):
         self._traced: dict = {}
         self._checks_left = JIT_CHECK_CALLS
         self.fallback: str | None = None
+        self.where: tuple[str, int] | None = None
+        """The story's file and line a fallback's reason names, if it names one."""
 
     def differentiable_loss(self, model: Callable, guide: Callable, x: Tensor, *,
                             beta: float | Tensor = 1.0, batch: Batch | None = None) -> Tensor:
@@ -204,8 +206,8 @@ class Jit(Objective):
 
     def _fall_back(self, reason: str, model, guide, x, beta, batch) -> Tensor:
         self.fallback = reason
-        warnings.warn(f"{self.recording} not used ({reason}); training with the untraced "
-                      f"loss, which is always correct", JitFallbackWarning, stacklevel=3)
+        warn_fallback(f"{self.recording} not used ({reason}); training with the untraced "
+                      f"loss, which is always correct", self.where)
         return super().differentiable_loss(model, guide, x, beta=beta, batch=batch)
 
     def _loss(self, model, guide, n: int, keys: tuple[str, ...]) -> Callable[..., Tensor]:
@@ -240,6 +242,7 @@ class Jit(Objective):
             if issubclass(w.category, torch.jit.TracerWarning) and \
                     "Converting a tensor to a Python" in str(w.message) and \
                     not w.filename.startswith(LIBRARIES):
+                self.where = (w.filename, w.lineno)
                 return None, (f"the program reads a tensor's value in Python at "
                               f"{w.filename}:{w.lineno}: {str(w.message).splitlines()[0]}")
         return traced, None

@@ -143,3 +143,28 @@ def test_help_and_a_mistyped_command_load_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
     assert "invalid choice: 'trian'" in done.stderr
+
+
+BRANCHY = '''import pyro
+import pyro.distributions as dist
+import torch
+
+
+def model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        logits = z.sum(-1, keepdim=True).expand(-1, x.shape[1])
+        if bool(z.sum() > 0):
+            logits = -logits
+        pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+'''
+
+
+def test_jit_fallback_is_one_line_naming_the_story_line_only(tmp_path, capsys):
+    (tmp_path / "branchy.py").write_text(BRANCHY)
+    assert main(["train", "--model", f"{tmp_path / 'branchy.py'}:model", "--epochs", "1",
+                 "--batch-size", "512", "--hidden", "8", "--no-progress", "--device", "cpu",
+                 "--out", str(tmp_path), "--name", "b"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "not used" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: ")
+    assert "branchy.py:10" in lines[0] and "pyro_vae" not in lines[0]
