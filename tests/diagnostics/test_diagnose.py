@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import math
@@ -254,6 +255,17 @@ def test_written_summary_holds_verdicts_figures_and_gaps(small_diagnosis, tmp_pa
     assert g["amortization_gap"] == pytest.approx(g["elbo_local"] - g["elbo_amortized"])
     assert len(g["per_point"]["log_px"]) == 3
     assert np.isfinite(summary["nuts"]["rhat_max"])
+
+
+def test_a_negative_gap_is_noise_within_two_standard_errors_and_a_failed_fit_beyond(small_diagnosis):
+    summary = copy.deepcopy(small_diagnosis.summary())
+    for gap, se, ok, phrase in ((-0.18, 0.18, True, "Monte Carlo noise"),
+                                (-0.9, 0.1, False, "did not converge"),
+                                (0.3, 0.1, True, "lost per image"), (1.5, 0.1, False, "lost per image")):
+        summary["gaps"].update(amortization_gap=gap, amortization_gap_se=se)
+        v = next(v for v in verdicts(summary) if v.check.startswith("Amortization gap"))
+        assert (v.ok, phrase in v.meaning) == (ok, True), (gap, v)
+        assert f"{v.value} {v.meaning}".count("nats") == 1  # the unit once, not "nats nats"
 
 
 def test_posterior_matched_proposal_gives_log_px():
