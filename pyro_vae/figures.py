@@ -135,26 +135,52 @@ def project_2d(z: np.ndarray) -> np.ndarray:
 def latent_map(guide: Callable, x: Tensor, labels: Tensor | None, path: Path,
                site: str | None = None, batch: Batch | None = None) -> Path:
     """E_q[z_s | x] of ``x`` ``[N, D]`` for latent site ``site`` (default: the guide's first),
-    coloured by label; sites above 2-D are shown by their first two principal components."""
+    coloured by label; sites above 2-D are shown by their first two principal components, a
+    1-D site as a strip of its values per label (a histogram without labels)."""
     means = mean_latents(guide, x, batch)
     site = site or next(iter(means))
     if site not in means:
         raise ValueError(f"latent map: no latent site {site!r}; the guide has {list(means)}")
     z = means[site].reshape(len(x), -1).cpu().numpy()
-    points = project_2d(z)
+    fig = latent_map_figure(z, None if labels is None else labels.cpu().numpy(), site)
+    save_figure(fig, path)
+    return path
+
+
+def latent_map_figure(z: np.ndarray, labels: np.ndarray | None, site: str) -> Figure:
+    """The latent map of :func:`latent_map` from the means ``z`` ``[N, d]``."""
     fig = Figure(figsize=(6, 5.5))
     ax = fig.add_subplot()
+    ax.set_title(f"latent map of site {site!r}, {len(z)} test images (d = {z.shape[1]})")
+    if z.shape[1] == 1:  # one axis is all there is: no second one invented
+        _strip(ax, z[:, 0], labels)
+        ax.set_xlabel(f"E_q[{site} | x]")
+        return fig
+    points = project_2d(z)
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.8)
     else:
-        sc = ax.scatter(points[:, 0], points[:, 1], c=labels.cpu().numpy(), cmap="tab10", s=6, alpha=0.8)
+        sc = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8)
         fig.colorbar(sc, ax=ax, label="label")
     axis = site if z.shape[1] <= 2 else f"PCA of E_q[{site} | x]"
     ax.set_xlabel(f"{axis} [0]")
     ax.set_ylabel(f"{axis} [1]")
-    ax.set_title(f"latent map of site {site!r}, {len(z)} test images (d = {z.shape[1]})")
-    save_figure(fig, path)
-    return path
+    return fig
+
+
+def _strip(ax, values: np.ndarray, labels: np.ndarray | None) -> None:
+    """A 1-D site: a histogram of its values, or one row of points per label (jittered
+    within the row only, so that the height carries no value of the site)."""
+    if labels is None:
+        ax.hist(values, bins=40)
+        ax.set_ylabel("images")
+        return
+    kinds = np.unique(labels)
+    row = np.searchsorted(kinds, labels)
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(values))
+    ax.scatter(values, row + jitter, c=labels, cmap="tab10", s=6, alpha=0.8)
+    ax.set_yticks(range(len(kinds)), [str(k) for k in kinds])
+    ax.set_ylabel("label")
 
 
 def latent_grid(n: int, span: float = 0.95) -> Tensor:

@@ -142,3 +142,16 @@ def test_pyro_vae_sample_png_shows_the_decoders_mean(tmp_path):
     model = load_run(tmp_path / "tiny", "cpu").model
     with torch.no_grad():
         _check(out, model.x_dist(torch.tensor([[0.3, -0.8]])).mean, ncol=2)
+
+
+def test_a_one_dimensional_site_is_a_strip_per_label_not_an_invented_second_axis():
+    z = np.linspace(-2, 2, 30)[:, None]
+    labels = np.repeat([3, 5, 7], 10)
+    ax = figures.latent_map_figure(z, labels, "c").axes[0]
+    x, y = ax.collections[0].get_offsets().T
+    assert np.allclose(x, z[:, 0])  # the site's value is the x axis, unprojected
+    assert np.allclose(np.round(y), np.repeat([0, 1, 2], 10)) and ax.get_ylabel() == "label"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["3", "5", "7"]
+    ax = figures.latent_map_figure(z, None, "c").axes[0]
+    assert not ax.collections and ax.get_ylabel() == "images"  # a histogram
+    assert len(ax.patches) == 40
