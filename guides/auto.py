@@ -32,7 +32,9 @@ class AutoAmortizedGuide(nn.Module):
     inside ``pyro.plate("data", N)``, reparameterized. The sites are found by
     tracing ``model(x_example, **batch)`` once at construction; every one must be
     local to the ``"data"`` plate (batch shape ``[N]``) and continuous; a global or
-    discrete latent is refused with a ``ValueError`` naming it.
+    discrete latent is refused with a ``ValueError`` naming it, except a discrete site the
+    model marks ``infer={"enumerate": "parallel"}``: ``TraceEnum_ELBO`` sums it out of the
+    model, so the guide proposes only the continuous sites.
 
     Called as ``guide(x, **batch)``, the story contract's signature; per-row
     extras of the model are accepted and not read (q depends on x alone).
@@ -58,8 +60,7 @@ class AutoAmortizedGuide(nn.Module):
     def __init__(self, model: Callable, encoder: nn.Module, x_example: Tensor, *,
                  floor: float = 1e-3, **batch: Any) -> None:
         super().__init__()
-        self.sites = latent_sites(model, x_example, batch, who="AutoAmortizedGuide",
-                                  enumerated=False)
+        self.sites = latent_sites(model, x_example, batch, who="AutoAmortizedGuide")
         if not self.sites:
             raise ValueError("the model has no latent sample site to guide")
         self.encoder = encoder

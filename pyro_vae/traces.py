@@ -98,11 +98,14 @@ def describe_latent(name: str, site: dict, n: int, who: str = "this guide") -> L
     while isinstance(support, constraints.MixtureSameFamilyConstraint):
         support = support.base_constraint
     if support.is_discrete:
-        raise ValueError(f"latent site {name!r} is discrete; {who} handles continuous latents "
-                         f"only. Sum a discrete latent out exactly: mark it "
-                         f"infer={{'enumerate': 'parallel'}}, write a guide that enumerates it "
-                         f"too (as guides/semisupervised.py does for M2, example "
-                         f"examples/semi_supervised.py) and train with --objective enum")
+        if is_enumerated(site):
+            raise ValueError(f"latent site {name!r} is discrete and marked for enumeration; "
+                             f"{who} handles continuous latents only and cannot sum it out")
+        raise ValueError(f"latent site {name!r} is discrete and not marked for enumeration; "
+                         f"{who} handles continuous latents only. Mark it where it is drawn, "
+                         f"pyro.sample({name!r}, ..., infer={{'enumerate': 'parallel'}}), and "
+                         f"it is summed out exactly (the default objective then trains with "
+                         f"enum, and the auto guide guides the continuous sites)")
     extra = len(fn.event_shape) - support.event_dim
     if extra > 0:  # e.g. an elementwise support on a site made with .to_event()
         support = constraints.independent(support, extra)

@@ -22,7 +22,7 @@ from pyro_vae.cli.common import (
 from pyro_vae.evaluation import label_site
 from pyro_vae.predictive import prior_predictive
 from pyro_vae.runs import LoadedRun, load_run
-from pyro_vae.traces import index_rows, latent_sites
+from pyro_vae.traces import index_rows, is_enumerated, latent_sites, trace_program
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=positive_int, default=64, help="number of images")
     p.add_argument("--set", action="append", default=[], metavar="SITE=V1,V2,...",
                    help="hold latent site SITE at this value (its elements, comma-separated) and "
-                        "draw x given it; repeatable; other latents are drawn from the prior")
+                        "draw x given it; repeatable; other latents are drawn from the prior "
+                        "(a discrete site summed out in fitting, too: --set c=3 draws from "
+                        "cluster 3)")
     p.add_argument("--z", type=float_list, default=None,
                    help="shorthand for --set z=... (the built-in VAE's latent site)")
     p.add_argument("--label", type=int, default=None, metavar="K",
@@ -47,12 +49,18 @@ def fixed_values(loaded: LoadedRun, texts: list[str], n: int) -> dict[str, torch
     """``["z=0.1,0.5"]`` → ``{"z": [n, 2]}``, checked against the story's latent sites."""
     x, batch = _template(loaded, 2)
     sites = {s.name: s for s in latent_sites(loaded.model, x, batch, who="pyro-vae sample")}
+    # A site summed out in fitting is drawn here; fixing it conditions the draw on it.
+    summed = {name: site for name, site in trace_program(loaded.model, x, batch).nodes.items()
+              if is_enumerated(site)}
     fixed = {}
     for text in texts:
         name, sep, raw = text.partition("=")
-        if not sep or name not in sites:
+        if not sep or name not in {**sites, **summed}:
             raise UserError(f"--set {text!r}: expected SITE=V1,V2,... with SITE one of the "
-                            f"story's latent sites {sorted(sites)}")
+                            f"story's latent sites {sorted({**sites, **summed})}")
+        if name in summed:
+            fixed[name] = _discrete_value(name, raw, summed[name], n)
+            continue
         values = float_list(raw)
         shape = tuple(sites[name].event_shape)
         if len(values) != math.prod(shape):
@@ -64,6 +72,24 @@ def fixed_values(loaded: LoadedRun, texts: list[str], n: int) -> dict[str, torch
                             f"({sites[name].support})")
         fixed[name] = value.expand((n, *shape))
     return fixed
+
+
+def _discrete_value(name: str, raw: str, site: dict, n: int) -> torch.Tensor:
+    """``--set c=3`` for a discrete site: its value for every one of the ``n`` rows."""
+    fn, like = site["fn"], site["value"]
+    shape = tuple(fn.event_shape)
+    try:
+        values = [int(v) for v in raw.split(",")]
+    except ValueError:
+        raise UserError(f"--set {name}={raw}: site {name!r} is discrete; give whole numbers") from None
+    if len(values) != math.prod(shape):
+        raise UserError(f"--set {name}: {len(values)} values given, but site {name!r} has "
+                        f"{math.prod(shape)} (event shape {list(shape)})")
+    value = torch.tensor(values, dtype=like.dtype, device=like.device).reshape(shape)
+    if not bool(fn.support.check(value).all()):
+        raise UserError(f"--set {name}: {values if shape else values[0]} is outside the "
+                        f"site's support ({fn.support})")
+    return value.expand((n, *shape))
 
 
 def _template(loaded: LoadedRun, n: int, label: int | None = None) -> tuple[torch.Tensor, dict]:

@@ -116,8 +116,8 @@ def guide_choice(text: str) -> str:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fitting")
     g.add_argument("--objective", type=choice_of(OBJECTIVES), default=None,
-                   help=f"training loss: {', '.join(OBJECTIVES)} (default {T.objective}; enum "
-                        f"for a shipped story with a discrete latent, m2)")
+                   help=f"training loss: {', '.join(OBJECTIVES)} (default {T.objective}, which "
+                        f"becomes enum for a story that marks a site for enumeration, e.g. m2)")
     g.add_argument("--particles", type=positive_int, default=T.particles,
                    help="samples of z per image in the objective")
     g.add_argument("--beta", type=non_negative_float, default=T.beta, help="weight of the latent (KL) term")

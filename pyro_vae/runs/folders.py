@@ -38,13 +38,21 @@ from pyro_vae.data import (
     resolve_stream,
     split_or_stream,
 )
-from pyro_vae.evaluation import classifier_figures, epoch_metrics, keep_labels, partly_labelled
+from pyro_vae.evaluation import (
+    classifier_figures,
+    epoch_metrics,
+    keep_labels,
+    label_probs,
+    label_site,
+    partly_labelled,
+)
 from pyro_vae.files import appended, atomic_write
 from pyro_vae.infer import (
     FitResult,
     FitSession,
     build_objective,
     check_train_config,
+    choose_objective,
     fit,
     materialize,
     resolve_device,
@@ -76,7 +84,7 @@ from pyro_vae.stories import (
     sha256_of,
     story_is_binary,
 )
-from pyro_vae.traces import is_enumerated, is_real, latent_sites, slice_rows, trace_program
+from pyro_vae.traces import is_real, latent_sites, slice_rows
 from pyro_vae.validation import check_image_shape, check_label_range
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
@@ -188,20 +196,6 @@ def _kept_labels(cfg: RunConfig, model: Program, data: Data) -> Data:
     return data
 
 
-def check_objective(cfg: RunConfig, model: Program, guide: Program, data: Data) -> None:
-    """A story with sites marked for enumeration trains with an objective that sums them
-    (``enum``); any other would draw them and silently change the estimator."""
-    if cfg.train.objective == "enum":
-        return
-    x, batch = data.train.x[:2], slice_rows(data.train.fields(), 0, 2)
-    for who, program in (("guide", guide), ("story", model)):
-        for name, site in trace_program(program, x, batch).nodes.items():
-            if is_enumerated(site):
-                raise ValueError(f"--objective {cfg.train.objective}: the {who} marks site "
-                                 f"{name!r} for enumeration; train it with --objective enum, "
-                                 f"which sums it exactly")
-
-
 def _check_story_data(model: Program, raw: RawImages) -> None:
     """Before the story first runs: the per-row fields it needs are in the data, and its
     labels lie in 0..classes−1 when it declares ``classes`` (a bad label is named by its row
@@ -305,8 +299,12 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     said: list[str] = []
     cfg = dataclasses.replace(cfg, data=resolve_stream(cfg.data, said.append))
     data, model, guide = prepare(cfg, None, seed=cfg.train.seed)
-    check_objective(cfg, model, guide, data)
+    cfg = dataclasses.replace(cfg, train=choose_objective(cfg.train, model, guide, data,
+                                                          said.append))
     _check_map_site(cfg.story.map_site, model, data)
+    if label_site(model):  # a story that classifies by q(y | x) needs a guide that has it
+        label_probs(guide, data.train.x[:2], slice_rows(data.train.fields(), 0, 2),
+                    label_site(model))
     _say(*said)
     # What was used, not "auto": a resume or a reader then needs no likelihood to resolve it.
     cfg = dataclasses.replace(cfg, image_shape=tuple(data.image_shape),

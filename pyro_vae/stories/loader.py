@@ -133,6 +133,20 @@ def _where(path: Path, err: BaseException) -> str:
     return f"{path}:{lines[-1]}" if lines else str(path)
 
 
+def enumeration_error(sources: list[str], err: BaseException, sites: list[str]) -> StoryError:
+    """The one line for a story or guide (``FILE.py:NAME`` in ``sources``) that runs as drawn
+    but fails once its enumerated ``sites`` get their own dimension of values: the file and
+    line (the first of ``sources`` that the traceback passes through), and the error."""
+    message = str(err).splitlines()[0] if str(err) else ""
+    places = [_where(Path(s.split(":")[0]), err) for s in sources if s]
+    where = next((p for p in places if ".py:" in p), places[0] if places else "the story")
+    return StoryError(f"{where}: the story fails when "
+                      f"{', '.join(map(repr, sites))} {'is' if len(sites) == 1 else 'are'} "
+                      f"summed out ({type(err).__name__}: {message}); under enumeration each "
+                      f"such site's value has an extra dimension on the left (e.g. [K, 1] for "
+                      f"[N]), so broadcast with it rather than reshape or expand to [N, ...]")
+
+
 def _is_story(obj: Any) -> bool:
     """A function (not a class) whose first parameter is ``x``."""
     if inspect.isclass(obj) or not callable(obj):

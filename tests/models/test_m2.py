@@ -165,8 +165,10 @@ def test_m2_trains_from_the_command_line_with_accuracy_figures_evaluate_and_samp
 
 @pytest.mark.parametrize("extra, message", [
     (["--labels", "100000"], "--labels 100000: the training split has"),
-    (["--objective", "elbo"], "--objective elbo: the guide marks site 'y' for enumeration"),
-    (["--guide", "auto"], "latent site 'y' is discrete; AutoAmortizedGuide handles continuous"),
+    (["--objective", "elbo"], "--objective elbo: the guide marks site 'y' for enumeration; "
+                              "train it with --objective enum (the default elbo-auto chooses it)"),
+    (["--guide", "auto"], "label site 'y': the story classifies by the guide's q(y | x), and "
+                          "this guide has no site 'y' (its latent sites: z); use the story's own"),
 ])
 def test_bad_semi_supervised_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, message):
     code, line = cli(lambda: _train(tmp_path, *extra), capsys)
