@@ -4,7 +4,6 @@ precision settings, one fit's live objects (:mod:`~pyro_vae.infer.session`), the
 (:mod:`~pyro_vae.infer.fused`) and several processes (:mod:`~pyro_vae.infer.parallel`).
 """
 
-from pyro_vae.infer.enumeration import choose_objective
 from pyro_vae.infer.fused import AUTO_AFTER, AUTO_LEFT, FusedStep
 from pyro_vae.infer.inits import INITS
 from pyro_vae.infer.loop import EpochCallback, FitResult, fit, kl_weight, mean_elbo
@@ -36,7 +35,6 @@ __all__ = [
     "AUTO_LEFT",
     "build_objective",
     "check_train_config",
-    "choose_objective",
     "Compiled",
     "data_parallel",
     "EpochCallback",

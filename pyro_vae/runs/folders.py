@@ -52,13 +52,13 @@ from pyro_vae.infer import (
     FitSession,
     build_objective,
     check_train_config,
-    choose_objective,
     fit,
     materialize,
     resolve_device,
 )
 from pyro_vae.programs import Program, as_program, check_fields, seeded
 from pyro_vae.runs.checkpoint import load_checkpoint, load_modules, save_checkpoint
+from pyro_vae.runs.enumeration import choose_objective
 from pyro_vae.runs.lock import writer_lock
 from pyro_vae.runs.records import (
     WHICH,

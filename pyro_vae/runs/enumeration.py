@@ -12,7 +12,7 @@ import torch
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data
-from pyro_vae.infer.objectives import build_objective
+from pyro_vae.infer import build_objective
 from pyro_vae.programs import Program
 from pyro_vae.stories import enumeration_error
 from pyro_vae.traces import is_enumerated, slice_rows, trace_program
