@@ -22,7 +22,6 @@ from pyro_vae.cli.common import (
     UserError,
     user_errors,
 )
-from pyro_vae.jit import one_line_fallbacks
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -63,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:  # said by the subcommand whose flags they were meant to be, not by pyro-vae
         args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv
+    from pyro_vae.jit import one_line_fallbacks  # torch: the command's module has loaded it
+
     try:
         with user_errors(), warnings.catch_warnings():
             warnings.showwarning = one_line_fallbacks(warnings.showwarning)

@@ -12,7 +12,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pyro_vae.cli.common import COMMANDS, HELP, Command, add_trust_argument, positive_int
+from pyro_vae.cli.common import (
+    COMMANDS,
+    HELP,
+    Command,
+    add_checkpoint_argument,
+    add_trust_argument,
+    positive_int,
+)
 from pyro_vae.cli.partials import Job, interrupted, open_jobs, progress_flag
 from pyro_vae.diagnostics import DiagnoseConfig, active_units_text, diagnose, write_diagnostics
 from pyro_vae.evaluation import write_classifier_report
@@ -26,6 +33,7 @@ C = DiagnoseConfig()
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by pyro-vae train")
+    add_checkpoint_argument(p)
     add_trust_argument(p)
     p.add_argument("--points", type=positive_int, default=C.points,
                    help="held-out images whose posterior NUTS samples and whose gaps are measured")

@@ -21,6 +21,7 @@ from pyro_vae.cli.common import (
     HELP,
     Command,
     UserError,
+    add_checkpoint_argument,
     add_trust_argument,
     int_list,
     positive_int,
@@ -58,6 +59,7 @@ SPLITS = ("test", "val", "train")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by pyro-vae train")
+    add_checkpoint_argument(p)
     add_trust_argument(p)
     p.add_argument("--split", choices=SPLITS, default="test", help="which images to score")
     p.add_argument("--samples", type=positive_int, default=5000,

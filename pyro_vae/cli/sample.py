@@ -15,6 +15,7 @@ from pyro_vae.cli.common import (
     HELP,
     Command,
     UserError,
+    add_checkpoint_argument,
     add_trust_argument,
     float_list,
     positive_int,
@@ -27,6 +28,7 @@ from pyro_vae.traces import index_rows, is_enumerated, latent_sites, trace_progr
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run folder written by pyro-vae train")
+    add_checkpoint_argument(p)
     add_trust_argument(p)
     p.add_argument("--n", type=positive_int, default=64, help="number of images")
     p.add_argument("--set", action="append", default=[], metavar="SITE=V1,V2,...",

@@ -25,8 +25,8 @@ from pyro_vae.runs.folders import (
                                       resume_run,
                                       train_run,
 )
-from pyro_vae.runs.records import BEST, write_summary
 from pyro_vae.runs.lock import LOCK_FILE, RunLock, RunLockedError, writer_lock
+from pyro_vae.runs.records import BEST, write_summary
 
 __all__ = [
     "BEST",

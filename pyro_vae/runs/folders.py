@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pyro_vae import distributed, figures
+from pyro_vae import distributed
 from pyro_vae.config import (
     RunConfig,
     StoryConfig,
@@ -39,7 +39,6 @@ from pyro_vae.data import (
     split_or_stream,
 )
 from pyro_vae.evaluation import (
-    classifier_figures,
     epoch_metrics,
     keep_labels,
     label_probs,
@@ -66,6 +65,7 @@ from pyro_vae.runs.records import (
     move_stale,
     save_best,
     scored,
+    write_figures,
     write_summary,
 )
 from pyro_vae.state import EpochRecord, TrainState
@@ -84,7 +84,7 @@ from pyro_vae.stories import (
     sha256_of,
     story_is_binary,
 )
-from pyro_vae.traces import is_real, latent_sites, slice_rows
+from pyro_vae.traces import latent_sites, slice_rows
 from pyro_vae.validation import check_image_shape, check_label_range
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
@@ -230,38 +230,6 @@ def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = Non
 def save_state(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer,
                state: TrainState, cfg: RunConfig) -> None:
     save_checkpoint(path / CHECKPOINT, modules, optimizer, state, {"config": run_config_to_dict(cfg)})
-
-
-def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
-                  history: list[EpochRecord], seed: int, map_site: str | None = None) -> list[Path]:
-    """The run's PNGs: ELBO curves, reconstructions, prior samples, the latent map of the
-    guide's first latent site (or ``map_site``), the manifold when the story's only latent is
-    2-D and real, and whatever the story's own ``figures(guide, x, batch, image_shape,
-    folder)`` method draws, if it has one."""
-    x_test, batch = data.eval_split("test", seed=seed), data.test.fields()
-    shape = data.image_shape
-    with seeded(seed):
-        out = [figures.elbo_curves(history, path / "elbo_curves.png"),
-               figures.reconstructions(model, guide, x_test, shape, path / "reconstructions.png",
-                                       batch=batch),
-               figures.prior_samples(model, x_test, shape, path / "prior_samples.png", batch=batch),
-               figures.latent_map(guide, x_test[:2000], _labels(data.test, 2000),
-                                  path / "latent_map.png", site=map_site or None,
-                                  batch=slice_rows(batch, 0, 2000))]
-        sites = latent_sites(model, x_test[:2], slice_rows(batch, 0, 2), who="the manifold figure")
-        if len(sites) == 1 and sites[0].event_shape == (2,) and is_real(sites[0].support):
-            out.append(figures.manifold(model, sites[0].name, x_test, shape, path / "manifold.png",
-                                        batch=batch))
-        # A story may draw pictures of its own (e.g. the regions of a per-class prior).
-        own = getattr(model, "figures", None)
-        if callable(own):
-            out += list(own(guide, x_test, batch, shape, path))
-        out += classifier_figures(model, guide, data, seed, path)
-    return out
-
-
-def _labels(split, n: int):
-    return None if split.labels is None else split.labels[:n]
 
 
 def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn.Module,

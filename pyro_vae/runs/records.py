@@ -16,9 +16,14 @@ from pathlib import Path
 
 from torch import nn
 
+from pyro_vae import figures
+from pyro_vae.data import Data
+from pyro_vae.evaluation import classifier_figures
 from pyro_vae.infer import FitResult
+from pyro_vae.programs import seeded
 from pyro_vae.runs.checkpoint import Checkpoint, save_checkpoint
 from pyro_vae.state import EpochRecord, TrainState
+from pyro_vae.traces import is_real, latent_sites, slice_rows
 
 BEST = "best.safetensors"
 WHICH = {"last": "checkpoint.safetensors", "best": BEST}
@@ -108,3 +113,35 @@ def write_summary(path: Path, result: FitResult) -> None:
     if result.compiled_step is not None:  # did the whole-step program run, or why not
         summary["compiled_step"] = result.compiled_step
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
+                  history: list[EpochRecord], seed: int, map_site: str | None = None) -> list[Path]:
+    """The run's PNGs: ELBO curves, reconstructions, prior samples, the latent map of the
+    guide's first latent site (or ``map_site``), the manifold when the story's only latent is
+    2-D and real, and whatever the story's own ``figures(guide, x, batch, image_shape,
+    folder)`` method draws, if it has one."""
+    x_test, batch = data.eval_split("test", seed=seed), data.test.fields()
+    shape = data.image_shape
+    with seeded(seed):
+        out = [figures.elbo_curves(history, path / "elbo_curves.png"),
+               figures.reconstructions(model, guide, x_test, shape, path / "reconstructions.png",
+                                       batch=batch),
+               figures.prior_samples(model, x_test, shape, path / "prior_samples.png", batch=batch),
+               figures.latent_map(guide, x_test[:2000], _labels(data.test, 2000),
+                                  path / "latent_map.png", site=map_site or None,
+                                  batch=slice_rows(batch, 0, 2000))]
+        sites = latent_sites(model, x_test[:2], slice_rows(batch, 0, 2), who="the manifold figure")
+        if len(sites) == 1 and sites[0].event_shape == (2,) and is_real(sites[0].support):
+            out.append(figures.manifold(model, sites[0].name, x_test, shape, path / "manifold.png",
+                                        batch=batch))
+        # A story may draw pictures of its own (e.g. the regions of a per-class prior).
+        own = getattr(model, "figures", None)
+        if callable(own):
+            out += list(own(guide, x_test, batch, shape, path))
+        out += classifier_figures(model, guide, data, seed, path)
+    return out
+
+
+def _labels(split, n: int):
+    return None if split.labels is None else split.labels[:n]
