@@ -37,7 +37,7 @@
 #
 # Everything printed goes to the terminal and to ${OUT:-/tmp/gpu_check}/log.txt as it is
 # printed, so a stage that hangs still reports how far it got; $OUT also gets the run's
-# summary.json, both evaluation.json, diagnostics.json and samples.png (7 files: the device
+# summary.json, both evaluation.json, diagnostics.json and samples.png (6 files: the device
 # tool brings back 8). Scratch (the install folder, runs, MNIST) goes to a fresh folder under
 # /tmp, removed at the end unless GPU_CHECK_KEEP=1.
 #
@@ -53,6 +53,8 @@
 #   GPU_CHECK_BUDGETS  per-stage timeouts in seconds that replace the table's, "train=80,bench=60"
 #   GPU_CHECK_TOTAL    the whole script's seconds (480 on the GPU, 1200 for --dry-run)
 #   GPU_CHECK_KEEP=1   keep the scratch folder
+#   GPU_CHECK_SIZES=gpu  with --dry-run: the GPU's sizes and data (MNIST when sent) on the CPU,
+#                    to try every flag and size the GPU call will pass (slow; raise the budgets)
 #
 # The CPU rehearsal (--dry-run): device cpu, 1 epoch of digits, tiny K, T and NUTS sizes,
 # gpu_check.py --device cpu --quick (residency on the CPU; the scalar-read table; copies can
@@ -125,9 +127,9 @@ exec > >(tee -a "$LOG") 2>&1
 TEE_PID=$!
 
 if [ "$MODE" = gpu ]; then
-    DEV=cuda TOTAL=${GPU_CHECK_TOTAL:-480} COL=2
+    DEV=cuda TOTAL=${GPU_CHECK_TOTAL:-480} COL=2 SIZES=gpu
 else
-    DEV=cpu TOTAL=${GPU_CHECK_TOTAL:-1200} COL=3
+    DEV=cpu TOTAL=${GPU_CHECK_TOTAL:-1200} COL=3 SIZES=${GPU_CHECK_SIZES:-tiny}
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a shared CPU: one thread per process
 fi
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
@@ -204,7 +206,7 @@ finish() {
 
 # ---------------------------------------------------------------- the plan
 
-echo "gpu_check.sh --$MODE: device $DEV; $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+echo "gpu_check.sh --$MODE: device $DEV, $SIZES sizes; $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')" \
      "$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo '(tree differs from HEAD)')"
 echo "tree $(tree_hash) (--tree-hash prints it for the tree you sent)"
 echo "PY=$PY; wheels $WHL: $(sed -n '1s/.*for \(CPython [^;]*\);.*total \(.*\)$/\1, \2/p' \
@@ -221,28 +223,6 @@ done
 DATA=digits
 ROOT=$WORK/data
 RUN=$WORK/runs/check
-if [ "$MODE" = gpu ]; then
-    TRAIN=(--epochs 2 --batch-size 256 --latent-dim 50 --hidden 400)
-    IWAE=(--samples 1000 --points 512)
-    AIS=(--method ais --steps 100 --chains 8 --warmup-steps 20 --points 64 --samples 200 --bdmc 8)
-    DIAG=(--points 4 --chains 2 --warmup 50 --samples 50 --local-steps 100 --elbo-samples 500)
-    ASSERT=()
-    BENCH=(--quick --skip memory --precisions fp32-medium bf16)
-    BENCH_COMPILED=(--quick --batch-sizes 256 --skip epochs memory --compiled)
-else
-    TRAIN=(--epochs 1 --batch-size 256 --latent-dim 2 --hidden 32)
-    IWAE=(--samples 20 --points 16)
-    AIS=(--method ais --steps 8 --chains 2 --warmup-steps 4 --leapfrog 2 --points 4 --samples 10
-         --bdmc 2)
-    DIAG=(--points 2 --chains 2 --warmup 10 --samples 10 --local-steps 10 --elbo-samples 20)
-    ASSERT=(--quick)
-    # --quick's sizes with 1 repeat (--quick itself sets 3 repeats)
-    BENCH=(--repeats 1 --epoch-repeats 1 --steps 5 --batch-sizes 32 --skip memory
-           --precisions fp32-medium bf16 --no-numpyro --no-pin)
-    BENCH_COMPILED=(--repeats 1 --steps 5 --batch-sizes 32 --skip epochs memory --compiled
-                    --no-numpyro --no-pin)
-fi
-
 # ---------------------------------------------------------------- install
 
 install() {
@@ -276,9 +256,35 @@ install() {
 export -f install
 export PY SITE WHL MODE REPO ROOT MNIST_GZ
 run_stage install bash -c install || STOP="the install failed"
-if [ "$MODE" = gpu ] && [ -e "$ROOT/MNIST/raw/train-images-idx3-ubyte" ]; then
+if [ "$SIZES" = gpu ] && [ -e "$ROOT/MNIST/raw/train-images-idx3-ubyte" ]; then
     DATA=mnist
 fi
+
+# The sizes: the GPU's, or the rehearsal's tiny ones. GPU_CHECK_SIZES=gpu with --dry-run runs
+# the GPU's sizes (and data) on the CPU, to try every flag the GPU call will pass (slow).
+if [ "$SIZES" = gpu ]; then
+    TRAIN=(--epochs 2 --batch-size 256 --latent-dim 50 --hidden 400)
+    # the digits' test split has 180 images (MNIST's 10,000)
+    IWAE=(--samples 1000 --points "$([ "$DATA" = mnist ] && echo 512 || echo 128)")
+    AIS=(--method ais --steps 100 --chains 8 --warmup-steps 20 --points 64 --samples 200 --bdmc 8)
+    DIAG=(--points 4 --chains 2 --warmup 50 --samples 50 --local-steps 100 --elbo-samples 500)
+    ASSERT=()
+    BENCH=(--quick --skip memory --precisions fp32-medium bf16)
+    BENCH_COMPILED=(--quick --batch-sizes 256 --skip epochs memory --compiled)
+else
+    TRAIN=(--epochs 1 --batch-size 256 --latent-dim 2 --hidden 32)
+    IWAE=(--samples 20 --points 16)
+    AIS=(--method ais --steps 8 --chains 2 --warmup-steps 4 --leapfrog 2 --points 4 --samples 10
+         --bdmc 2)
+    DIAG=(--points 2 --chains 2 --warmup 10 --samples 10 --local-steps 10 --elbo-samples 20)
+    ASSERT=(--quick)
+    # --quick's sizes with 1 repeat (--quick itself sets 3 repeats)
+    BENCH=(--repeats 1 --epoch-repeats 1 --steps 5 --batch-sizes 32 --skip memory
+           --precisions fp32-medium bf16 --no-numpyro --no-pin)
+    BENCH_COMPILED=(--repeats 1 --steps 5 --batch-sizes 32 --skip epochs memory --compiled
+                    --no-numpyro --no-pin)
+fi
+
 cd "$WORK" || exit 2  # not the repository: its pyro_vae/ would hide the installed one
 
 # ---------------------------------------------------------------- import
