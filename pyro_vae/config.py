@@ -135,6 +135,13 @@ class TrainConfig:
     adam_eps: float = 1e-8
     """Added to the root of Adam's second moment in each update (torch's default; Burda et
     al. 2016 use 1e-4)."""
+    labelled_every: int | None = None
+    """For a partly labelled story: ``None`` (the default) puts labelled and unlabelled rows
+    in the same shuffled batches; K >= 2 gives the labelled rows batches of their own, one at
+    every K-th step (steps 1, K + 1, 2K + 1, ...; ``min(batch_size, labels)`` rows each, from
+    fresh permutations of the labelled rows), the unlabelled rows once per epoch in the other
+    steps. Pyro's ss-VAE example takes K = ⌊N / labels⌋ (one pass over the labels per
+    epoch); a small K gives the labels more steps (``pyro_vae.infer.batches``)."""
 
 
 @dataclass(frozen=True)

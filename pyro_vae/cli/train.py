@@ -56,7 +56,9 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--binarize", default=D.binarize, choices=BINARIZE_MODES,
                    help="binarization for Bernoulli likelihoods (auto: dynamic for bernoulli); "
                         "dequantize: 8-bit pixels spread over their bins, (k + u)/256, for a "
-                        "Gaussian's bits/dim (with --levels 256)")
+                        "Gaussian's bits/dim (with --levels 256); grey: no binarization, the "
+                        "Bernoulli scores grey levels by its cross-entropy (Pyro's ss-VAE "
+                        "recipe; not a log-likelihood: evaluate refuses such a run)")
     # Checked by streams.resolve_stream (one line, exit 2), not by argparse's choices, whose
     # refusal prints the whole usage above it.
     g.add_argument("--stream", default=D.stream, metavar="{" + ",".join(STREAM_MODES) + "}",
@@ -100,6 +102,12 @@ def add_story_arguments(p: argparse.ArgumentParser) -> None:
                    help="for a partly labelled story (m2): keep N training labels, balanced "
                         "across classes and chosen by --seed, and hide the rest (default: keep "
                         "all); validation and test labels are always hidden from the story")
+    g.add_argument("--labelled-every", type=int, default=None, metavar="K",
+                   help="for a partly labelled story: give the kept labels batches of their "
+                        "own, one at every K-th step (K >= 2; Pyro's ss-VAE example: K = "
+                        "N // labels, one pass over the labels per epoch), the other rows once "
+                        "per epoch in the other steps (default: labelled and unlabelled rows "
+                        "share shuffled batches)")
     g.add_argument("--map-site", default="", metavar="SITE",
                    help="the latent site the latent-map figure shows (default: the guide's "
                         "first; PCA above 2-D)")
@@ -215,7 +223,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                         particles=args.particles, beta=args.beta,
                         kl_warmup=args.kl_warmup, early_stopping=args.early_stopping,
                         precision=args.precision, **fit_chosen, options=fit_options,
-                        adam_betas=tuple(args.adam_betas), adam_eps=args.adam_eps)
+                        adam_betas=tuple(args.adam_betas), adam_eps=args.adam_eps,
+                        labelled_every=args.labelled_every)
     return RunConfig(model=model, data=data, train=train, story=story)
 
 

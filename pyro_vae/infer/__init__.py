@@ -1,9 +1,11 @@
 """Fitting a story and its guide: the objectives (Pyro's ELBOs, traced or compiled), the
-precision settings, one fit's live objects (:mod:`~pyro_vae.infer.session`), the epoch loop
+precision settings, which rows each step takes (:mod:`~pyro_vae.infer.batches`), one fit's
+live objects (:mod:`~pyro_vae.infer.session`), the epoch loop
 (:mod:`~pyro_vae.infer.loop`), the whole step as one compiled program
 (:mod:`~pyro_vae.infer.fused`) and several processes (:mod:`~pyro_vae.infer.parallel`).
 """
 
+from pyro_vae.infer.batches import Batches, check_batches
 from pyro_vae.infer.fused import AUTO_AFTER, AUTO_LEFT, FusedStep
 from pyro_vae.infer.inits import INITS
 from pyro_vae.infer.loop import EpochCallback, FitResult, fit, kl_weight, mean_elbo
@@ -33,6 +35,8 @@ __all__ = [
     "Auto",
     "AUTO_AFTER",
     "AUTO_LEFT",
+    "Batches",
+    "check_batches",
     "build_objective",
     "check_train_config",
     "Compiled",

@@ -150,9 +150,9 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
                stop: Callable[[], bool] | None) -> bool:
     """Steps through the epoch in progress; False when ``stop()`` asked to halt early."""
     cfg, steps = session.config, session.steps_per_epoch
+    batches = session.batches
     if state.perm is None:
-        state.perm = torch.randperm(len(session.data.train),
-                                    generator=session.perm_rng).to(session.device)
+        state.perm = batches.permutation(session.perm_rng, session.device)
     # A streamed split (pyro_vae/data/streams.py) reads this rank's batches of the epoch ahead.
     plan = getattr(session.data.train, "plan", None)
     if plan is not None:
@@ -163,7 +163,7 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
             # Every rank stops at the same step, whichever of them was signalled.
             if stop is not None and distributed.any_rank(stop(), session.world):
                 return False
-            index = state.perm[state.step * cfg.batch_size:(state.step + 1) * cfg.batch_size]
+            index = batches.rows(state.perm, state.step)
             beta = kl_weight(cfg, state.epoch, state.step, steps)
             where = lambda: f"epoch {state.epoch + 1}, step {state.step + 1} of {steps}"  # noqa: E731
             rows = distributed.shard(index, session.world)

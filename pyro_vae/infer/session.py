@@ -16,6 +16,7 @@ from pyro_vae import distributed
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data
 from pyro_vae.distributed import SINGLE, World
+from pyro_vae.infer.batches import Batches, check_batches, check_labelled_every
 from pyro_vae.infer.inits import INITS, init_options, initialize
 from pyro_vae.infer.precision import PRECISIONS
 from pyro_vae.infer.schedules import SCHEDULES, check_schedule
@@ -48,6 +49,8 @@ class FitSession:
     """The whole step compiled as one program (``elbo-compile``, ``iwae-compile`` and a
     long ``elbo-auto`` fit, where it applies): a :class:`~pyro_vae.infer.fused.FusedStep`,
     which is built from the session, so this module does not import it."""
+    batches: Batches | None = None
+    """Which rows each step of an epoch takes (built by :func:`start_session`)."""
 
     def modules(self) -> nn.ModuleDict:
         return nn.ModuleDict({"model": self.model, "guide": self.guide})
@@ -58,11 +61,9 @@ class FitSession:
 
     @property
     def steps_per_epoch(self) -> int:
-        n, size = len(self.data.train), self.config.batch_size
-        steps = math.ceil(n / size)
-        # Data-parallel: a last batch with fewer rows than ranks is left out (a rank with no
-        # rows cannot take part in the step); the permutation changes, so do the rows.
-        return steps - 1 if steps > 1 and n - (steps - 1) * size < self.world.size else steps
+        if self.batches is None:
+            self.batches = Batches(self.config, self.data, self.world)
+        return self.batches.steps
 
     def capture_rng(self, state: TrainState) -> None:
         """Copy every random state the fit draws from into ``state`` (with several ranks,
@@ -133,6 +134,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     check_schedule(cfg)
     _check_adam(cfg)
     init_options(cfg)
+    check_labelled_every(cfg)
 
 
 def _check_adam(cfg: TrainConfig) -> None:
@@ -187,8 +189,10 @@ def start_session(model: Callable, guide: Callable, data: Data, config: TrainCon
     data = data.to(device)
     materialize(model, guide, data)
     world = distributed.current()
+    check_batches(config, data, world)
     session = FitSession(model, guide, data, config, make_optimizer(model, guide, config, device),
                          device, torch.Generator(), world)
+    session.batches = Batches(config, data, world)
     for program in (model, guide):
         program.freeze_sites()
     if optimizer_state is not None:

@@ -50,6 +50,7 @@ from pyro_vae.infer import (
     FitResult,
     FitSession,
     build_objective,
+    check_batches,
     check_train_config,
     fit,
     materialize,
@@ -269,6 +270,7 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
     data, model, guide = prepare(cfg, None, seed=cfg.train.seed)
     cfg = dataclasses.replace(cfg, train=choose_objective(cfg.train, model, guide, data,
                                                           said.append))
+    check_batches(cfg.train, data, distributed.current())
     _check_map_site(cfg.story.map_site, model, data)
     if label_site(model):  # a story that classifies by q(y | x) needs a guide that has it
         label_probs(guide, data.train.x[:2], slice_rows(data.train.fields(), 0, 2),
