@@ -28,7 +28,8 @@ LIKELIHOODS: Registry = Registry("likelihood")
 
 
 class Bernoulli(nn.Module):
-    """x_d ~ Bernoulli(sigmoid(f_d(z))); needs x in {0, 1}."""
+    """x_d ~ Bernoulli(sigmoid(f_d(z))); needs x in {0, 1} (under ``--binarize grey`` it scores
+    grey levels by their cross-entropy, which is not a log-likelihood of them)."""
 
     def forward(self, logits: Tensor) -> dist.Distribution:
         return BernoulliLogits(logits=logits, validate_args=False).to_event(1)

@@ -51,6 +51,7 @@ from pyro_vae.evaluation import (
 from pyro_vae.partial import state_digest, tensor_digest
 from pyro_vae.runs import load_run
 from pyro_vae.traces import slice_rows
+from pyro_vae.data import GREY
 
 PARTIAL = "evaluation.partial"
 
@@ -200,6 +201,11 @@ def finished_note(path: Path, jobs_: list[Job]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     loaded = load_run(args.run, args.device, args.checkpoint, trust_story=args.trust_story)
+    if loaded.config.data.binarize == GREY:
+        raise UserError(f"{args.run} was trained with --binarize grey: its Bernoulli scores grey "
+                        f"levels by their cross-entropy, which is not a log-likelihood of the "
+                        f"images, so evaluate reports no log p(x) for it; train with --binarize "
+                        f"dynamic (or threshold) for one")
     x = loaded.data.eval_split(args.split, seed=args.seed)
     batch = getattr(loaded.data, args.split).fields()
     if args.points is not None:

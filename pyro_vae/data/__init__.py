@@ -5,6 +5,7 @@
 from pyro_vae.data.images import (
                                   BINARIZE_MODES,
                                   DATASETS,
+                                  GREY,
                                   UNKNOWN_LABEL,
                                   Data,
                                   RawImages,
@@ -34,6 +35,7 @@ __all__ = [
     "Data",
     "DATASETS",
     "from_tensor",
+    "GREY",
     "HeldOutSplit",
     "load_array_file",
     "load_data",

@@ -29,7 +29,12 @@ from pyro_vae.traces import index_rows
 from pyro_vae.validation import DataError, check_image_shape, check_images, check_labels
 
 DATASETS: Registry = Registry("dataset")
-BINARIZE_MODES = ("auto", "dynamic", "threshold", "none", "dequantize")
+BINARIZE_MODES = ("auto", "dynamic", "threshold", "none", "dequantize", "grey")
+GREY = "grey"
+"""``--binarize grey``: the grey levels stay as they are and a Bernoulli likelihood scores
+them with its cross-entropy, x·log p + (1 − x)·log(1 − p), as Pyro's ss-VAE example does.
+That is a training loss, not the log-likelihood of any distribution over the images (it does
+not normalize over grey levels), so ``pyro-vae evaluate`` refuses to report it as log p(x)."""
 UNKNOWN_LABEL = -1  # a label hidden from the story (semi-supervised stories)
 
 
@@ -80,9 +85,10 @@ class Split:
 class Data:
     """Train, validation and test splits of one image set, and how to binarize it.
 
-    ``binarize`` is resolved (``dynamic``, ``threshold`` or ``none``). Under
-    ``dynamic`` the splits hold grey levels, training batches are fresh
-    Bernoulli draws, and :meth:`eval_split` returns one fixed draw.
+    ``binarize`` is resolved (``dynamic``, ``threshold``, ``none``, ``dequantize`` or
+    ``grey``). Under ``dynamic`` the splits hold grey levels, training batches are fresh
+    Bernoulli draws, and :meth:`eval_split` returns one fixed draw; under ``grey``
+    (:data:`GREY`) a Bernoulli likelihood scores the grey levels themselves.
     """
 
     train: Split
@@ -303,6 +309,10 @@ def resolve_binarize(mode: str, binary_likelihood: bool) -> str:
         raise DataError(f"binarize must be one of {', '.join(BINARIZE_MODES)}, got {mode!r}")
     if mode == "auto":
         return "dynamic" if binary_likelihood else "none"
+    if mode == GREY and not binary_likelihood:
+        raise DataError("--binarize grey scores grey levels with a Bernoulli likelihood's "
+                        "cross-entropy; this likelihood is not a Bernoulli (use --binarize "
+                        "none: it scores grey levels as they are)")
     return mode
 
 
