@@ -1,0 +1,304 @@
+"""M2's protocol on MNIST (issue 22): does the semi-supervised story beat a classifier trained
+on its labels alone? One resumable command, one table.
+
+    python benchmarks/m2_protocol.py --list                          # the recipes, as pyro-vae flags
+    OMP_NUM_THREADS=1 python benchmarks/m2_protocol.py --recipe labelled --minutes 60
+    python benchmarks/m2_protocol.py --recipe labelled --table        # what is done so far
+    python benchmarks/m2_protocol.py --recipe labelled --device cuda  # the same on a GPU
+
+For each label count (``--labels``, default 100 600 1000 3000) and seed (``--seeds``, default
+0-4; each seed draws its own balanced labels), a recipe fixed in advance is trained for
+``--epochs`` (50) on MNIST: 54,000 training images (the kept labels among them), 6,000
+validation images, the official 10,000 test images. Beside it, in the same folder and the same
+invocation, the supervised-only baseline: the same classifier network (784-500 softplus, 10
+logits) trained by cross-entropy on the same labelled rows, seen as the M2 run sees them
+(binarized draws or grey levels), with the same Adam settings and batch size, for the same
+epochs, an epoch being as many steps as an M2 epoch with mixed batches has (270 at batch
+200), each step min(200, labels) labelled rows.
+
+Headline: test accuracy of argmax q(y | x) at the last epoch, mean ± SD over the seeds run.
+Second column: test accuracy at the epoch of best *validation* accuracy (6,000 labelled
+validation images; the only selection made). Test accuracy never selects anything. The
+baseline is read at the same epoch as the M2 run it stands beside. M2 counts as working
+only where it beats the baseline at every label count.
+
+Each (labels, seed) is a run folder ``--out/<recipe>/m2-<labels>-s<seed>`` that resumes
+where it stopped (``--minutes``, Ctrl-C, a kill: the last checkpoint stands); the baseline's
+per-epoch figures are ``baseline.json`` there (about a minute to recompute; recomputed whole
+when more epochs are asked for, the same numbers for the epochs it had). The table says how
+many epochs each run has done. Without MNIST under ``--data-root`` it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from pyro_vae import (
+    CHECKPOINT,
+    METRICS,
+    STORIES,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    StoryConfig,
+    TrainConfig,
+    load_checkpoint,
+    resume_run,
+    seeded,
+    train_run,
+)
+from pyro_vae.runs import load_run_data
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = "baseline.json"
+TRAIN_ROWS = 54_000  # MNIST's 60,000 training images less the 6,000 held out for validation
+# Kingma et al. (2014), table 1: M2's test error at 100, 600, 1000 and 3000 labels, as accuracy.
+KINGMA = {100: 0.8803, 600: 0.9506, 1000: 0.9640, 3000: 0.9608}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Settings fixed before any run: what differs from the shared ones (784-500-50 softplus
+    MLPs, batch 200, Adam lr 4.2e-4, α = 46, y summed by TraceEnum_ELBO)."""
+
+    about: str
+    train: Callable[[int], dict] = lambda labels: {}
+    """TrainConfig changes for a label count."""
+    data: dict = field(default_factory=dict)
+    alpha: float = 46.0
+    flags: str = ""
+    """The same as ``pyro-vae train`` flags."""
+
+
+RECIPES = {
+    "mixed": Recipe("issue 11's recipe: labelled and unlabelled rows share shuffled batches, "
+                    "dynamic binarization"),
+    "pyro": Recipe("Pyro's ss_vae_M2.py where pyro-vae has the knob: a labelled batch every "
+                   "N // labels steps, grey levels scored by the Bernoulli cross-entropy, "
+                   "Adam betas 0.95, 0.999",
+                   lambda labels: {"labelled_every": max(2, TRAIN_ROWS // labels),
+                                   "adam_betas": (0.95, 0.999)},
+                   {"binarize": "grey"},
+                   flags="--labelled-every $((54000 / LABELS)) --binarize grey "
+                         "--adam-betas 0.95,0.999"),
+    "labelled": Recipe("a labelled batch of its own at every 2nd step (the labels' share of "
+                       "the steps: one half), dynamic binarization",
+                       lambda labels: {"labelled_every": 2}, flags="--labelled-every 2"),
+    # Candidates of issue 22's item 3, each one change to `labelled` (short runs).
+    "labelled-init": Recipe("`labelled` with Kingma et al.'s initialization: weights ~ N(0, "
+                            "1e-3²), biases 0",
+                            lambda labels: {"labelled_every": 2, "init": "normal"},
+                            flags="--labelled-every 2 --init normal --init-normal-std 1e-3"),
+    "labelled-grey": Recipe("`labelled` scoring grey levels by the Bernoulli cross-entropy",
+                            lambda labels: {"labelled_every": 2}, {"binarize": "grey"},
+                            flags="--labelled-every 2 --binarize grey"),
+    "labelled-10": Recipe("a labelled batch at every 10th step (the labels' share: a tenth)",
+                          lambda labels: {"labelled_every": 10}, flags="--labelled-every 10"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", choices=list(RECIPES), default="labelled")
+    p.add_argument("--labels", type=int, nargs="+", default=[100, 600, 1000, 3000])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop training after this many minutes (checkpointed; rerun to go on)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "runs" / "m2_protocol")
+    p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--table", action="store_true", help="print the table of what is done, train nothing")
+    p.add_argument("--list", action="store_true", help="print the recipes and exit")
+    return p.parse_args(argv)
+
+
+def run_config(recipe: Recipe, labels: int, seed: int, epochs: int, device: str,
+               root: Path) -> RunConfig:
+    train = TrainConfig(epochs=epochs, batch_size=200, lr=4.2e-4, seed=seed, device=device,
+                        objective="enum", **recipe.train(labels))
+    return RunConfig(model=ModelConfig(latent_dim=50, hidden_sizes=(500,), activation="softplus"),
+                     data=DataConfig(name="mnist", root=str(root), labels=labels, **recipe.data),
+                     train=train, story=StoryConfig(model="m2", guide="story",
+                                                    args={"alpha": recipe.alpha}))
+
+
+def command(recipe: Recipe) -> str:
+    return ("pyro-vae train --model m2 --data mnist --data-root ../shared/data --labels LABELS "
+            "--seed SEED --latent-dim 50 --hidden 500 --activation softplus --batch-size 200 "
+            f"--lr 4.2e-4 --epochs 50 {recipe.flags}").strip()
+
+
+def records(path: Path) -> list[dict]:
+    if not (path / METRICS).exists():
+        return []
+    return [json.loads(line) for line in (path / METRICS).read_text().splitlines() if line]
+
+
+# ---------------------------------------------------------------- the supervised baseline
+
+def baseline(cfg: RunConfig) -> dict:
+    """The classifier alone, on the run's labelled rows, for ``cfg.train.epochs`` epochs:
+    per epoch its validation and test accuracy."""
+    t = cfg.train
+    data = load_run_data(cfg)  # the run's split, pixels and seeded label draw
+    device = torch.device(t.device)
+    data = data.to(device)
+    with seeded(t.seed):
+        story, _ = STORIES.lookup("m2")(cfg.model, data.data_dim, alpha=cfg.story.args["alpha"])
+    net = story.classifier.to(device)
+    rows = torch.nonzero(data.train.known).flatten()
+    labels = data.train.labels
+    size, steps = min(t.batch_size, len(rows)), math.ceil(len(data.train) / t.batch_size)
+    opt = torch.optim.Adam(net.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
+    held_out = {name: (data.eval_split(name, seed=t.seed), getattr(data, name).labels)
+                for name in ("val", "test")}
+    gen, stream, out = torch.Generator().manual_seed(t.seed), torch.empty(0, dtype=torch.long), []
+    start = time.perf_counter()
+    with seeded(t.seed, device):  # the binarization draws of data.draw
+        for epoch in range(t.epochs):
+            for _ in range(steps):
+                while len(stream) < size:
+                    stream = torch.cat([stream, rows.cpu()[torch.randperm(len(rows), generator=gen)]])
+                index, stream = stream[:size].to(device), stream[size:]
+                loss = F.cross_entropy(net(data.draw(data.train.x[index])), labels[index])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                acc = {f"{name}_accuracy": float((net(x).argmax(-1) == y).double().mean())
+                       for name, (x, y) in held_out.items()}
+            out.append({"epoch": epoch + 1, **acc})
+    return {"epochs": out, "steps_per_epoch": steps, "batch": size,
+            "seconds": time.perf_counter() - start}
+
+
+def baseline_records(path: Path, cfg: RunConfig) -> list[dict]:
+    """``baseline.json``'s epochs, computed when it has fewer than the run's."""
+    file = path / BASELINE
+    if file.exists():
+        saved = json.loads(file.read_text())
+        if len(saved["epochs"]) >= cfg.train.epochs:
+            return saved["epochs"]
+    print(f"[{path.name}] supervised baseline, {cfg.train.epochs} epochs", file=sys.stderr)
+    result = baseline(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(result, indent=1) + "\n")
+    return result["epochs"]
+
+
+# ---------------------------------------------------------------- M2
+
+def train_m2(path: Path, cfg: RunConfig, stop: Callable[[], bool]) -> None:
+    """Train, resume or leave the run in ``path`` (up to ``cfg.train.epochs``)."""
+    done = len(records(path))
+    if not (path / CHECKPOINT).exists():
+        print(f"[{path.name}] M2, {cfg.train.epochs} epochs", file=sys.stderr)
+        train_run(cfg, path.parent, path.name, progress=False, stop=stop)
+    elif done < cfg.train.epochs or not (path / "summary.json").exists():
+        print(f"[{path.name}] M2, resuming at epoch {done}", file=sys.stderr)
+        resume_run(path, max(cfg.train.epochs, done), progress=False,
+                   changes={"device": cfg.train.device}, stop=stop)
+
+
+def in_progress(path: Path) -> str:
+    """'' or ' (+k steps)' when the checkpoint stands inside an epoch."""
+    if not (path / CHECKPOINT).exists():
+        return ""
+    state = load_checkpoint(path / CHECKPOINT).state
+    return f" (+{state.step} steps)" if state.step else ""
+
+
+# ---------------------------------------------------------------- the table
+
+def at_best_val(lines: list[dict]) -> float:
+    """Test accuracy at the first epoch of highest validation accuracy."""
+    best = max(range(len(lines)), key=lambda i: (lines[i]["val_accuracy"], -i))
+    return lines[best]["test_accuracy"]
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.4f}{sd}"
+
+
+def table(args: argparse.Namespace) -> str:
+    recipe = RECIPES[args.recipe]
+    out = [f"M2 protocol, recipe `{args.recipe}`: {recipe.about}. MNIST: 54,000 training "
+           f"images, validation accuracy on 6,000, test accuracy on the official 10,000; "
+           f"seeds {args.seeds}; {args.epochs} epochs planned.", "",
+           "| labels | runs | epochs done (per seed) | M2 test, last epoch | M2 test at best val "
+           "| baseline test, same epoch | baseline test at best val | M2 − baseline | Kingma et al. |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    gaps: list[float | None] = []
+    for labels in args.labels:
+        m2_last, m2_best, base_last, base_best, done = [], [], [], [], []
+        for seed in args.seeds:
+            path = args.out / args.recipe / f"m2-{labels}-s{seed}"
+            lines = records(path)
+            done.append(f"{len(lines)}{in_progress(path)}")
+            base = json.loads((path / BASELINE).read_text())["epochs"] if (path / BASELINE).exists() else []
+            if not lines or len(base) < len(lines):
+                continue
+            m2_last.append(lines[-1]["test_accuracy"])
+            m2_best.append(at_best_val(lines))
+            base_last.append(base[len(lines) - 1]["test_accuracy"])
+            base_best.append(at_best_val(base[:len(lines)]))
+        gap = (statistics.mean(m2_last) - statistics.mean(base_last)) if m2_last else None
+        gaps.append(gap)
+        out.append(f"| {labels} | {len(m2_last)} | {', '.join(done)} | {summary(m2_last)} | "
+                   f"{summary(m2_best)} | {summary(base_last)} | {summary(base_best)} | "
+                   f"{'–' if gap is None else f'{gap:+.4f}'} | {KINGMA.get(labels, float('nan')):.4f} |")
+    finished = all(len(records(args.out / args.recipe / f"m2-{n}-s{s}")) >= args.epochs
+                   for n in args.labels for s in args.seeds)
+    behind = [n for n, gap in zip(args.labels, gaps) if gap is not None and gap <= 0]
+    verdict = (f"no: at or below it at {', '.join(map(str, behind))} labels" if behind else
+               "yes" if finished else "not yet: runs unfinished")
+    out += ["", f"M2 beats the baseline at every label count (last epoch, means): {verdict}"]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for name, recipe in RECIPES.items():
+            print(f"{name}: {recipe.about}\n    {command(recipe)}")
+        return 0
+    if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        print(f"MNIST not found under {args.data_root}/MNIST/raw; nothing to run")
+        return 0
+    torch.set_num_threads(args.threads)
+    if not args.table:
+        started = time.monotonic()
+        deadline = math.inf if args.minutes is None else started + 60 * args.minutes
+        stop = lambda: time.monotonic() > deadline  # noqa: E731
+        recipe = RECIPES[args.recipe]
+        for seed in args.seeds:
+            for labels in args.labels:
+                if stop():
+                    break
+                cfg = run_config(recipe, labels, seed, args.epochs, args.device, args.data_root)
+                path = args.out / args.recipe / f"m2-{labels}-s{seed}"
+                baseline_records(path, cfg)
+                train_m2(path, cfg, stop)
+        print(f"wall time of this invocation: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    print(table(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""benchmarks/m2_protocol.py: its supervised baseline is the M2 story's own classifier trained
+on the run's labelled rows, the same numbers each time for the epochs it has, and its table
+reads run folders without training (tiny settings on the offline digits)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _protocol():
+    spec = importlib.util.spec_from_file_location("m2_protocol", BENCH / "m2_protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _digits_config(protocol, epochs: int):
+    cfg = protocol.run_config(protocol.RECIPES["labelled"], 50, 0, epochs, "cpu", Path("."))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden_sizes=(16,),
+                                                              latent_dim=2),
+                               data=dataclasses.replace(cfg.data, name="digits", root=None),
+                               train=dataclasses.replace(cfg.train, batch_size=256, lr=0.01))
+
+
+def test_the_baseline_repeats_its_epochs_and_learns_from_the_labels():
+    protocol = _protocol()
+    two, three = (protocol.baseline(_digits_config(protocol, n)) for n in (2, 3))
+    assert two["epochs"] == three["epochs"][:2]           # a longer baseline extends a shorter one
+    assert two["batch"] == 50 and two["steps_per_epoch"] == 6  # 1,437 training digits / 256
+    first, last = (three["epochs"][i]["test_accuracy"] for i in (0, -1))
+    assert 0.3 < last <= 1 and last > first               # it learns, well above chance (0.1)
+
+
+def test_the_table_reads_the_folders_and_says_what_is_not_done(tmp_path, capsys):
+    protocol = _protocol()
+    run = tmp_path / "labelled" / "m2-100-s0"
+    run.mkdir(parents=True)
+    lines = [{"epoch": e, "val_accuracy": v, "test_accuracy": t}
+             for e, v, t in ((1, 0.5, 0.6), (2, 0.7, 0.65), (3, 0.6, 0.9))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    base = [{"epoch": e, "val_accuracy": 0.7, "test_accuracy": 0.7} for e in range(1, 6)]
+    (run / "baseline.json").write_text(json.dumps({"epochs": base}))
+    args = protocol.parse_args(["--labels", "100", "600", "--seeds", "0", "--out", str(tmp_path)])
+    text = protocol.table(args)
+    row = next(line for line in text.splitlines() if line.startswith("| 100 |"))
+    # last epoch 0.9; at best validation (epoch 2) 0.65: never the best test accuracy chosen
+    assert "| 3 | 0.9000 | 0.6500 | 0.7000 | 0.7000 | +0.2000 |" in row
+    assert "not yet: runs unfinished" in text
+    assert protocol.main(["--list"]) == 0 and "--labelled-every 2" in capsys.readouterr().out
