@@ -27,6 +27,7 @@ from pyro_vae.cli.common import (
     positive_int,
 )
 from pyro_vae.cli.partials import Job, interrupted, open_jobs, progress_flag
+from pyro_vae.data import GREY
 from pyro_vae.evaluation import (
     ESTIMATORS,
     EVALUATION_FILE,
@@ -51,7 +52,6 @@ from pyro_vae.evaluation import (
 from pyro_vae.partial import state_digest, tensor_digest
 from pyro_vae.runs import load_run
 from pyro_vae.traces import slice_rows
-from pyro_vae.data import GREY
 
 PARTIAL = "evaluation.partial"
 
