@@ -172,3 +172,17 @@ def choice_of(registry: Registry) -> Callable[[str], str]:
 
     check.__name__ = registry.kind
     return check
+
+
+def add_resume_arguments(p: argparse.ArgumentParser, partial: str) -> None:
+    """``--resume`` of a long computation kept in ``partial`` (e.g. "evaluation in
+    RUN/evaluation.partial"), and ``--progress`` / ``--no-progress`` for its bars."""
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the partial {partial}, refusing if its settings differ from "
+                        f"these (the same command without --resume also continues it, and "
+                        f"starts afresh where the settings differ)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true",
+                       help="show progress bars even when stderr is not a terminal")
+    shown.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+

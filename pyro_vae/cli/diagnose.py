@@ -17,6 +17,7 @@ from pyro_vae.cli.common import (
     HELP,
     Command,
     add_checkpoint_argument,
+    add_resume_arguments,
     add_trust_argument,
     positive_int,
 )
@@ -47,14 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=C.seed, help="random seed")
     p.add_argument("--out", type=Path, default=None, help="folder for the outputs (default: RUN)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the partial diagnosis in OUT/diagnostics.partial, refusing if "
-                        "its settings differ from these (the same command without --resume "
-                        "also continues it, and starts afresh where the settings differ)")
-    shown = p.add_mutually_exclusive_group()
-    shown.add_argument("--progress", action="store_true",
-                       help="show progress bars even when stderr is not a terminal")
-    shown.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_resume_arguments(p, "diagnosis in OUT/diagnostics.partial")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from pyro_vae.cli.common import (
     Command,
     UserError,
     add_checkpoint_argument,
+    add_resume_arguments,
     add_trust_argument,
     int_list,
     positive_int,
@@ -101,14 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images annealed at once, each with its C chains: the unit AIS and "
                         "BDMC keep on disk (None: 4096 chains' worth on CPU, 65536 on GPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the partial evaluation in RUN/evaluation.partial, refusing if "
-                        "its settings differ from these (the same command without --resume "
-                        "also continues it, and starts afresh where the settings differ)")
-    shown = p.add_mutually_exclusive_group()
-    shown.add_argument("--progress", action="store_true",
-                       help="show progress bars even when stderr is not a terminal")
-    shown.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_resume_arguments(p, "evaluation in RUN/evaluation.partial")
 
 
 def report(result: Evaluation, key: str, path: Path) -> None:
