@@ -134,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bdmc", type=int, default=100, help="simulated images for BDMC (0: skip)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fit and of the scoring")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1, as the other MNIST scripts and as burda-vae ran)")
     return p.parse_args(argv)
 
 
@@ -284,22 +286,18 @@ def list_rows(args: argparse.Namespace) -> None:
               + (f"\n    differs: {recipe.differs}" if recipe.differs else ""))
 
 
-def mnist_ready(args: argparse.Namespace) -> bool:
-    if (args.data_root / "MNIST" / "raw").is_dir():
-        return True
-    print(f"no MNIST under {args.data_root}/MNIST/raw (torchvision layout); nothing to do")
-    return False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_rows(args)
     if args.list:
         list_rows(args)
         return 0
+    # Here, not at the top: the sibling helper imports torch, which --list does without.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from conditional_mnist import mnist_ready  # the MNIST scripts' shared check (makes --out)
+
     if not mnist_ready(args):
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
     for name in args.rows:
         path = train(args, name)
         if not args.train_only and (finished(path) or args.score_now):
