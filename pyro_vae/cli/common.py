@@ -142,6 +142,26 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def add_memory_argument(p: argparse.ArgumentParser) -> None:
+    """``--memory-budget SIZE``: the working memory the command's chunks may use."""
+    p.add_argument("--memory-budget", type=memory_size, default=None, metavar="SIZE",
+                   help="working memory the chunks may use (200MB, 2GiB; default "
+                        "$PYRO_VAE_MEMORY_BUDGET, else half of the memory available at the "
+                        "start, GPU memory on a GPU): chunk sizes shrink to fit it, whatever "
+                        "K and N are, and a request whose one draw for one image does not fit "
+                        "is refused")
+
+
+def memory_size(text: str) -> int:
+    """``200MB`` → bytes (:func:`pyro_vae.memory.parse_size`)."""
+    from pyro_vae.memory import parse_size  # torch: not for pyro-vae --help
+
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def int_list(text: str) -> tuple[int, ...]:
     """``"256,128"`` → ``(256, 128)``, each positive."""
     try:

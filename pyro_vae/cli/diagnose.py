@@ -17,6 +17,7 @@ from pyro_vae.cli.common import (
     HELP,
     Command,
     add_checkpoint_argument,
+    add_memory_argument,
     add_resume_arguments,
     add_trust_argument,
     positive_int,
@@ -24,6 +25,7 @@ from pyro_vae.cli.common import (
 from pyro_vae.cli.partials import Job, interrupted, open_jobs, progress_flag
 from pyro_vae.diagnostics import DiagnoseConfig, active_units_text, diagnose, write_diagnostics
 from pyro_vae.evaluation import write_classifier_report
+from pyro_vae.memory import format_size, memory_budget
 from pyro_vae.partial import state_digest, tensor_digest
 from pyro_vae.runs import load_run
 
@@ -48,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=C.seed, help="random seed")
     p.add_argument("--out", type=Path, default=None, help="folder for the outputs (default: RUN)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    add_memory_argument(p)
     add_resume_arguments(p, "diagnosis in OUT/diagnostics.partial")
 
 
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         # The per-row extras (labels y) of the same rows: a conditional story reads them.
         result = diagnose(loaded.model, loaded.guide, heldout, cfg, progress=progress_flag(args),
-                          batch=loaded.data.test.fields(), partial=job.partial)
+                          batch=loaded.data.test.fields(), partial=job.partial,
+                          memory=memory_budget(loaded.device, args.memory_budget))
     except KeyboardInterrupt:
         return interrupted("diagnose", out / PARTIAL)
     written = write_diagnostics(result, out, loaded.data.image_shape, title=loaded.path.name,
@@ -81,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"q(y | x) on {classifier['points']} test images: accuracy "
               f"{classifier['accuracy']:.4f}, expected calibration error "
               f"{classifier['expected_calibration_error']:.4f}", file=sys.stderr)
+    m = s["memory"]
+    print(f"memory: the NUTS draws {format_size(m['nuts_draws_bytes'])}, the gap table "
+          f"{m['gap_particle_chunk']} draws of every point per call; about "
+          f"{format_size(m['working_bytes_bound'])} of a {format_size(m['budget_bytes'])} budget "
+          f"({m['budget_source']})", file=sys.stderr)
     job.partial.remove()  # the report is written: the stages are no longer needed
     print(written.html)
     return 0

@@ -22,6 +22,7 @@ from pyro_vae.cli.common import (
     Command,
     UserError,
     add_checkpoint_argument,
+    add_memory_argument,
     add_resume_arguments,
     add_trust_argument,
     int_list,
@@ -38,18 +39,21 @@ from pyro_vae.evaluation import (
     BDMCResult,
     Evaluation,
     ais_curve,
+    ais_plan,
     bdmc,
     check_ais,
-    default_chunks,
     default_steps_grid,
+    describe_ais_plan,
     entry_key,
     evaluate,
+    evaluation_plan,
     make_entry,
     plot_k_curve,
     plot_khat,
     read_evaluations,
     record_entries,
 )
+from pyro_vae.memory import memory_budget
 from pyro_vae.partial import state_digest, tensor_digest
 from pyro_vae.runs import load_run
 from pyro_vae.traces import slice_rows
@@ -69,13 +73,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--points", type=positive_int, default=None,
                    help="score only the first N images of the split (None: all of them)")
     p.add_argument("--particle-chunk", type=positive_int, default=None,
-                   help="draws per program call (None: 512 on CPU, 1024 on GPU); memory grows "
-                        "with the chunk sizes, not with N")
+                   help="draws per program call (None: 512 on CPU, 1024 on GPU, fewer where the "
+                        "memory budget says so); memory grows with the chunk sizes, not with K "
+                        "or N")
     p.add_argument("--point-chunk", type=positive_int, default=None,
                    help="images per program call (None: 8 on CPU, 256 on GPU)")
     p.add_argument("--hold-points", type=positive_int, default=256,
-                   help="images whose K weights are held in memory at once: a chunk, seeded on "
-                        "its own and kept on disk when done")
+                   help="at most this many images' running sums are held at once (fewer where "
+                        "the memory budget says so): a chunk, seeded on its own and kept on "
+                        "disk when done")
+    add_memory_argument(p)
     p.add_argument("--seed", type=int, default=0, help="random seed of the draws")
     a = p.add_argument_group("annealed importance sampling (--method ais, --bdmc)")
     A = AISConfig()
@@ -101,6 +108,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--ais-chunk", type=positive_int, default=None,
                    help="images annealed at once, each with its C chains: the unit AIS and "
                         "BDMC keep on disk (None: 4096 chains' worth on CPU, 65536 on GPU)")
+    a.add_argument("--chain-chunk", type=positive_int, default=None,
+                   help="chains of an image annealed at once (None: all C, or fewer where the "
+                        "memory budget says so); the step sizes are adapted on the first group")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     add_resume_arguments(p, "evaluation in RUN/evaluation.partial")
 
@@ -148,7 +158,8 @@ def report_bdmc(result: BDMCResult, key: str) -> None:
 def ais_config(args: argparse.Namespace) -> AISConfig:
     cfg = AISConfig(steps=args.steps, chains=args.chains, start=args.ais_start,
                     leapfrog=args.leapfrog, target_accept=args.target_accept,
-                    warmup_steps=args.warmup_steps, point_chunk=args.ais_chunk)
+                    warmup_steps=args.warmup_steps, point_chunk=args.ais_chunk,
+                    chain_chunk=args.chain_chunk)
     cfg.check()
     return cfg
 
@@ -160,22 +171,21 @@ def steps_grid(args: argparse.Namespace) -> tuple[int, ...]:
     return default_steps_grid(args.steps)
 
 
-def jobs(args: argparse.Namespace, loaded, x) -> list[Job]:
+def jobs(args: argparse.Namespace, loaded, x, plan, cfg: AISConfig | None) -> list[Job]:
     """The command's parts, each with every setting its numbers depend on: IWAE always, AIS
-    with --method ais, BDMC with --bdmc (on the first N images' shapes and labels)."""
+    with --method ais, BDMC with --bdmc (on the first N images' shapes and labels); the
+    IWAE chunks are ``plan``'s, the AIS ones ``cfg``'s."""
     device = loaded.device
     common = {"split": args.split, "seed": args.seed, "device": device.type,
               "parameters": state_digest(loaded.model, loaded.guide)}
-    particles, points = default_chunks(device, args.particle_chunk, args.point_chunk)
     settings = [{"method": "iwae", "points": len(x), "samples": args.samples,
-                 "hold_points": args.hold_points, "particle_chunk": particles,
-                 "point_chunk": points, **common, "images": tensor_digest(x)}]
-    if args.method == "ais" or args.bdmc:
-        cfg = ais_config(args)
+                 "hold_points": plan.hold, "particle_chunk": plan.particles,
+                 "point_chunk": plan.points, **common, "images": tensor_digest(x)}]
+    if cfg is not None:
         annealing = {"steps": cfg.steps, "chains": cfg.chains, "start": cfg.start,
                      "leapfrog": cfg.leapfrog, "target_accept": cfg.target_accept,
                      "warmup_steps": cfg.warmup_steps, "steps_grid": list(steps_grid(args)),
-                     "ais_chunk": cfg.chunk(device)}
+                     "ais_chunk": cfg.chunk(device), "chain_chunk": cfg.group}
     if args.method == "ais":
         settings.append({"method": "ais", "points": len(x), **annealing, **common,
                          "images": tensor_digest(x)})
@@ -209,15 +219,22 @@ def run(args: argparse.Namespace) -> int:
     if args.bdmc and args.bdmc > len(x):
         raise UserError(f"--bdmc {args.bdmc}: the {args.split} split has only {len(x)} images "
                         f"to shape the simulated ones")
+    memory = memory_budget(loaded.device, args.memory_budget)
+    cfg = ais_memory = None
     if args.method == "ais" or args.bdmc:
         # Bad settings, or a story or guide AIS cannot anneal, are refused before anything runs.
         check_ais(loaded.model, loaded.guide, x, ais_config(args), batch)
+        cfg, ais_memory = ais_plan(loaded.model, loaded.guide, x, ais_config(args), memory, batch)
     out, root = loaded.path / EVALUATION_FILE, loaded.path / PARTIAL
     read_evaluations(out)  # an unreadable evaluation.json is refused before the work, not after
-    parts = jobs(args, loaded, x)
+    # Chunks that fit the memory budget, or one line saying that one draw for one image does not.
+    plan = evaluation_plan(loaded.model, loaded.guide, x, args.samples, memory,
+                           args.particle_chunk, args.point_chunk, args.hold_points, batch=batch)
+    parts = jobs(args, loaded, x, plan, cfg)
     open_jobs(parts, root, args.resume, "evaluate", finished_note(out, parts))
     try:
-        entries, result, curve, sandwich = compute(args, loaded, x, batch, parts)
+        entries, result, curve, sandwich = compute(args, loaded, x, batch, parts, plan,
+                                                   cfg, ais_memory)
     except KeyboardInterrupt:
         return interrupted("evaluate", root)
     # Which checkpoint each entry scored (its epoch and digest): a resume moves stale ones aside.
@@ -230,6 +247,9 @@ def run(args: argparse.Namespace) -> int:
         report_ais(curve, parts[1].key)
     if sandwich is not None:
         report_bdmc(sandwich, parts[-1].key)
+    print(f"  {plan.describe()}", file=sys.stderr)
+    if ais_memory is not None:
+        print(f"  {describe_ais_plan(ais_memory, cfg.chains)}", file=sys.stderr)
     for job in parts:  # their entries are written: the chunks are no longer needed
         job.partial.remove()
     with contextlib.suppress(OSError):
@@ -237,19 +257,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def compute(args: argparse.Namespace, loaded, x, batch, parts: list[Job]):
-    """Each part's result (from its partial results where they hold it) and its entry."""
+def compute(args: argparse.Namespace, loaded, x, batch, parts: list[Job], plan,
+            cfg: AISConfig | None, ais_memory: dict | None):
+    """Each part's result (from its partial results where they hold it) and its entry;
+    the AIS and BDMC entries say how they were chunked (``ais_memory``)."""
     progress = progress_flag(args)
     by_method = {job.settings["method"]: job for job in parts}
     iwae = by_method["iwae"]
-    result = evaluate(loaded.model, loaded.guide, x, num_samples=args.samples,
-                      particle_chunk=args.particle_chunk, point_chunk=args.point_chunk,
-                      hold_points=args.hold_points, batch=batch, seed=args.seed,
-                      progress=progress, partial=iwae.partial)
+    result = evaluate(loaded.model, loaded.guide, x, num_samples=args.samples, plan=plan,
+                      batch=batch, seed=args.seed, progress=progress, partial=iwae.partial)
     entries = [make_entry("iwae", iwae.settings, result.summary())]
     curve: tuple[AISResult, ...] = ()
     sandwich = None
-    cfg = ais_config(args) if len(parts) > 1 else None
     if "ais" in by_method:
         job = by_method["ais"]
         curve = ais_curve(loaded.model, loaded.guide, x, cfg, steps_grid(args), seed=args.seed,
@@ -257,14 +276,16 @@ def compute(args: argparse.Namespace, loaded, x, batch, parts: list[Job]):
         block = {**curve[-1].summary(),
                  "curve": {"steps": [r.config.steps for r in curve],
                            "mean": [r.estimate.mean for r in curve],
-                           "stderr": [r.estimate.stderr for r in curve]}}
+                           "stderr": [r.estimate.stderr for r in curve]},
+                 "memory": ais_memory}
         entries.append(make_entry("ais", job.settings, block))
     if "bdmc" in by_method:
         job = by_method["bdmc"]
         sandwich = bdmc(loaded.model, loaded.guide, x[:args.bdmc], cfg, steps_grid(args),
                         seed=args.seed, batch=slice_rows(batch, 0, args.bdmc),
                         partial=job.partial, progress=progress)
-        entries.append(make_entry("bdmc", job.settings, sandwich.summary()))
+        entries.append(make_entry("bdmc", job.settings, {**sandwich.summary(),
+                                                          "memory": ais_memory}))
     return entries, result, curve, sandwich
 
 

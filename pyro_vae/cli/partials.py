@@ -23,7 +23,8 @@ FLAGS = {"method": "--method", "split": "--split", "points": "--points", "sample
          "point_chunk": "--point-chunk", "device": "--device", "steps": "--steps",
          "chains": "--chains", "start": "--ais-start", "leapfrog": "--leapfrog",
          "target_accept": "--target-accept", "warmup_steps": "--warmup-steps",
-         "steps_grid": "--steps-grid", "ais_chunk": "--ais-chunk", "warmup": "--warmup",
+         "steps_grid": "--steps-grid", "ais_chunk": "--ais-chunk", "chain_chunk": "--chain-chunk",
+         "warmup": "--warmup",
          "local_steps": "--local-steps", "elbo_samples": "--elbo-samples"}
 """The flag that sets each recorded setting (others are named as recorded)."""
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Callable, Protocol
@@ -41,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from pyro_vae.config import DataConfig
 from pyro_vae.data.images import DATASETS, Data, RawImages, load_raw, split_images
 from pyro_vae.distributed import SINGLE, World, shard
+from pyro_vae.memory import available_bytes
 from pyro_vae.pixels import Pixels
 from pyro_vae.validation import DataError, check_images
 
@@ -409,18 +409,6 @@ STREAM_MODES = ("auto", "on", "off")
 # memory: the resident path briefly holds the file's array, the float32 set and its splits
 # (about twice the float32 size), which a quarter leaves room for.
 STREAM_SHARE = 0.25
-
-
-def available_bytes() -> int:
-    """Memory available to new allocations now: MemAvailable of /proc/meminfo (Linux), else
-    the physical memory (os.sysconf)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def streamable_path(name: str) -> Path | None:

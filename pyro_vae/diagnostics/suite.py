@@ -51,7 +51,7 @@ from torch import Tensor
 from pyro_vae.diagnostics.collapse import Collapse, posterior_collapse
 from pyro_vae.diagnostics.config import RHAT_OK, DiagnoseConfig
 from pyro_vae.diagnostics.draws import find_image_site, story_sites
-from pyro_vae.diagnostics.gaps import Gaps, inference_gaps
+from pyro_vae.diagnostics.gaps import Gaps, gap_chunk, inference_gaps
 from pyro_vae.diagnostics.idata import inference_data
 from pyro_vae.diagnostics.nuts import Convergence, NutsResult, convergence, run_nuts
 from pyro_vae.diagnostics.posteriors import PosteriorProposal, fit_local
@@ -66,6 +66,7 @@ from pyro_vae.diagnostics.stages import (
     nuts_result,
     run_stage,
 )
+from pyro_vae.memory import BudgetError, MemoryBudget, format_size, memory_budget
 from pyro_vae.partial import Partial
 from pyro_vae.programs import Batch, as_program, cuda_devices, unit_seed
 from pyro_vae.traces import LatentSite, index_rows, slice_rows
@@ -88,6 +89,8 @@ class Diagnostics:
     ppc: PredictiveCheck
     idata: Any
     seconds: dict[str, float]
+    memory: dict[str, Any] | None = None
+    """The gap table's chunk and the memory the stages hold (:func:`memory_plan`)."""
 
     def _draws(self, group: str) -> Tensor:
         """``[chains · draws, N, T]``: a group's draws of all sites, flattened per point."""
@@ -113,7 +116,8 @@ class Diagnostics:
                                    "dim": s.size} for s in self.sites},
                 "image_site": self.image_site, "nuts": self._nuts_summary(),
                 "gaps": _gaps_summary(self.gaps), "collapse": _collapse_summary(self.collapse),
-                "ppc": _ppc_summary(self.ppc), "seconds": self.seconds}
+                "ppc": _ppc_summary(self.ppc), "seconds": self.seconds,
+                **({} if self.memory is None else {"memory": self.memory})}
 
     def _nuts_summary(self) -> dict[str, Any]:
         conv = self.convergence
@@ -186,9 +190,30 @@ def select_points(n_available: int, n: int, seed: int) -> Tensor:
     return torch.randperm(n_available, generator=gen)[:min(n, n_available)]
 
 
+def memory_plan(model: Callable, guide: Callable, x: Tensor, fields: Batch, cfg: DiagnoseConfig,
+                sites: tuple[LatentSite, ...], memory: MemoryBudget | None = None) -> dict[str, Any]:
+    """What the stages hold for the N points ``x``: the NUTS draws (kept with the guides'
+    draws for ArviZ, three sets of chains · samples · N · S float64) and one program call
+    of the gap table, whose draws per call shrink to fit ``memory`` (its K is streamed).
+    BudgetError when the draws alone exceed it."""
+    memory = memory or memory_budget(x.device)
+    draws = 3 * 8 * cfg.chains * cfg.samples * len(x) * sum(s.size for s in sites)
+    if draws > memory.bytes:
+        raise BudgetError(f"diagnose: {cfg.chains} chains × {cfg.samples} NUTS draws of "
+                          f"{len(x)} points need about {format_size(draws)}, more than the "
+                          f"memory budget of {memory}; choose fewer --points or --samples, or "
+                          f"raise --memory-budget")
+    gaps = gap_chunk(model, guide, x, fields,
+                     MemoryBudget(memory.bytes - draws, memory.source))
+    return {**memory.summary(), "nuts_draws_bytes": draws,
+            "gap_particle_chunk": gaps["particle_chunk"],
+            "gap_bytes_per_draw": gaps["bytes_per_draw"],
+            "working_bytes_bound": draws + gaps["working_bytes_bound"]}
+
+
 def diagnose(model: Callable, guide: Callable, heldout: Tensor, cfg: DiagnoseConfig = DiagnoseConfig(),
              progress: bool | None = False, batch: Batch | None = None,
-             partial: Partial | None = None) -> Diagnostics:
+             partial: Partial | None = None, memory: MemoryBudget | None = None) -> Diagnostics:
     """Run every diagnostic of a fitted story/guide pair on held-out images ``heldout``
     ``[M, D]``, whose per-row extras (labels ``y``) are ``batch`` ``{name: [M, ...]}``.
 
@@ -197,7 +222,8 @@ def diagnose(model: Callable, guide: Callable, heldout: Tensor, cfg: DiagnoseCon
     ``cfg.collapse_points`` / ``cfg.ppc_points`` rows. Each stage (``stages.STAGES``) draws
     from its own seed, ``unit_seed(cfg.seed, stage)``; with ``partial`` each finished stage
     is kept there and read back instead of run again. ``progress``: bars for NUTS and the
-    local fit (True), none (False), or only when stderr is a terminal (None).
+    local fit (True), none (False), or only when stderr is a terminal (None). ``memory``:
+    the budget the stages must fit (default the device's; see :func:`memory_plan`).
     """
     model, guide, batch = as_program(model, "the story"), as_program(guide, "the guide"), dict(batch or {})
     progress = sys.stderr.isatty() if progress is None else progress
@@ -211,13 +237,15 @@ def diagnose(model: Callable, guide: Callable, heldout: Tensor, cfg: DiagnoseCon
     indices = select_points(len(heldout), cfg.points, cfg.seed)
     x, fields = heldout[indices.to(device)], index_rows(batch, indices.to(device))
     sites = story_sites(model, x, fields)
+    plan = memory_plan(model, guide, x, fields, cfg, sites, memory)
     c, p = cfg.collapse_points, cfg.ppc_points
     nuts = stage("nuts", lambda: run_nuts(model, guide, x, cfg, progress, fields, sites),
                  lambda r: nuts_arrays(r, sites), lambda a: nuts_result(a, sites, device))
     local = stage("local_svi", lambda: fit_local(model, guide, x, cfg, progress, fields, sites),
                   local_arrays, lambda a: local_guide(a, sites, device))
     gaps = stage("gaps", lambda: inference_gaps(model, guide, local, x, cfg.elbo_samples,
-                                                PosteriorProposal(sites, nuts.z), fields),
+                                                PosteriorProposal(sites, nuts.z), fields,
+                                                particle_chunk=plan["gap_particle_chunk"]),
                  fields_arrays, lambda a: Gaps(**{k: torch.as_tensor(v) for k, v in a.items()}))
     collapse = stage("collapse", lambda: posterior_collapse(model, guide, heldout[:c],
                                                             slice_rows(batch, 0, c),
@@ -233,4 +261,4 @@ def diagnose(model: Callable, guide: Callable, heldout: Tensor, cfg: DiagnoseCon
         idata = inference_data(model, guide, local, x, indices, nuts, fields, sites)
     seconds["inference_data"] = time.perf_counter() - start
     return Diagnostics(cfg, indices, sites, find_image_site(model, x, fields), nuts,
-                       convergence(idata), gaps, collapse, ppc, idata, seconds)
+                       convergence(idata), gaps, collapse, ppc, idata, seconds, plan)

@@ -91,6 +91,11 @@ class AISConfig:
     """δ of the sigmoid schedule β_t ∝ σ(δ (2t/T − 1)): larger spends more steps near 0 and 1."""
     point_chunk: int | None = None
     """Images annealed at once (each with C chains); None: about 4096 chains on a CPU, 65536 on a GPU."""
+    chain_chunk: int | None = None
+    """Chains of each image annealed at once (None: all C). Fewer than C split them into
+    groups run one after another: the warm-up pass adapts the step sizes on the first group,
+    and every group anneals with them, so the weights stay unbiased; memory then grows with
+    the group, not with C."""
     jit: bool = True
     """Trace log f with ``torch.jit`` per chunk (checked against the untraced one; see :class:`Annealer`)."""
 
@@ -101,6 +106,10 @@ class AISConfig:
                 raise ValueError(f"AIS {name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.target_accept < 1:
             raise ValueError(f"AIS target_accept must lie in (0, 1), got {self.target_accept}")
+        if self.chain_chunk is not None and self.chain_chunk < 1:
+            raise ValueError(f"AIS chain_chunk must be at least 1, got {self.chain_chunk}")
+        if self.point_chunk is not None and self.point_chunk < 1:
+            raise ValueError(f"AIS point_chunk must be at least 1, got {self.point_chunk}")
         if not self.initial_step_size > 0:
             raise ValueError(f"AIS initial_step_size must be positive, got {self.initial_step_size}")
         STARTS.lookup(self.start)
@@ -111,8 +120,14 @@ class AISConfig:
                 f"-a{self.target_accept}-w{self.warmup_steps}")
 
     def chunk(self, device: torch.device) -> int:
+        """Images annealed at once."""
         budget = 65536 if device.type == "cuda" else 4096
-        return self.point_chunk or max(1, budget // self.chains)
+        return self.point_chunk or max(1, budget // self.group)
+
+    @property
+    def group(self) -> int:
+        """Chains of an image annealed at once."""
+        return min(self.chains, self.chain_chunk or self.chains)
 
 
 def sigmoid_schedule(steps: int, sharpness: float = 4.0, dtype=torch.float64) -> Tensor:

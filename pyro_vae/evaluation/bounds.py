@@ -26,8 +26,11 @@ from pyro_vae.evaluation.annealing import (
     sigmoid_schedule,
     warmup,
 )
+from pyro_vae.evaluation.chunks import probe_cell_bytes
 from pyro_vae.evaluation.estimates import Estimate
 from pyro_vae.evaluation.importance import images_bar
+from pyro_vae.evaluation.running import RunningWeights
+from pyro_vae.memory import BudgetError, MemoryBudget, format_size, memory_budget
 from pyro_vae.partial import Arrays, Partial, as_arrays
 from pyro_vae.programs import Batch, frozen, seeded, unit_seed
 from pyro_vae.traces import (
@@ -53,13 +56,12 @@ def chain_stderr(log_w: Tensor) -> Tensor:
 class AISResult:
     """What :func:`ais` measured on N images: ``estimate`` (per image log p̂(x) and its mean
     ± s.e. over images, nats and bits/dim), the s.e. of each image's log p̂ over its chains
-    ``chain_stderr`` ``[N]``, its HMC ``acceptance`` rate ``[N]``, and the log weights
-    ``[C, N]``."""
+    ``chain_stderr`` ``[N]`` and its HMC ``acceptance`` rate ``[N]``. The chains' weights are
+    reduced as each group of chains finishes, so none is held."""
 
     estimate: Estimate
     chain_stderr: Tensor
     acceptance: Tensor
-    log_weights: Tensor
     config: AISConfig
     seconds: float
 
@@ -78,53 +80,76 @@ class AISResult:
 
 @dataclass
 class _Pass:
-    """The log weights ``[C, n]`` and acceptance ``[n]`` chunks of one T, and its seconds."""
+    """Per image log mean w ``[n]``, its chain s.e. and acceptance chunks of one T, and its
+    seconds."""
 
-    log_w: list[Tensor] = field(default_factory=list)
+    log_p: list[Tensor] = field(default_factory=list)
+    chain_se: list[Tensor] = field(default_factory=list)
     acceptance: list[Tensor] = field(default_factory=list)
     seconds: float = 0.0
 
     def add(self, arrays: Arrays, name: str) -> None:
-        """The chunk's arrays ``<name>_log_w``, ``_acceptance`` and ``_seconds``."""
-        self.log_w.append(torch.as_tensor(arrays[f"{name}_log_w"]))
+        """The chunk's arrays ``<name>_log_p``, ``_chain_se``, ``_acceptance`` and
+        ``_seconds`` (or ``_log_w`` ``[C, n]``, as partial results kept before the chains
+        were reduced in groups)."""
+        if f"{name}_log_w" in arrays:
+            log_w = torch.as_tensor(arrays[f"{name}_log_w"])
+            log_p, se = log_mean_exp(log_w), chain_stderr(log_w)
+        else:
+            log_p, se = (torch.as_tensor(arrays[f"{name}_{k}"]) for k in ("log_p", "chain_se"))
+        self.log_p.append(log_p)
+        self.chain_se.append(se)
         self.acceptance.append(torch.as_tensor(arrays[f"{name}_acceptance"]))
         self.seconds += float(arrays[f"{name}_seconds"])
 
     def result(self, data_dim: int, cfg: AISConfig, sign: float = 1.0) -> AISResult:
         """Forward AIS: log p̂ = log mean w. Reverse (``sign`` −1): w estimates 1 / p(x), and
         −log mean w is the stochastic upper bound."""
-        log_w = torch.cat(self.log_w, dim=1)
-        per_point = sign * log_mean_exp(log_w)
-        return AISResult(Estimate.of("ais", per_point, data_dim), chain_stderr(log_w),
-                         torch.cat(self.acceptance), log_w, cfg, self.seconds)
+        per_point = sign * torch.cat(self.log_p)
+        return AISResult(Estimate.of("ais", per_point, data_dim), torch.cat(self.chain_se),
+                         torch.cat(self.acceptance), cfg, self.seconds)
 
 
-def _timed_anneal(annealer: Annealer, u: Tensor, betas: Tensor, eps: Tensor, name: str
-                  ) -> dict[str, Any]:
-    begin = time.perf_counter()
-    log_w, acceptance = annealer.anneal(u, betas, eps)
-    return {f"{name}_log_w": log_w.detach().double(),
-            f"{name}_acceptance": acceptance.detach().double(),
+def _anneal_groups(groups: list[Annealer], start: Callable[[Annealer], Tensor], betas: Tensor,
+                   eps: Tensor, name: str) -> dict[str, Any]:
+    """Each group's chains from ``start(annealer)`` through ``betas``, reduced as they end."""
+    begin, n = time.perf_counter(), groups[0].problem.x.shape[0]
+    chains = sum(a.problem.chains for a in groups)
+    sums = RunningWeights(n, chains, tail=False, device=betas.device)
+    accepted, k_lo = 0.0, 0
+    for annealer in groups:
+        log_w, acceptance = annealer.anneal(start(annealer), betas, eps)
+        sums.add(log_w, 0, k_lo)
+        k_lo += log_w.shape[0]
+        accepted = accepted + acceptance.double() * log_w.shape[0]
+    return {f"{name}_log_p": sums.log_mean_exp(), f"{name}_chain_se": sums.relative_se(),
+            f"{name}_acceptance": accepted / chains,
             f"{name}_seconds": time.perf_counter() - begin}
 
 
-def _anneal_chunk(annealer: Annealer, cfg: AISConfig, steps: Sequence[int],
+def _anneal_chunk(groups: list[Annealer], cfg: AISConfig, steps: Sequence[int],
                   exact: dict[str, Tensor] | None = None) -> Arrays:
-    """One chunk: one warm-up pass (its step sizes serve every T, read off against β), then
-    forward AIS at each T in ``steps`` (``forward<i>_*``, see :meth:`_Pass.add`) and, given
-    exact posterior draws ``exact`` ``{name: [n, ...]}``, AIS backwards from them
-    (``reverse<i>_*``)."""
-    problem = annealer.problem
-    adapt = warmup(annealer, cfg, max(steps))
+    """One chunk of images, its chains in ``groups`` (one :class:`Annealer` per group, all
+    C of an image's chains together): one warm-up pass on the first group (its step sizes
+    serve every group and T, read off against β), then forward AIS at each T in ``steps``
+    (``forward<i>_*``, see :meth:`_Pass.add`) and, given exact posterior draws ``exact``
+    ``{name: [n, ...]}``, AIS backwards from them (``reverse<i>_*``)."""
+    adapt = warmup(groups[0], cfg, max(steps))
+
+    def drawn(a: Annealer) -> Tensor:
+        return a.problem.unconstrain(a.start.draw())
+
+    def given(a: Annealer) -> Tensor:
+        return a.problem.unconstrain({k: v.expand(a.problem.chains, *v.shape)
+                                      for k, v in exact.items()})
+
     out: dict[str, Any] = {}
     for i, t in enumerate(steps):
         betas = sigmoid_schedule(t, cfg.sharpness, adapt.eps.dtype)
-        u = problem.unconstrain(annealer.start.draw())
-        out |= _timed_anneal(annealer, u, betas, adapt.schedule(betas), f"forward{i}")
+        out |= _anneal_groups(groups, drawn, betas, adapt.schedule(betas), f"forward{i}")
         if exact is not None:
-            u = problem.unconstrain({k: v.expand(cfg.chains, *v.shape) for k, v in exact.items()})
             down = betas.flip(0)
-            out |= _timed_anneal(annealer, u, down, adapt.schedule(down), f"reverse{i}")
+            out |= _anneal_groups(groups, given, down, adapt.schedule(down), f"reverse{i}")
     return as_arrays(out)
 
 
@@ -157,8 +182,10 @@ def _run(model: Callable, guide: Callable | None, x: Tensor, batch: Batch, cfg: 
     runs.check()
     forward, reverse = [_Pass() for _ in steps], [_Pass() for _ in steps]
     size, n = cfg.chunk(x.device), x.shape[0]
-    # Annealing steps per chunk: the warm-up pass's, then each T forward (and backward).
-    work = SETTLE + min(cfg.warmup_steps, max(steps)) + sum(steps) * (1 if exact is None else 2)
+    # Annealing steps per chunk and group: the warm-up pass's (first group only), then each T
+    # forward (and backward).
+    work = (SETTLE + min(cfg.warmup_steps, max(steps))) / groups_of(cfg) \
+        + sum(steps) * (1 if exact is None else 2)
     with frozen(*_modules(model, guide)), images_bar(n, runs.progress, runs.name) as bar:
         for index, lo in enumerate(range(0, n, size)):
             unit = f"chunk-{index:05d}"
@@ -167,11 +194,9 @@ def _run(model: Callable, guide: Callable | None, x: Tensor, batch: Batch, cfg: 
                 rows, fields = x[lo:lo + size], slice_rows(batch, lo, lo + size)
                 seed = None if runs.seed is None else unit_seed(runs.seed, runs.name, index)
                 with seeded(seed, x.device):
-                    problem = Problem(model, rows, fields, cfg.chains, nesting)
-                    annealer = Annealer(problem, STARTS.lookup(cfg.start)(problem, guide),
-                                        cfg.leapfrog, cfg.jit)
-                    annealer.tick = lambda r=len(rows): bar.update(r / work)
-                    saved = _anneal_chunk(annealer, cfg, steps,
+                    groups = _groups(model, guide, rows, fields, cfg, nesting,
+                                     lambda r=len(rows): bar.update(r / work / groups_of(cfg)))
+                    saved = _anneal_chunk(groups, cfg, steps,
                                           None if exact is None else slice_rows(exact, lo, lo + size))
                 if runs.partial is not None:
                     saved = runs.partial.save(unit, saved)
@@ -181,6 +206,26 @@ def _run(model: Callable, guide: Callable | None, x: Tensor, batch: Batch, cfg: 
                 if exact is not None:
                     reverse[i].add(saved, f"reverse{i}")
     return forward, reverse
+
+
+def groups_of(cfg: AISConfig) -> int:
+    """How many groups an image's C chains are annealed in."""
+    return -(-cfg.chains // cfg.group)
+
+
+def _groups(model: Callable, guide: Callable | None, x: Tensor, batch: Batch, cfg: AISConfig,
+            nesting: int, tick: Callable[[], object]) -> list[Annealer]:
+    """An :class:`Annealer` per group of ``cfg.group`` chains (the last has the rest), one
+    built per distinct size (a problem and its traced log f serve every group of its size)."""
+    sizes = [cfg.group] * (cfg.chains // cfg.group) + [cfg.chains % cfg.group] * bool(
+        cfg.chains % cfg.group)
+    built: dict[int, Annealer] = {}
+    for size in dict.fromkeys(sizes):
+        problem = Problem(model, x, batch, size, nesting)
+        built[size] = Annealer(problem, STARTS.lookup(cfg.start)(problem, guide), cfg.leapfrog,
+                               cfg.jit)
+        built[size].tick = tick
+    return [built[size] for size in sizes]
 
 
 @torch.no_grad()
@@ -193,6 +238,54 @@ def check_ais(model: Callable, guide: Callable | None, data: Tensor, cfg: AISCon
     with frozen(*_modules(model, guide)), torch.random.fork_rng(devices=[]):
         problem = Problem(model, rows, fields, 1, max_plate_nesting)
         STARTS.lookup(cfg.start)(problem, guide).draw()
+
+
+def ais_plan(model: Callable, guide: Callable | None, data: Tensor, cfg: AISConfig,
+             memory: MemoryBudget | None = None, batch: Batch | None = None,
+             max_plate_nesting: int = 1) -> tuple[AISConfig, dict[str, Any]]:
+    """``cfg`` with the images and the chains annealed at once (``point_chunk``,
+    ``chain_chunk``) chosen to fit ``memory`` (default: the device's budget), as many as
+    given or by default (4096 chains' worth on a CPU, 65536 on a GPU), and what the plan
+    costs. The bytes per chain and image are measured on a probe HMC gradient (untraced,
+    the backward pass counted as much again). BudgetError (a ValueError) when one chain for
+    one image does not fit, or when a size given does not."""
+    memory = memory or memory_budget(data.device)
+    batch = batch or {}
+
+    def call(k: int, r: int) -> tuple[poutine.Trace]:
+        problem = Problem(model, data[:r], slice_rows(batch, 0, r), k, max_plate_nesting)
+        start = STARTS.lookup(cfg.start)(problem, guide)
+        u = problem.unconstrain(start.draw())
+        Annealer(problem, start, cfg.leapfrog, jit=False).log_f_grad(u, [0.5, 0.5])
+        return (problem.model_trace(problem.values(u)[0]),)
+
+    with frozen(*_modules(model, guide)):
+        cell = 2 * probe_cell_bytes(call, points=min(2, len(data)))
+    cells = memory.bytes // cell
+    if cells < 1:
+        raise BudgetError(f"AIS: one chain for one image needs about {format_size(cell)}, more "
+                          f"than the memory budget of {memory}; raise --memory-budget")
+    group = cfg.chain_chunk or min(cfg.chains, cells)
+    default = 65536 if data.device.type == "cuda" else 4096
+    images = cfg.point_chunk or max(1, min(default, cells) // group)
+    if group * images > cells:
+        raise BudgetError(f"AIS: {images} images × {group} chains at once need about "
+                          f"{format_size(group * images * cell)}, more than the memory budget of "
+                          f"{memory}; choose a smaller --ais-chunk or --chain-chunk, or raise "
+                          f"--memory-budget")
+    planned = dataclasses.replace(cfg, chain_chunk=group, point_chunk=images)
+    return planned, {**memory.summary(), "chains_per_call": group, "images_per_call": images,
+                     "bytes_per_chain_and_image": cell,
+                     "working_bytes_bound": group * images * cell}
+
+
+def describe_ais_plan(plan: dict[str, Any], chains: int) -> str:
+    """One line: the chains and images annealed at once, and the bound."""
+    groups = -(-chains // plan["chains_per_call"])
+    return (f"memory: AIS anneals {plan['images_per_call']} images × "
+            f"{plan['chains_per_call']} chains at once ({groups} group{'s' * (groups > 1)} of "
+            f"chains per image); working memory about {format_size(plan['working_bytes_bound'])} "
+            f"of a {format_size(plan['budget_bytes'])} budget ({plan['budget_source']})")
 
 
 def default_steps_grid(steps: int) -> tuple[int, ...]:

@@ -155,6 +155,8 @@ class Evaluation:
     summed: tuple[str, ...] = ()
     """Discrete sites marked for enumeration: summed exactly over their values inside every
     weight, not sampled."""
+    memory: dict[str, Any] | None = None
+    """The chunks and the memory bound they were sized to (``ChunkPlan.summary``)."""
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready dict (no per-point tensors)."""
@@ -164,7 +166,8 @@ class Evaluation:
                 "estimates": {name: getattr(self, name).summary() for name in ESTIMATORS},
                 "psis": self.psis.summary(),
                 "curve": {"ks": list(self.curve.ks), "mean": self.curve.mean,
-                          "stderr": self.curve.stderr}}
+                          "stderr": self.curve.stderr},
+                **({} if self.memory is None else {"memory": self.memory})}
 
 
 def merge_psis(parts: list[PSISDiagnostics]) -> PSISDiagnostics:

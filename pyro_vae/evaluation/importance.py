@@ -38,17 +38,18 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from pyro_vae.evaluation.chunks import ChunkPlan, plan_chunks, probe_cell_bytes
 from pyro_vae.evaluation.estimates import (
     ESTIMATORS,
     Estimate,
     Evaluation,
     PSISDiagnostics,
     curve_of,
-    estimates_at,
     k_grid,
     merge_psis,
-    psis_diagnostics,
 )
+from pyro_vae.evaluation.running import RunningWeights, point_bytes
+from pyro_vae.memory import MemoryBudget, memory_budget
 from pyro_vae.partial import Arrays, Partial, as_arrays
 from pyro_vae.pixels import Pixels, check_binary, scored_pixels
 from pyro_vae.programs import cuda_devices, seeded, unit_seed
@@ -144,7 +145,29 @@ def log_importance_weights(model: Callable, guide: Callable | None, x: Tensor, n
     """
     chunks = _Chunks(*default_chunks(x.device, particle_chunk, point_chunk), max_plate_nesting,
                      args, kwargs or {})
-    return _weights(model, guide, x, batch or {}, num_samples, chunks)
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    out = torch.empty(num_samples, x.shape[0], device=x.device, dtype=dtype)
+
+    def keep(log_w: Tensor, lo: int, k_lo: int) -> None:
+        out[k_lo:k_lo + log_w.shape[0], lo:lo + log_w.shape[1]] = log_w
+
+    _feed(model, guide, x, batch or {}, num_samples, chunks, keep)
+    return out
+
+
+@torch.no_grad()
+def running_weights(model: Callable, guide: Callable | None, x: Tensor, num_samples: int, *,
+                    particle_chunk: int | None = None, point_chunk: int | None = None,
+                    max_plate_nesting: int = 1, batch: dict[str, Tensor] | None = None,
+                    tail: bool = True) -> RunningWeights:
+    """The weights of :func:`log_importance_weights` reduced as they are drawn (the same
+    draws in the same order): a :class:`~pyro_vae.evaluation.running.RunningWeights` of the
+    N points, whose memory does not grow with K; ``tail`` keeps what PSIS needs."""
+    chunks = _Chunks(*default_chunks(x.device, particle_chunk, point_chunk), max_plate_nesting,
+                     (), {})
+    sums = RunningWeights(x.shape[0], num_samples, tail=tail, device=x.device)
+    _feed(model, guide, x, batch or {}, num_samples, chunks, sums.add)
+    return sums
 
 
 def default_chunks(device: torch.device, particle_chunk: int | None = None,
@@ -168,22 +191,19 @@ class _Chunks:
     """Called with the number of draws done after each program call (a progress bar)."""
 
 
-def _weights(model: Callable, guide: Callable | None, x: Tensor, batch: dict[str, Tensor],
-             num_samples: int, chunks: _Chunks) -> Tensor:
+def _feed(model: Callable, guide: Callable | None, x: Tensor, batch: dict[str, Tensor],
+          num_samples: int, chunks: _Chunks, sink: Callable[[Tensor, int, int], None]) -> None:
     """All K weights of points ``x`` ``[n, ...]`` (per-row extras ``batch``, sliced with x),
-    a program chunk at a time: ``[K, n]``."""
-    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-    out = torch.empty(num_samples, x.shape[0], device=x.device, dtype=dtype)
+    a program chunk at a time, each given to ``sink(log_w [k, r], first row, first draw)``:
+    a point chunk's draws in order, then the next point chunk's."""
     for lo in range(0, x.shape[0], chunks.points):
         rows = x[lo:lo + chunks.points]
         fields = slice_rows(batch, lo, lo + chunks.points)
         for k_lo in range(0, num_samples, chunks.particles):
             k = min(chunks.particles, num_samples - k_lo)
-            out[k_lo:k_lo + k, lo:lo + len(rows)] = _chunk_weights(model, guide, rows, fields, k,
-                                                                   chunks)
+            sink(_chunk_weights(model, guide, rows, fields, k, chunks), lo, k_lo)
             if chunks.tick is not None:
                 chunks.tick(k * len(rows))
-    return out
 
 
 def _chunk_weights(model: Callable, guide: Callable | None, x: Tensor, batch: dict[str, Tensor],
@@ -237,23 +257,25 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
              hold_points: int = 256, ks: Sequence[int] | None = None,
              seed: int | None = 0, progress: bool | None = False, max_plate_nesting: int = 1,
              args: tuple = (), kwargs: dict | None = None,
-             batch: dict[str, Tensor] | None = None, partial: Partial | None = None) -> Evaluation:
+             batch: dict[str, Tensor] | None = None, partial: Partial | None = None,
+             memory: MemoryBudget | None = None, plan: ChunkPlan | None = None) -> Evaluation:
     """Estimate log p(x) of each row of ``data`` ``[N, ...]`` three ways, with PSIS diagnostics.
 
     Draws K = ``num_samples`` z per point from the guide (for the ELBO and the
-    IWAE bound) and K from the prior (for naive Monte Carlo). The K weights of
-    ``hold_points`` points at a time (a chunk) are held, reduced and dropped, so peak
-    memory is about ``4 · K · hold_points · 8`` bytes of weights (two proposals,
-    and PSIS's float64 copies) plus one program chunk of ``particle_chunk ×
-    point_chunk`` draws (see :func:`log_importance_weights`), whatever N is.
+    IWAE bound) and K from the prior (for naive Monte Carlo). Each program call's weights
+    are reduced at once into running sums (:class:`~pyro_vae.evaluation.running.RunningWeights`),
+    so no ``[K, N]`` array is ever held: working memory is one program call plus the
+    running sums of ``hold_points`` points, sized to fit ``memory``
+    (:func:`~pyro_vae.evaluation.chunks.plan_chunks`; the plan is in the result), whatever
+    K and N are; the results add a few numbers per point.
 
     Args:
         model, guide: Pyro programs taking ``(x, *args, **kwargs)`` (see the module docstring).
         data: the points, on the device to compute on.
         num_samples: K, draws per point from each proposal.
         particle_chunk, point_chunk: draws × points per program call (see
-            :func:`log_importance_weights`).
-        hold_points: points whose K weights are held at once: a chunk, seeded on its own
+            :func:`log_importance_weights`); None: the default, shrunk to fit the budget.
+        hold_points: at most this many points are held at once: a chunk, seeded on its own
             from ``seed`` and its index (so the numbers depend on it, and on the program
             chunks, as they fix the order of the draws).
         ks: the K at which ``curve`` is read (default: log-spaced up to K).
@@ -264,6 +286,8 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
         batch: per-row extras ``{name: [N, ...]}`` (labels ``y``), sliced with ``data``.
         partial: where finished chunks are written as they are made, and read back instead
             of drawn again (``pyro-vae evaluate`` keeps them in the run folder).
+        memory: the budget (default :func:`pyro_vae.memory.memory_budget` of the device).
+        plan: the chunks, planned already (:func:`evaluation_plan`); overrides the sizes above.
     """
     check_scorable(model, data, batch)
     if partial is not None and seed is None:
@@ -271,42 +295,77 @@ def evaluate(model: Callable, guide: Callable, data: Tensor, *, num_samples: int
                          "draws from the caller's random stream, which cannot be replayed)")
     n, data_dim = data.shape[0], int(data[0].numel())
     ks = tuple(ks or k_grid(num_samples))
-    parts: list[Arrays] = []
+    plan = plan or evaluation_plan(model, guide, data, num_samples, memory, particle_chunk,
+                                   point_chunk, hold_points, ks, max_plate_nesting, args, kwargs,
+                                   batch)
+    hold, parts = plan.hold, []
     with images_bar(n, progress, "evaluate") as bar:
         # One program call of k draws on r images is k·r / 2K of the images' work.
-        chunks = _Chunks(*default_chunks(data.device, particle_chunk, point_chunk),
-                         max_plate_nesting, args, kwargs or {},
+        chunks = _Chunks(plan.particles, plan.points, max_plate_nesting, args, kwargs or {},
                          lambda draws: bar.update(draws / (2 * num_samples)))
-        for index, lo in enumerate(range(0, n, hold_points)):
+        for index, lo in enumerate(range(0, n, hold)):
             unit = f"chunk-{index:05d}"
             saved = partial.load(unit) if partial is not None else None
             if saved is None:
-                x, fields = data[lo:lo + hold_points], slice_rows(batch or {}, lo, lo + hold_points)
+                x, fields = data[lo:lo + hold], slice_rows(batch or {}, lo, lo + hold)
                 with seeded(None if seed is None else unit_seed(seed, "iwae", index), data.device):
                     saved = _chunk_estimates(model, guide, x, fields, num_samples, ks, chunks)
                 saved = partial.save(unit, saved) if partial is not None else saved
-            bar.update(min(n, lo + hold_points) - bar.n)
+            bar.update(min(n, lo + hold) - bar.n)
             parts.append(saved)
-    return _evaluation(parts, ks, num_samples, n, data_dim, summed_sites(model, guide, data, batch))
+    return _evaluation(parts, ks, num_samples, n, data_dim, summed_sites(model, guide, data, batch),
+                       plan)
+
+
+def evaluation_plan(model: Callable, guide: Callable, data: Tensor, num_samples: int,
+                    memory: MemoryBudget | None = None, particle_chunk: int | None = None,
+                    point_chunk: int | None = None, hold_points: int = 256,
+                    ks: Sequence[int] | None = None, max_plate_nesting: int = 1,
+                    args: tuple = (), kwargs: dict | None = None,
+                    batch: dict[str, Tensor] | None = None) -> ChunkPlan:
+    """The chunks of :func:`evaluate` on ``data`` that fit ``memory`` (default: the device's
+    :func:`~pyro_vae.memory.memory_budget`), the cost of one draw for one image measured
+    on a probe call of the guide and story; BudgetError (a ValueError) when even that does
+    not fit."""
+    memory = memory or memory_budget(data.device)
+    kwargs = kwargs or {}
+
+    def call(k: int, r: int) -> tuple[poutine.Trace, poutine.Trace | None]:
+        traces = particle_traces(model, guide, data[:r], k, max_plate_nesting, args,
+                                 {**kwargs, **slice_rows(batch or {}, 0, r)},
+                                 enumerate_discrete=True)
+        for trace in traces:
+            if trace is not None:
+                trace.compute_log_prob()
+        return traces
+
+    ks = tuple(ks or k_grid(num_samples))
+    held = sum(point_bytes(num_samples, len(ks), tail) for tail in (True, False))
+    particles, points = default_chunks(data.device)
+    return plan_chunks(probe_cell_bytes(call, points=min(2, len(data))), held, memory,
+                       (particle_chunk or particles, particle_chunk is not None),
+                       (point_chunk or points, point_chunk is not None), hold_points)
 
 
 def _chunk_estimates(model: Callable, guide: Callable, x: Tensor, batch: dict[str, Tensor],
                      num_samples: int, ks: tuple[int, ...], chunks: _Chunks) -> Arrays:
     """One chunk of points ``x`` ``[n, ...]``: each estimate per point ``[n]`` (at K and at each
     of ``ks``: ``<name>_at_k`` ``[len(ks), n]``), the PSIS ``khat`` and ``ess`` ``[n]``, and the
-    ``seconds`` it took."""
+    ``seconds`` it took; the weights are reduced as they are drawn."""
     start = time.perf_counter()
-    weights = [_weights(model, q, x, batch, num_samples, chunks) for q in (guide, None)]
-    out = {name: value for name, value in estimates_at(*weights, num_samples).items()}
-    curve = [estimates_at(*weights, k) for k in ks]
-    out |= {f"{name}_at_k": torch.stack([c[name] for c in curve]) for name in ESTIMATORS}
-    psis = psis_diagnostics(weights[0])
-    out |= {"khat": psis.khat, "ess": psis.ess, "seconds": time.perf_counter() - start}
+    guided, prior = (RunningWeights(len(x), num_samples, ks, tail, x.device) for tail in (True, False))
+    _feed(model, guide, x, batch, num_samples, chunks, guided.add)
+    _feed(model, None, x, batch, num_samples, chunks, prior.add)
+    (iwae_at, elbo_at), (prior_at, _) = guided.curve(), prior.curve()
+    khat, ess = guided.psis()
+    out = {"prior_mc": prior.log_mean_exp(), "elbo": guided.mean, "iwae": guided.log_mean_exp(),
+           "prior_mc_at_k": prior_at, "elbo_at_k": elbo_at, "iwae_at_k": iwae_at,
+           "khat": khat, "ess": ess, "seconds": time.perf_counter() - start}
     return as_arrays(out)
 
 
 def _evaluation(parts: list[Arrays], ks: tuple[int, ...], num_samples: int, n: int, data_dim: int,
-                summed: tuple[str, ...]) -> Evaluation:
+                summed: tuple[str, ...], plan: ChunkPlan | None = None) -> Evaluation:
     """The :class:`Evaluation` of all chunks' arrays (see :func:`_chunk_estimates`)."""
     def joined(name: str, dim: int = 0) -> Tensor:
         return torch.cat([torch.as_tensor(p[name]) for p in parts], dim=dim)
@@ -316,7 +375,8 @@ def _evaluation(parts: list[Arrays], ks: tuple[int, ...], num_samples: int, n: i
     at_k = {name: [torch.as_tensor(p[f"{name}_at_k"]) for p in parts] for name in ESTIMATORS}
     return Evaluation(*(Estimate.of(name, joined(name), data_dim) for name in ESTIMATORS), psis,
                       curve_of(ks, at_k), num_samples, n, data_dim,
-                      float(sum(float(p["seconds"]) for p in parts)), summed)
+                      float(sum(float(p["seconds"]) for p in parts)), summed,
+                      None if plan is None else plan.summary())
 
 
 BINARIZE_FIRST = ("binarize first, as fit and pyro-vae evaluate do: data.eval_split('test') "
