@@ -69,5 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = one_line_fallbacks(warnings.showwarning)
             return int(args.handler(args) or 0)
     except UserError as err:
-        print(f"pyro-vae {args.command}: error: {err}", file=sys.stderr)
+        # One line: a library's message may append more (Pyro adds a table of trace shapes).
+        from pyro_vae.stories import first_sentence
+
+        print(f"pyro-vae {args.command}: error: {first_sentence(str(err)) or 'failed'}",
+              file=sys.stderr)
         return err.code if err.code is not None else EXIT_USAGE

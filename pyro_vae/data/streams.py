@@ -145,7 +145,12 @@ def _decode(path: Path) -> Tensor:
 
     with warnings.catch_warnings():  # torchvision's notice of a future move to torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_image(read_file(str(path)), ImageReadMode.UNCHANGED)
+        try:
+            return decode_image(read_file(str(path)), ImageReadMode.UNCHANGED)
+        except RuntimeError as err:  # empty, truncated or not an image: torchvision's C++ says
+            parts = str(err).splitlines()[0].split(", ") if str(err) else ["unreadable"]
+            reason = parts[0] if len(parts) == 1 else f"{parts[0]}: {parts[-1]}"
+            raise DataError(f"{path} cannot be read as an image ({reason})") from None
 
 
 class FolderRows:

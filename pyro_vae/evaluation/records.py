@@ -67,6 +67,10 @@ def read_evaluations(path: Path) -> dict[str, Any]:
         return {"entries": {}, "latest": {}}
     except ValueError as err:
         raise ValueError(f"{path} is not JSON ({err}); move it away to record new entries") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries", {}), dict) \
+            or not isinstance(doc.get("latest", {}), dict):
+        raise ValueError(f"{path} is not an evaluation.json (a JSON object with 'entries' and "
+                         f"'latest' objects); move it away to record new entries")
     if "entries" in doc:
         return {"entries": dict(doc["entries"]), "latest": dict(doc.get("latest", {}))}
     return _migrate(doc)

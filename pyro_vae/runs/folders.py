@@ -86,7 +86,7 @@ from pyro_vae.stories import (
     story_is_binary,
 )
 from pyro_vae.traces import latent_sites, slice_rows
-from pyro_vae.validation import check_image_shape, check_label_range
+from pyro_vae.validation import check_image_shape, check_label_range, check_labels
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
 
@@ -159,6 +159,8 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None,
     raw = _raw_images(cfg)
     shape = tuple(raw.train_x.shape[1:])
     dim = int(np.prod(shape))
+    if raw.train_y is not None:  # before two of them are read to run the story once
+        check_labels(raw.train_y, len(raw.train_x), f"{raw.source} labels")
     labels = {} if raw.train_y is None else {"y": torch.as_tensor(raw.train_y[:2]).long()}
     if not cfg.story.model:
         vae, guide = build_vae(cfg.model, dim, seed=seed, image_shape=shape)

@@ -118,6 +118,8 @@ def build_story_guide(cfg: RunConfig, folder: Path | None, model: Program, data:
     ``story`` (``own``, the guide a shipped story comes with) or the guide file's object,
     built on rows of the training data. A guide file in a run ``folder`` is checked as
     :func:`build_story` checks the story's."""
+    # Two numbers of rows: a shape error hides where the rows happen to match another size.
+    check_story(model, data.train.x[:7], slice_rows(data.train.fields(), 0, 7), model.name)
     x, batch = data.train.x[:8], slice_rows(data.train.fields(), 0, 8)
     check_story(model, x, batch, model.name)
     if cfg.story.guide == "story":

@@ -27,9 +27,12 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+import pyro
+import torch
 from pyro import poutine
 from torch import Tensor, nn
 
+from pyro_vae.programs import cuda_devices
 from pyro_vae.traces import (
     check_local,
     describe_latent,
@@ -212,19 +215,45 @@ def check_model_args(args: dict[str, Any], takers: dict[str, set[str] | None]) -
                      + (f" (did you mean {near[0]}?)" if near else ""))
 
 
+def first_sentence(text: str) -> str:
+    """The message without what Pyro appends (a table of trace shapes): its first line, and
+    the next where the first only introduces it (``Error while computing log_prob at site
+    'x':``)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+def check_image_shape_of(trace: poutine.Trace, name: str, x: Tensor) -> None:
+    """The distribution scoring x must have x's shape: one that broadcasts against it (more
+    values per row, or fewer) scores a number, but draws images of another shape."""
+    fn = trace.nodes[name]["fn"]
+    shape = tuple(getattr(fn, "batch_shape", ())) + tuple(getattr(fn, "event_shape", ()))
+    if shape != tuple(x.shape):
+        raise ValueError(f"site {name!r} scores x of shape {list(x.shape)} with a distribution "
+                         f"of shape {list(shape)} (batch {list(fn.batch_shape)}, event "
+                         f"{list(fn.event_shape)}); it must have x's shape, one value per pixel")
+
+
 def check_story(model: Callable, x: Tensor, batch: dict[str, Tensor], source: str
                 ) -> poutine.Trace:
-    """Trace the story once on rows ``x``: it must score x at an observed site and keep every
-    latent local to ``pyro.plate("data", N)``. Returns the trace."""
+    """Trace the story once on rows ``x`` and score the trace (every site's log-density, so
+    that a distribution whose shape or support does not fit its value is refused here, not in
+    the fit's first step): it must score x at an observed site and keep every latent local to
+    ``pyro.plate("data", N)``. Returns the trace."""
     try:
         trace = trace_program(model, x, batch)
+        # Scored once more for the shapes alone, unvalidated (the rows may be grey levels that
+        # a fit binarizes batch by batch), the caller's random state left as it was.
+        with torch.random.fork_rng(devices=cuda_devices(x)), pyro.validation_enabled(False):
+            trace_program(model, x, batch).compute_log_prob()
     except Exception as err:  # noqa: BLE001
-        # Pyro appends a table of trace shapes to the message: keep its first line.
-        message = str(err).splitlines()[0] if str(err) else ""
+        message = first_sentence(str(err))
         raise StoryError(f"{_where(Path(source.split(':')[0]), err)}: running the story on "
                          f"{len(x)} rows failed: {type(err).__name__}: {message}") from None
     try:
-        image_site(trace, x)
+        check_image_shape_of(trace, image_site(trace, x), x)
         for name, site in trace.nodes.items():
             if is_enumerated(site):  # summed out: it need only be local
                 check_local(name, site, len(x), who="pyro-vae")
