@@ -72,7 +72,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and guide")
     g.add_argument("--latent-dim", type=positive_int, default=M.latent_dim, help="dimension of z")
     g.add_argument("--hidden", type=int_list, default=M.hidden_sizes,
-                   help="encoder hidden sizes, comma-separated; the MLP decoder mirrors them unless --decoder-mlp-hidden sets its own")
+                   help="encoder hidden sizes, comma-separated; the MLP decoder mirrors them "
+                        "unless --decoder-mlp-hidden sets its own")
     g.add_argument("--activation", type=choice_of(ACTIVATIONS), default=M.activation,
                    help=f"hidden nonlinearity: {', '.join(ACTIVATIONS)}")
     g.add_argument("--likelihood", type=choice_of(LIKELIHOODS), default=M.likelihood,
