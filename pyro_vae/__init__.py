@@ -25,7 +25,8 @@ from typing import Any
 
 # Where each public name is defined: a wing's face or a foundation module.
 _SOURCES: dict[str, tuple[str, ...]] = {
-    "pyro_vae.config": ("DataConfig", "ModelConfig", "RunConfig", "StoryConfig", "TrainConfig"),
+    "pyro_vae.config": ("DataConfig", "ModelConfig", "RunConfig", "StoryConfig", "TrackConfig",
+                        "TrainConfig"),
     "pyro_vae.registry": ("Registry", "UnknownNameError"),
     "pyro_vae.validation": ("DataError",),
     "pyro_vae.files": ("DiskFullError",),
@@ -44,8 +45,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
                             "plot_k_curve", "plot_khat", "psis_diagnostics", "scored_splits"),
     "pyro_vae.diagnostics": ("DiagnoseConfig", "Diagnostics", "diagnose", "verdicts",
                              "write_diagnostics"),
-    "pyro_vae.runs": ("CHECKPOINT", "CONFIG", "METRICS", "CheckpointError", "Comparison",
-                      "LoadedRun", "RunLockedError", "TrainResult", "compare_runs",
+    "pyro_vae.runs": ("CHECKPOINT", "CONFIG", "LOGGERS", "METRICS", "CheckpointError",
+                      "Comparison", "LoadedRun", "RunLockedError", "TrainResult", "compare_runs",
                       "load_checkpoint", "load_or_train", "load_run", "resume_run",
                       "save_checkpoint", "train_run", "write_comparison"),
 }

@@ -32,13 +32,20 @@ from pyro_vae.cli.common import (
     user_errors,
 )
 from pyro_vae.cli.options import add_option_arguments, options_from_args
-from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
+from pyro_vae.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    StoryConfig,
+    TrackConfig,
+    TrainConfig,
+)
 from pyro_vae.data import BINARIZE_MODES, DATASETS, STREAM_MODES
 from pyro_vae.files import DiskFullError
 from pyro_vae.guides import ENCODERS, GUIDES
 from pyro_vae.infer import INITS, OBJECTIVES, PRECISIONS, SCHEDULES, TRAIN_PARTS
 from pyro_vae.models import ACTIVATIONS, DECODERS, LIKELIHOODS, PRIORS
-from pyro_vae.runs import TrainResult, resume_run, train_run
+from pyro_vae.runs import LOGGERS, TrainResult, resume_run, train_run
 from pyro_vae.state import DivergenceError
 from pyro_vae.stories import STORIES, default_objective, is_named, parse_arg, parse_spec
 
@@ -174,7 +181,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the run in this folder from its checkpoint")
     add_trust_argument(g)  # with --resume
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_tracking_arguments(p)
     p.set_defaults(actions=p._actions)  # --resume checks which of them were given
+
+
+def add_tracking_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("experiment tracking (docs/tracking.md)")
+    g.add_argument("--log", action="append", default=[], type=choice_of(LOGGERS), metavar="NAME",
+                   help=f"also send each epoch's metrics.jsonl line, the figures and the config "
+                        f"to a tracker: {', '.join(LOGGERS)} (repeatable; tensorboard and "
+                        f"mlflow need pip install -e \".[track]\"); kept in config.json, so "
+                        f"--resume continues the same tracker runs (and may add one)")
+    g.add_argument("--mlflow-uri", default=None, metavar="URI",
+                   help="the MLflow tracking URI for --log mlflow (default: the file store "
+                        "RUN/mlruns)")
 
 
 def story_from_args(args: argparse.Namespace) -> StoryConfig:
@@ -226,12 +246,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                         precision=args.precision, **fit_chosen, options=fit_options,
                         adam_betas=tuple(args.adam_betas), adam_eps=args.adam_eps,
                         labelled_every=args.labelled_every)
-    return RunConfig(model=model, data=data, train=train, story=story)
+    track = TrackConfig(loggers=tuple(dict.fromkeys(args.log)), mlflow_uri=args.mlflow_uri or "")
+    return RunConfig(model=model, data=data, train=train, story=story, track=track)
 
 
 # Flags that --resume accepts besides the run: where and how it runs, not what it fits.
 RESUME_FLAGS = {"resume", "epochs", "lr", "clip_norm", "early_stopping", "device", "no_progress",
-                "trust_story"}
+                "trust_story", "log", "mlflow_uri"}
 
 
 def given_flags(parser_actions, argv: list[str]) -> set[str]:
@@ -252,7 +273,8 @@ def resume_changes(args: argparse.Namespace, given: set[str]) -> dict:
         flag = next(a.option_strings[0] for a in args.actions if a.dest == refused[0])
         raise UserError(f"{flag} cannot change when a run is resumed: the run keeps the data, "
                         f"model and objective it was trained with; --resume takes --epochs, "
-                        f"--lr, --clip-norm, --early-stopping, --device and --trust-story")
+                        f"--lr, --clip-norm, --early-stopping, --device, --trust-story, --log "
+                        f"and --mlflow-uri")
     return {k: getattr(args, k) for k in ("lr", "clip_norm", "early_stopping", "device")
             if k in given}
 
@@ -336,7 +358,8 @@ def _run(args: argparse.Namespace) -> int:
                 changes = resume_changes(args, given_flags(args.actions, args.argv))
                 result = resume_run(args.resume, args.epochs, changes=changes,
                                     progress=not args.no_progress, stop=stop,
-                                    trust_story=args.trust_story)
+                                    trust_story=args.trust_story, loggers=args.log,
+                                    mlflow_uri=args.mlflow_uri)
             else:
                 if args.trust_story:
                     raise UserError("--trust-story is for --resume RUN: a story file named by "

@@ -6,6 +6,7 @@
     runs/<name>/metrics.jsonl            one line per epoch
     runs/<name>/checkpoint.safetensors   parameters, optimizer and fit state
     runs/<name>/*.png                    figures
+    runs/<name>/tracking.json            the experiment trackers' state (train --log)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +70,7 @@ from pyro_vae.runs.records import (
     write_figures,
     write_summary,
 )
+from pyro_vae.runs.tracking import check_loggers, tracking, with_loggers
 from pyro_vae.state import EpochRecord, TrainState
 from pyro_vae.stories import (
     STORIES,
@@ -210,10 +212,12 @@ def _check_story_data(model: Program, raw: RawImages) -> None:
                                   f"{raw.source} {what}")
 
 
-def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = None) -> Callable:
+def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = None,
+                        then: Callable[[dict], None] | None = None) -> Callable:
     """After each epoch: append the epoch to metrics.jsonl (with ``extra(session)``'s
     figures, e.g. a classifier's accuracy) and rewrite the checkpoint; at a new best
-    validation ELBO, first ``best.safetensors``."""
+    validation ELBO, first ``best.safetensors``; then hand the same line to ``then`` (the
+    experiment trackers), which so never see an epoch the checkpoint lacks."""
 
     def write(session: FitSession, state: TrainState, record: EpochRecord) -> None:
         line = dataclasses.asdict(record) | (extra(session) if extra else {})
@@ -224,6 +228,8 @@ def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = Non
             if is_new_best(state, record):
                 save_best(path, session.modules(), state, {"config": run_config_to_dict(cfg)})
             save_state(path, session.modules(), session.optimizer, state, cfg)
+        if then is not None:
+            then(line)
 
     return write
 
@@ -235,30 +241,34 @@ def save_state(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer,
 
 def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn.Module,
              checkpoint=None, progress: bool = True, stop=None) -> TrainResult:
-    writer = distributed.current().writer  # rank 0 alone writes the folder
     before = checkpoint.state.epoch if checkpoint else 0
-    result = fit(model, guide, data, cfg.train,
-                 state=checkpoint.state if checkpoint else None,
-                 optimizer_state=checkpoint.optimizer if checkpoint else None,
-                 callbacks=[checkpoint_callback(path, cfg, epoch_metrics(model, cfg.train.seed))]
-                 if writer else [], stop=stop,
-                 progress=progress)
-    if not writer:
-        return TrainResult(path, result, [], before)
-    save_state(path, nn.ModuleDict({"model": model, "guide": guide}), result.optimizer,
-               result.state, cfg)
-    write_summary(path, result)
-    pictures: list[Path] = []
-    if not result.interrupted:
-        pictures = write_figures(path, result.model, result.guide, data.to(result.model.device),
-                                 result.history, cfg.train.seed, cfg.story.map_site)
+    fit_from = dict(state=checkpoint.state if checkpoint else None,
+                    optimizer_state=checkpoint.optimizer if checkpoint else None,
+                    stop=stop, progress=progress)
+    if not distributed.current().writer:  # rank 0 alone writes the folder
+        return TrainResult(path, fit(model, guide, data, cfg.train, **fit_from), [], before)
+    with tracking(path, cfg, path / METRICS) as tracker:
+        done = checkpoint_callback(path, cfg, epoch_metrics(model, cfg.train.seed), tracker.epoch)
+        result = fit(model, guide, data, cfg.train, callbacks=[done], **fit_from)
+        save_state(path, nn.ModuleDict({"model": model, "guide": guide}), result.optimizer,
+                   result.state, cfg)
+        write_summary(path, result)
+        pictures: list[Path] = []
+        if not result.interrupted:
+            pictures = write_figures(path, result.model, result.guide,
+                                     data.to(result.model.device), result.history,
+                                     cfg.train.seed, cfg.story.map_site)
+        tracker.finish(pictures, len(result.history), result.interrupted)
     return TrainResult(path, result, pictures, before)
 
 
 def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None, *,
-              progress: bool = True, stop=None) -> TrainResult:
-    """Load the data, build the model, fit it, and fill a new run folder ``out/name``."""
+              progress: bool = True, stop=None, loggers: Sequence[str] = ()) -> TrainResult:
+    """Load the data, build the model, fit it, and fill a new run folder ``out/name``;
+    ``loggers`` (names in ``LOGGERS``) are added to ``cfg.track``'s experiment trackers."""
     # Every setting is checked before the folder exists, so a mistake leaves nothing behind.
+    cfg = dataclasses.replace(cfg, track=with_loggers(cfg.track, loggers))
+    check_loggers(cfg.track)
     check_train_config(cfg.train)
     resolve_device(cfg.train.device)
     build_objective(cfg.train)
@@ -361,20 +371,27 @@ RESUMABLE = ("epochs", "lr", "clip_norm", "early_stopping", "device", "val_every
 
 
 def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = None,
-               progress: bool = True, stop=None, trust_story: bool = False) -> TrainResult:
+               progress: bool = True, stop=None, trust_story: bool = False,
+               loggers: Sequence[str] = (), mlflow_uri: str | None = None) -> TrainResult:
     """Continue the run in ``path`` from its checkpoint, optionally with a new total of
     ``epochs`` and new values of the :data:`RESUMABLE` training settings in ``changes``
     (applied and recorded in config.json), holding the folder's writer lock. A story file
-    that ``train`` did not write for this user is refused unless ``trust_story``."""
+    that ``train`` did not write for this user is refused unless ``trust_story``. The run's
+    experiment trackers continue their runs; ``loggers`` adds more (and ``mlflow_uri`` says
+    where a new mlflow logger writes), recorded in config.json."""
     path = Path(path)
     world = distributed.current()
     with distributed.on_writer(world, lambda: writer_lock(path, take=path.is_dir())):
-        return _resume(path, epochs, changes, progress, stop, trust_story)
+        return _resume(path, epochs, changes, progress, stop, trust_story,
+                       (tuple(loggers), mlflow_uri))
 
 
 def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool,
-            stop, trust: bool) -> TrainResult:
+            stop, trust: bool, track: tuple[tuple[str, ...], str | None] = ((), None)
+            ) -> TrainResult:
     cfg = load_run_config(path / CONFIG, migrate_model_config)
+    tracked = with_loggers(cfg.track, *track)
+    check_loggers(tracked)
     changes = dict(changes or {})
     if epochs is not None:
         changes["epochs"] = epochs
@@ -384,6 +401,7 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
                          f"different model or data); settings that may change: "
                          f"{', '.join(RESUMABLE)}")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+    changed, cfg = bool(changes) or tracked != cfg.track, dataclasses.replace(cfg, track=tracked)
     check_train_config(cfg.train)
     said: list[str] = []
     cfg = dataclasses.replace(cfg, data=resolve_stream(cfg.data, said.append))
@@ -399,7 +417,7 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
         said.append(move_stale(path, ckpt.state.epoch) or "")
     _say(*filter(None, said))
     # Only a checkpoint that loaded may change the folder's files; rank 0 alone writes them.
-    if changes and world.writer:
+    if changed and world.writer:
         save_run_config(cfg, path / CONFIG)
     # The checkpoint is the truth: metrics.jsonl is rewritten to match it.
     if world.writer:
