@@ -100,12 +100,16 @@ class Tracker:
     def epoch(self, line: dict[str, Any]) -> None:
         """After an epoch's line and checkpoint are written: the line to every logger that
         lacks its epoch, then ``tracking.json``."""
+        self.send(line)
+        self.save()
+
+    def send(self, line: dict[str, Any]) -> None:
+        """One metrics.jsonl line to every logger that lacks its epoch."""
         epoch, values = int(line["epoch"]), scalars(line)
         for name, logger in self.loggers.items():
             if epoch > self.held[name]["epoch"]:
                 logger.scalars(epoch, values)
                 self.held[name]["epoch"] = epoch
-        self.save()
 
     def finish(self, figures: Sequence[Path], epoch: int, interrupted: bool) -> None:
         """The run's figures at step ``epoch`` (to each logger that has not had them there),
@@ -172,8 +176,8 @@ def open_tracker(folder: Path, cfg: RunConfig, metrics: Path) -> Tracker:
             loggers[name] = LOGGERS.lookup(name)(folder, cfg.track, entry, held[name]["epoch"])
             if entry is None:
                 loggers[name].hyperparameters(settings)
-        for line in lines:
-            tracker.epoch(line)
+        for line in lines:  # what a logger lacks, e.g. every epoch for one added now
+            tracker.send(line)
         tracker.save()
     except BaseException:
         tracker.close()

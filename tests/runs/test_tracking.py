@@ -154,3 +154,11 @@ def test_mlflow_uri_is_refused_without_mlflow_and_kept_on_resume(tracked, tmp_pa
                         capsys)
     assert code == 2 and "continues it there" in err, err
     assert ((run / CONFIG).read_text(), os.listdir(run)) == before
+
+
+def test_config_json_loggers_are_a_list_of_names():
+    from pyro_vae.config import TrackConfig, run_config_from_dict
+
+    assert run_config_from_dict({"track": {"loggers": ["csv"]}}).track == TrackConfig(("csv",))
+    with pytest.raises(ValueError, match=r"config.track.loggers: expected a list of strings"):
+        run_config_from_dict({"track": {"loggers": ["csv", 1]}})
