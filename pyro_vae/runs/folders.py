@@ -40,7 +40,6 @@ from pyro_vae.data import (
     split_or_stream,
 )
 from pyro_vae.evaluation import (
-    epoch_metrics,
     keep_labels,
     label_probs,
     label_site,
@@ -60,6 +59,7 @@ from pyro_vae.infer import (
 from pyro_vae.programs import Program, as_program, check_fields, seeded
 from pyro_vae.runs.checkpoint import load_checkpoint, load_modules, save_checkpoint
 from pyro_vae.runs.enumeration import choose_objective
+from pyro_vae.runs.latents import epoch_extras
 from pyro_vae.runs.lock import writer_lock
 from pyro_vae.runs.records import (
     WHICH,
@@ -214,13 +214,13 @@ def _check_story_data(model: Program, raw: RawImages) -> None:
 
 def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = None,
                         then: Callable[[dict], None] | None = None) -> Callable:
-    """After each epoch: append the epoch to metrics.jsonl (with ``extra(session)``'s
+    """After each epoch: append the epoch to metrics.jsonl (with ``extra(session, record)``'s
     figures, e.g. a classifier's accuracy) and rewrite the checkpoint; at a new best
     validation ELBO, first ``best.safetensors``; then hand the same line to ``then`` (the
     experiment trackers), which so never see an epoch the checkpoint lacks."""
 
     def write(session: FitSession, state: TrainState, record: EpochRecord) -> None:
-        line = dataclasses.asdict(record) | (extra(session) if extra else {})
+        line = dataclasses.asdict(record) | (extra(session, record) if extra else {})
         # The epoch's line stays in metrics.jsonl only if its checkpoint was written (a
         # full disk leaves both at the previous epoch); fit captured the RNG states. The best
         # goes first: a resume from the previous checkpoint finds this epoch best again.
@@ -248,7 +248,7 @@ def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn
     if not distributed.current().writer:  # rank 0 alone writes the folder
         return TrainResult(path, fit(model, guide, data, cfg.train, **fit_from), [], before)
     with tracking(path, cfg, path / METRICS) as tracker:
-        done = checkpoint_callback(path, cfg, epoch_metrics(model, cfg.train.seed), tracker.epoch)
+        done = checkpoint_callback(path, cfg, epoch_extras(model, cfg), tracker.epoch)
         result = fit(model, guide, data, cfg.train, callbacks=[done], **fit_from)
         save_state(path, nn.ModuleDict({"model": model, "guide": guide}), result.optimizer,
                    result.state, cfg)

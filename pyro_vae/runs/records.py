@@ -30,15 +30,15 @@ WHICH = {"last": "checkpoint.safetensors", "best": BEST}
 """The checkpoints a run folder may hold, by the name ``--checkpoint`` gives them."""
 
 STALE = "stale"
-# The files evaluate, diagnose and sample write beside the checkpoint they scored, and the
-# JSON of each that records the epoch it was for.
+# The files evaluate, diagnose and sample write beside the checkpoint they scored (names or
+# glob patterns), and the JSON of each that records the epoch it was for.
 SCORES = {"evaluation": ("evaluation.json", ("evaluation.json", "evaluation_k_curve.png",
                                              "evaluation_khat.png")),
           "diagnose": ("diagnostics.json", ("diagnostics.json", "diagnostics.nc",
                                             "diagnostics.html", "diagnose_gaps.png",
                                             "diagnose_collapse.png", "diagnose_pixel_maps.png",
                                             "diagnose_loglik.png", "diagnose_pairs.png",
-                                            "classifier.json")),
+                                            "diagnose_discrete_*.png", "classifier.json")),
           "sample": ("", ("samples.png",))}
 
 
@@ -80,7 +80,7 @@ def move_stale(folder: Path, epoch: int) -> str | None:
     folder = Path(folder)
     moved: dict[str, list[str]] = {}
     for record, names in SCORES.values():
-        present = [n for n in names if (folder / n).is_file()]
+        present = sorted({p.name for n in names for p in folder.glob(n) if p.is_file()})
         if not present:
             continue
         found = _recorded_epoch(folder / record) if record else None
