@@ -14,7 +14,6 @@ table with the export times).
 
 from __future__ import annotations
 
-import importlib.util
 import textwrap
 from pathlib import Path
 
@@ -35,19 +34,12 @@ from pyro_vae.models import DECODERS, LIKELIHOODS
 from pyro_vae.programs import as_program
 from pyro_vae.stories import load_object
 
+from support import load_benchmark
+
 D = 64
 
 
-def _benchmark():
-    """``benchmarks/export_agreement.py``, whose cases these are (one definition)."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "export_agreement.py"
-    spec = importlib.util.spec_from_file_location("export_agreement", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-BENCH = _benchmark()
+BENCH = load_benchmark("export_agreement")  # its cases are these (one definition)
 CASES = BENCH.cases()
 
 
