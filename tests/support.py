@@ -68,6 +68,17 @@ def train_tiny(out: Path, name: str, *args: str) -> Path:
     return Path(out) / name
 
 
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def flipped_digits(path: Path) -> Path:
     """The digits with black and white swapped, as an .npz file: other data of the same size."""
     import numpy as np

@@ -25,6 +25,10 @@ HELP: dict[str, str] = {
                  "left off"),
     "compare": ("compare run folders in one table: story, parts, the settings that differ, "
                 "ELBOs, log p(x) estimates, gaps; their validation-ELBO curves in one figure"),
+    "export": ("write a fitted run's decoder (latents → the likelihood's parameters and mean "
+               "image) and encoder (x → the guide's parameters) as ONNX or torch.export (pt2) "
+               "files with a dynamic batch axis and model_card.json; --check compares them "
+               "with PyTorch"),
 }
 """Each subcommand's one-line help, in the order ``pyro-vae --help`` lists them. It is read
 without importing the command's module, which loads torch and the wings the command runs on."""
