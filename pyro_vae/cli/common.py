@@ -25,6 +25,9 @@ HELP: dict[str, str] = {
                  "left off"),
     "compare": ("compare run folders in one table: story, parts, the settings that differ, "
                 "ELBOs, log p(x) estimates, gaps; their validation-ELBO curves in one figure"),
+    "explore": ("write the run's explorer.html (train writes it too): move through the latent "
+                "map and watch the decoder's mean image, fresh draws and log p(x | z) follow, "
+                "in a self-contained page"),
 }
 """Each subcommand's one-line help, in the order ``pyro-vae --help`` lists them. It is read
 without importing the command's module, which loads torch and the wings the command runs on."""
