@@ -76,6 +76,7 @@ def write_explorer(model, guide, data, path: Path, *, site: str | None = None, s
         spec = explorer_spec(model, guide, x, fields, labels, tuple(data.image_shape), site)
     spec["caption"] = caption
     html = render(spec).encode()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(path), html)
     return ExplorerPage(Path(path), site, spec["decoder"]["mode"], spec["decoder"]["resolution"],
                         len(html))
