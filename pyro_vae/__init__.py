@@ -1,8 +1,9 @@
 """pyro-vae: variational autoencoders written as generative stories in Pyro.
 
 The public surface: configure, load data, build a story and its guide, fit, evaluate
-log p(x), diagnose, work with run folders and export their networks. The engine is seven
-wings over a flat foundation (``programs``, ``traces``, ``config``, ``pixels``, ``files``, ...):
+log p(x), diagnose, work with run folders, export their networks and explore their latent
+spaces. The engine is nine wings over a flat foundation (``programs``, ``traces``,
+``config``, ``pixels``, ``files``, ...):
 
 .. code-block:: text
 
@@ -13,6 +14,7 @@ wings over a flat foundation (``programs``, ``traces``, ``config``, ``pixels``, 
     pyro_vae.diagnostics  NUTS against the guide, gaps, collapse, predictive checks
     pyro_vae.runs         run folders, checkpoints, the writer lock, comparing runs
     pyro_vae.export       a run's decoder and encoder as torch.export or ONNX files
+    pyro_vae.explore      explorer.html: the latent space in a page, the decoder live
 
 The parts live in ``pyro_vae.models`` (the generative side) and ``pyro_vae.guides`` (the
 inference side). Every name below is imported on first use, so ``import pyro_vae`` (and
@@ -46,6 +48,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
                             "plot_k_curve", "plot_khat", "psis_diagnostics", "scored_splits"),
     "pyro_vae.diagnostics": ("DiagnoseConfig", "Diagnostics", "diagnose", "verdicts",
                              "write_diagnostics"),
+    "pyro_vae.explore": ("ExplorerPage", "write_explorer"),
     "pyro_vae.runs": ("CHECKPOINT", "CONFIG", "LOGGERS", "METRICS", "CheckpointError",
                       "Comparison", "LoadedRun", "RunLockedError", "TrainResult", "compare_runs",
                       "load_checkpoint", "load_or_train", "load_run", "resume_run",
@@ -53,7 +56,8 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "pyro_vae.export": ("ExportError", "export_run"),
 }
 _WHERE = {name: module for module, names in _SOURCES.items() for name in names}
-_WINGS = ("data", "stories", "infer", "evaluation", "diagnostics", "runs", "export", "models",
+_WINGS = ("data", "stories", "infer", "evaluation", "diagnostics", "runs", "export", "explore",
+          "models",
           "guides", "cli", "figures", "predictive")
 
 __all__ = sorted(_WHERE) + list(_WINGS)

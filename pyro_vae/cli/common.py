@@ -29,6 +29,9 @@ HELP: dict[str, str] = {
                "image) and encoder (x → the guide's parameters) as ONNX or torch.export (pt2) "
                "files with a dynamic batch axis and model_card.json; --check compares them "
                "with PyTorch"),
+    "explore": ("write the run's explorer.html (train writes it too): move through the latent "
+                "map and watch the decoder's mean image, fresh draws and log p(x | z) follow, "
+                "in a self-contained page"),
 }
 """Each subcommand's one-line help, in the order ``pyro-vae --help`` lists them. It is read
 without importing the command's module, which loads torch and the wings the command runs on."""

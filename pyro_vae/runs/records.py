@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from torch import nn
@@ -19,6 +20,7 @@ from torch import nn
 from pyro_vae import figures
 from pyro_vae.data import Data
 from pyro_vae.evaluation import classifier_figures
+from pyro_vae.explore import EXPLORER_FILE, NoRealLatentError, real_sites, write_explorer
 from pyro_vae.infer import FitResult
 from pyro_vae.programs import seeded
 from pyro_vae.runs.checkpoint import Checkpoint, save_checkpoint
@@ -120,7 +122,8 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
     """The run's PNGs: ELBO curves, reconstructions, prior samples, the latent map of the
     guide's first latent site (or ``map_site``), the manifold when the story's only latent is
     2-D and real, and whatever the story's own ``figures(guide, x, batch, image_shape,
-    folder)`` method draws, if it has one."""
+    folder)`` method draws, if it has one; then ``explorer.html`` of the same site (of the
+    first real-valued one if that is not), or a line on stderr saying why there is none."""
     x_test, batch = data.eval_split("test", seed=seed), data.test.fields()
     shape = data.image_shape
     with seeded(seed):
@@ -140,7 +143,22 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
         if callable(own):
             out += list(own(guide, x_test, batch, shape, path))
         out += classifier_figures(model, guide, data, seed, path)
-    return out
+    return out + explorer(path, model, guide, data, seed, map_site, len(history))
+
+
+def explorer(path: Path, model: nn.Module, guide: nn.Module, data: Data, seed: int,
+             map_site: str | None, epochs: int) -> list[Path]:
+    """``explorer.html`` in the run folder, or a note on stderr where the story has no
+    real-valued latent site."""
+    x, fields = data.eval_split("test", seed=seed)[:2], slice_rows(data.test.fields(), 0, 2)
+    site = map_site if map_site and map_site in real_sites(model, x, fields) else None
+    try:
+        page = write_explorer(model, guide, data, path / EXPLORER_FILE, site=site, seed=seed,
+                              caption=f"{path} · epoch {epochs} · {data.source}")
+    except NoRealLatentError as err:
+        print(f"note: {err}", file=sys.stderr)
+        return []
+    return [page.path]
 
 
 def _labels(split, n: int):
