@@ -113,7 +113,8 @@ class Tracker:
 
     def finish(self, figures: Sequence[Path], epoch: int, interrupted: bool) -> None:
         """The run's figures at step ``epoch`` (to each logger that has not had them there),
-        and how the fit ended."""
+        and how the fit ended; only the PNGs are images (explorer.html is a page)."""
+        figures = [f for f in figures if Path(f).suffix == ".png"]
         for name, logger in self.loggers.items():
             if figures and self.held[name].get("figures") != epoch:
                 logger.images(epoch, figures)
