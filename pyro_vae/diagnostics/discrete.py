@@ -29,7 +29,13 @@ from pyro.infer import TraceEnum_ELBO
 from torch import Tensor
 
 from pyro_vae.programs import Batch
-from pyro_vae.traces import is_enumerated, is_latent, slice_rows, trace_program
+from pyro_vae.traces import (
+    is_enumerated,
+    is_latent,
+    slice_rows,
+    support_probs,
+    trace_program,
+)
 
 ROWS = 2048
 """Images per program call."""
@@ -97,16 +103,10 @@ def discrete_sites(model: Callable, guide: Callable, x: Tensor, batch: Batch) ->
     return found
 
 
-def _table(fn) -> Tensor:
-    """A discrete distribution's probabilities ``[N, K]`` over its support, batch ``[N]``."""
-    values = fn.enumerate_support(expand=False)  # [K, 1, ...]
-    return fn.log_prob(values).exp().transpose(0, 1)
-
-
 @torch.no_grad()
 def _guide_probs(guide: Callable, x: Tensor, batch: Batch, name: str, draws: int) -> Tensor:
     """The guide's q(c | x) ``[n, K]``, averaged over draws of what it samples before c."""
-    return sum(_table(trace_program(guide, x, batch).nodes[name]["fn"])
+    return sum(support_probs(trace_program(guide, x, batch).nodes[name]["fn"])
                for _ in range(draws)) / draws
 
 
@@ -117,15 +117,18 @@ def _story_probs(model: Callable, guide: Callable, x: Tensor, batch: Batch, name
     total = 0
     with torch.no_grad(), pyro.get_param_store().scope():
         for _ in range(draws):
-            total = total + _table(elbo.compute_marginals(model, guide, x, **batch)[name])
+            total = total + support_probs(elbo.compute_marginals(model, guide, x, **batch)[name])
     return total / draws
 
 
 def discrete_posteriors(model: Callable, guide: Callable, x: Tensor, batch: Batch,
-                        draws: int, labels: Tensor | None = None) -> list[DiscreteSite]:
+                        draws: int, labels: Tensor | None = None,
+                        found: dict[str, str] | None = None) -> list[DiscreteSite]:
     """q(c | x) of every discrete latent site for the images ``x`` ``[N, D]`` (per-row
-    extras ``batch``), from ``draws`` guide draws each; ``[]`` for a story without one."""
-    found = discrete_sites(model, guide, x[:2], slice_rows(batch, 0, 2))
+    extras ``batch``), from ``draws`` guide draws each; ``[]`` for a story without one.
+    ``found``: :func:`discrete_sites`'s answer, where the caller has it already."""
+    if found is None:
+        found = discrete_sites(model, guide, x[:2], slice_rows(batch, 0, 2))
     out = []
     for name, source in found.items():
         parts = []

@@ -244,7 +244,7 @@ def diagnose(model: Callable, guide: Callable, heldout: Tensor, cfg: DiagnoseCon
     head, head_labels = heldout[:c], None if labels is None else labels[:c]
     discrete = () if not found else tuple(stage(
         "discrete", lambda: discrete_posteriors(model, guide, head, slice_rows(batch, 0, c),
-                                                cfg.collapse_draws, head_labels),
+                                                cfg.collapse_draws, head_labels, found),
         discrete_arrays, lambda a: discrete_result(a, found, head, head_labels)))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=cuda_devices(heldout)):

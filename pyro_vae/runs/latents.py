@@ -56,17 +56,18 @@ def epoch_extras(model: object, cfg: RunConfig) -> Callable[[FitSession, EpochRe
     """``extras(session, record)``: what the epoch's line adds to ``record`` (see above)."""
     classifier = epoch_metrics(model, cfg.train.seed)
     every = max(1, cfg.train.epochs // LATENT_RECORDS)
-    measurable = [True]
+    measurable = True
 
     def extras(session: FitSession, record: EpochRecord) -> dict:
+        nonlocal measurable
         out = classifier(session) if classifier is not None else {}
-        if measurable[0] and record.val_elbo is not None and (
+        if measurable and record.val_elbo is not None and (
                 record.epoch % every == 0 or record.epoch == cfg.train.epochs):
             try:
                 out |= latent_metrics(session, cfg.train.seed, record.epoch)
             except Exception:  # noqa: BLE001 - a story that cannot run vectorized draws
                 # (diagnose says why, in one line) only loses these figures, never its fit
-                measurable[0] = False
+                measurable = False
         return out
 
     return extras
