@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -80,7 +79,9 @@ def run(argv):
 
 dist.init_process_group("gloo")
 codes = [run(argv) for argv in json.loads(sys.argv[1])]
-print("CODES", dist.get_rank(), json.dumps(codes), flush=True)
+# A file per rank, not a line on the shared pipe: two ranks' prints can interleave mid-line.
+with open(f"{sys.argv[2]}/codes{dist.get_rank()}.json", "w") as out:
+    json.dump(codes, out)
 dist.destroy_process_group()
 """
 
@@ -99,14 +100,15 @@ def _torchrun(folder: Path, runs: list[list[str]], timeout: float = 240) -> dict
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), str(driver),
-           json.dumps(runs)]
+           json.dumps(runs), str(folder)]
+    for stale in folder.glob("codes*.json"):
+        stale.unlink()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # Searched anywhere, not only at a line's start: two ranks share the pipe, and a busy
-    # machine can interleave one rank's unfinished line with the other's report.
-    found = re.findall(r"CODES (\d+) (\[[\d, ]*\])", proc.stdout)
-    assert len(found) == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {int(rank): json.loads(codes) for rank, codes in found}
+    found = {int(f.stem[len("codes"):]): json.loads(f.read_text())
+             for f in folder.glob("codes*.json")}
+    assert sorted(found) == [0, 1], proc.stdout[-3000:] + proc.stderr[-3000:]
+    return found
 
 
 def test_shards_and_seeds():
