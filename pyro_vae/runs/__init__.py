@@ -1,8 +1,10 @@
 """Run folders: training into one, resuming and loading it (:mod:`~pyro_vae.runs.folders`), its
-checkpoint (:mod:`~pyro_vae.runs.checkpoint`), its writer lock (:mod:`~pyro_vae.runs.lock`), and
+checkpoint (:mod:`~pyro_vae.runs.checkpoint`) and how often it is written
+(:mod:`~pyro_vae.runs.cadence`), its writer lock (:mod:`~pyro_vae.runs.lock`), and
 several of them side by side (:mod:`~pyro_vae.runs.compare`, :mod:`~pyro_vae.runs.compare_page`).
 """
 
+from pyro_vae.runs.cadence import CHECKPOINT_EVERY, CheckpointWriter
 from pyro_vae.runs.checkpoint import (
                                       FORMAT,
                                       Checkpoint,
@@ -31,7 +33,9 @@ from pyro_vae.runs.records import BEST, write_summary
 __all__ = [
     "BEST",
     "CHECKPOINT",
+    "CHECKPOINT_EVERY",
     "Checkpoint",
+    "CheckpointWriter",
     "CheckpointError",
     "compare_runs",
     "Comparison",

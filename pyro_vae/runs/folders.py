@@ -16,7 +16,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -45,10 +44,10 @@ from pyro_vae.evaluation import (
     label_site,
     partly_labelled,
 )
-from pyro_vae.files import appended, atomic_write
+from pyro_vae.faults import point
+from pyro_vae.files import atomic_write
 from pyro_vae.infer import (
     FitResult,
-    FitSession,
     build_objective,
     check_batches,
     check_train_config,
@@ -57,19 +56,18 @@ from pyro_vae.infer import (
     resolve_device,
 )
 from pyro_vae.programs import Program, as_program, check_fields, seeded
-from pyro_vae.runs.checkpoint import load_checkpoint, load_modules, save_checkpoint
+from pyro_vae.runs.cadence import CHECKPOINT_EVERY, CheckpointWriter
+from pyro_vae.runs.checkpoint import load_checkpoint, load_modules
 from pyro_vae.runs.enumeration import choose_objective
 from pyro_vae.runs.lock import writer_lock
 from pyro_vae.runs.records import (
     WHICH,
-    is_new_best,
     move_stale,
-    save_best,
     scored,
     write_figures,
     write_summary,
 )
-from pyro_vae.state import EpochRecord, TrainState
+from pyro_vae.state import EpochRecord
 from pyro_vae.stories import (
     STORIES,
     build_story,
@@ -210,43 +208,29 @@ def _check_story_data(model: Program, raw: RawImages) -> None:
                                   f"{raw.source} {what}")
 
 
-def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = None) -> Callable:
-    """After each epoch: append the epoch to metrics.jsonl (with ``extra(session)``'s
-    figures, e.g. a classifier's accuracy) and rewrite the checkpoint; at a new best
-    validation ELBO, first ``best.safetensors``."""
-
-    def write(session: FitSession, state: TrainState, record: EpochRecord) -> None:
-        line = dataclasses.asdict(record) | (extra(session) if extra else {})
-        # The epoch's line stays in metrics.jsonl only if its checkpoint was written (a
-        # full disk leaves both at the previous epoch); fit captured the RNG states. The best
-        # goes first: a resume from the previous checkpoint finds this epoch best again.
-        with appended(path / METRICS, json.dumps(line) + "\n"):
-            if is_new_best(state, record):
-                save_best(path, session.modules(), state, {"config": run_config_to_dict(cfg)})
-            save_state(path, session.modules(), session.optimizer, state, cfg)
-
-    return write
-
-
-def save_state(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer,
-               state: TrainState, cfg: RunConfig) -> None:
-    save_checkpoint(path / CHECKPOINT, modules, optimizer, state, {"config": run_config_to_dict(cfg)})
-
-
 def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn.Module,
-             checkpoint=None, progress: bool = True, stop=None) -> TrainResult:
-    writer = distributed.current().writer  # rank 0 alone writes the folder
+             checkpoint=None, progress: bool = True, stop=None,
+             checkpoint_every: float = CHECKPOINT_EVERY) -> TrainResult:
+    world = distributed.current()  # rank 0 alone writes the folder
     before = checkpoint.state.epoch if checkpoint else 0
-    result = fit(model, guide, data, cfg.train,
-                 state=checkpoint.state if checkpoint else None,
-                 optimizer_state=checkpoint.optimizer if checkpoint else None,
-                 callbacks=[checkpoint_callback(path, cfg, epoch_metrics(model, cfg.train.seed))]
-                 if writer else [], stop=stop,
-                 progress=progress)
-    if not writer:
+    writer = CheckpointWriter(path, CHECKPOINT, METRICS, {"config": run_config_to_dict(cfg)},
+                              checkpoint_every, epoch_metrics(model, cfg.train.seed),
+                              resumed=checkpoint is not None) if world.writer else None
+    try:
+        result = fit(model, guide, data, cfg.train,
+                     state=checkpoint.state if checkpoint else None,
+                     optimizer_state=checkpoint.optimizer if checkpoint else None,
+                     callbacks=[writer] if writer else [], stop=stop, progress=progress)
+    except BaseException:
+        lost = distributed.lost_ranks(world, str(path))  # None unless a peer's heartbeat stopped
+        if writer is not None:  # the last finished epoch, if it is not on disk yet
+            writer.fail()
+        if lost is not None:
+            raise lost from None
+        raise
+    if writer is None:
         return TrainResult(path, result, [], before)
-    save_state(path, nn.ModuleDict({"model": model, "guide": guide}), result.optimizer,
-               result.state, cfg)
+    writer.finish(nn.ModuleDict({"model": model, "guide": guide}), result.optimizer, result.state)
     write_summary(path, result)
     pictures: list[Path] = []
     if not result.interrupted:
@@ -256,8 +240,11 @@ def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn
 
 
 def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None, *,
-              progress: bool = True, stop=None) -> TrainResult:
-    """Load the data, build the model, fit it, and fill a new run folder ``out/name``."""
+              progress: bool = True, stop=None, checkpoint_every: float = CHECKPOINT_EVERY
+              ) -> TrainResult:
+    """Load the data, build the model, fit it, and fill a new run folder ``out/name``,
+    writing its checkpoint after the first epoch and then at most every ``checkpoint_every``
+    seconds (pyro_vae/runs/cadence.py; 0: after every epoch), at the end and on failure."""
     # Every setting is checked before the folder exists, so a mistake leaves nothing behind.
     check_train_config(cfg.train)
     resolve_device(cfg.train.device)
@@ -281,10 +268,12 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
                               data=dataclasses.replace(cfg.data, binarize=data.binarize))
     world = distributed.current()
     path = Path(out) / distributed.from_writer(name or default_run_name(cfg), world)
+    distributed.note_folder(str(path))
     # One writer per folder (rank 0 of a data-parallel fit); a second is refused at once.
     with distributed.on_writer(world, lambda: writer_lock(_made(path))):
         cfg = distributed.agree(lambda: _fill_new_folder(path, cfg, sources), world)
-        return _run_fit(path, cfg, data, model, guide, progress=progress, stop=stop)
+        return _run_fit(path, cfg, data, model, guide, progress=progress, stop=stop,
+                        checkpoint_every=checkpoint_every)
 
 
 def _say(*lines: str) -> None:
@@ -296,6 +285,7 @@ def _say(*lines: str) -> None:
 
 def _made(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
+    point("folder/made")  # crash-test hooks (pyro_vae/faults.py): inert unless armed
     return path
 
 
@@ -311,7 +301,9 @@ def _fill_new_folder(path: Path, cfg: RunConfig, sources: dict[str, bytes]) -> R
                     ((cfg.story.model, cfg.story.model_sha256),
                      (cfg.story.guide, cfg.story.guide_sha256)) if d})
     save_run_config(cfg, path / CONFIG)
+    point("folder/config")
     (path / METRICS).write_text("")
+    point("folder/filled")
     return cfg
 
 
@@ -361,19 +353,22 @@ RESUMABLE = ("epochs", "lr", "clip_norm", "early_stopping", "device", "val_every
 
 
 def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = None,
-               progress: bool = True, stop=None, trust_story: bool = False) -> TrainResult:
+               progress: bool = True, stop=None, trust_story: bool = False,
+               checkpoint_every: float = CHECKPOINT_EVERY) -> TrainResult:
     """Continue the run in ``path`` from its checkpoint, optionally with a new total of
     ``epochs`` and new values of the :data:`RESUMABLE` training settings in ``changes``
     (applied and recorded in config.json), holding the folder's writer lock. A story file
-    that ``train`` did not write for this user is refused unless ``trust_story``."""
+    that ``train`` did not write for this user is refused unless ``trust_story``. Checkpoints
+    are written as :func:`train_run` writes them."""
     path = Path(path)
     world = distributed.current()
+    distributed.note_folder(str(path))
     with distributed.on_writer(world, lambda: writer_lock(path, take=path.is_dir())):
-        return _resume(path, epochs, changes, progress, stop, trust_story)
+        return _resume(path, epochs, changes, progress, stop, trust_story, checkpoint_every)
 
 
 def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool,
-            stop, trust: bool) -> TrainResult:
+            stop, trust: bool, checkpoint_every: float) -> TrainResult:
     cfg = load_run_config(path / CONFIG, migrate_model_config)
     changes = dict(changes or {})
     if epochs is not None:
@@ -404,7 +399,7 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
     # The checkpoint is the truth: metrics.jsonl is rewritten to match it.
     if world.writer:
         atomic_write(path / METRICS, metrics_matching(path / METRICS, ckpt.state.history).encode())
-    return _run_fit(path, cfg, data, model, guide, ckpt, progress, stop)
+    return _run_fit(path, cfg, data, model, guide, ckpt, progress, stop, checkpoint_every)
 
 
 def metrics_matching(path: Path, history: list[EpochRecord]) -> str:
