@@ -57,7 +57,7 @@ from pyro_vae.infer import (
 )
 from pyro_vae.programs import Program, as_program, check_fields, seeded
 from pyro_vae.runs.cadence import CHECKPOINT_EVERY, CheckpointWriter
-from pyro_vae.runs.checkpoint import load_checkpoint, load_modules
+from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint, load_modules
 from pyro_vae.runs.enumeration import choose_objective
 from pyro_vae.runs.lock import writer_lock
 from pyro_vae.runs.records import (
@@ -369,6 +369,11 @@ def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = 
 
 def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool,
             stop, trust: bool, checkpoint_every: float) -> TrainResult:
+    if (path / CONFIG).is_file() and not (path / CHECKPOINT).exists():
+        raise CheckpointError(f"{path} holds no checkpoint yet: the run stopped before its first "
+                              f"epoch ended; start it again with the same pyro-vae train "
+                              f"command (--out {path.parent} --name {path.name}), which fills "
+                              f"the folder anew")
     cfg = load_run_config(path / CONFIG, migrate_model_config)
     changes = dict(changes or {})
     if epochs is not None:

@@ -370,3 +370,19 @@ def test_full_disk_at_the_last_checkpoint_cuts_metrics_back(tmp_path, monkeypatc
     assert code == 4, err
     assert load_checkpoint(run / CHECKPOINT).state.epoch == 1
     assert [r[0] for r in metrics_rows(run)] == [1]
+
+
+def test_a_folder_killed_before_its_first_checkpoint(tmp_path, capsys):
+    """SIGKILL before the first epoch ends leaves config.json and no checkpoint: --resume
+    says to run the train command again (one line, exit 2), which fills the folder anew."""
+    argv = ["train", *TINY, "--batch-size", "256", "--epochs", "1", "--out", str(tmp_path),
+            "--name", "r"]
+    assert run_cli(argv, capsys)[0] == 0
+    run = tmp_path / "r"
+    (run / CHECKPOINT).unlink()
+    (run / METRICS).write_text('{"epoch": 1, "train_elb')  # a torn line, as a kill leaves it
+    code, err = run_cli(["train", "--resume", str(run), "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "holds no checkpoint yet" in err and f"--out {tmp_path} --name r" in err
+    assert run_cli(argv, capsys)[0] == 0
+    assert [r[0] for r in metrics_rows(run)] == [1]
