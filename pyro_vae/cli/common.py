@@ -39,6 +39,7 @@ without importing the command's module, which loads torch and the wings the comm
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_DISK_FULL = 4  # no space left on the device; the files already written are intact
+EXIT_LOST_RANK = 5  # torchrun: another rank was lost (pyro_vae.distributed.LOST_RANK_EXIT)
 EXIT_INTERRUPTED = 130
 
 

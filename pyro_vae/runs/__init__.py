@@ -1,10 +1,12 @@
 """Run folders: training into one, resuming and loading it (:mod:`~pyro_vae.runs.folders`), its
-checkpoint (:mod:`~pyro_vae.runs.checkpoint`), its writer lock (:mod:`~pyro_vae.runs.lock`), and
-several of them side by side (:mod:`~pyro_vae.runs.compare`, :mod:`~pyro_vae.runs.compare_page`),
-and the experiment trackers a fit also writes to (:mod:`~pyro_vae.runs.tracking`,
+checkpoint (:mod:`~pyro_vae.runs.checkpoint`) and how often it is written
+(:mod:`~pyro_vae.runs.cadence`), its writer lock (:mod:`~pyro_vae.runs.lock`), several of them
+side by side (:mod:`~pyro_vae.runs.compare`, :mod:`~pyro_vae.runs.compare_page`), and the
+experiment trackers a fit also writes to (:mod:`~pyro_vae.runs.tracking`,
 :mod:`~pyro_vae.runs.loggers`).
 """
 
+from pyro_vae.runs.cadence import CHECKPOINT_EVERY, CheckpointWriter
 from pyro_vae.runs.checkpoint import (
                                       FORMAT,
                                       Checkpoint,
@@ -35,7 +37,9 @@ from pyro_vae.runs.tracking import TRACKING, MissingExtraError, check_loggers, r
 __all__ = [
     "BEST",
     "CHECKPOINT",
+    "CHECKPOINT_EVERY",
     "Checkpoint",
+    "CheckpointWriter",
     "CheckpointError",
     "check_loggers",
     "compare_runs",

@@ -21,9 +21,10 @@ from pyro_vae import figures
 from pyro_vae.data import Data
 from pyro_vae.evaluation import classifier_figures
 from pyro_vae.explore import EXPLORER_FILE, NoRealLatentError, real_sites, write_explorer
+from pyro_vae.files import atomic_write
 from pyro_vae.infer import FitResult
 from pyro_vae.programs import seeded
-from pyro_vae.runs.checkpoint import Checkpoint, save_checkpoint
+from pyro_vae.runs.checkpoint import Checkpoint
 from pyro_vae.state import EpochRecord, TrainState
 from pyro_vae.traces import is_real, latent_sites, slice_rows
 
@@ -49,12 +50,6 @@ def is_new_best(state: TrainState, record: EpochRecord) -> bool:
     counted it: it equals ``state.best_val`` and no epoch since has been worse)."""
     return record.val_elbo is not None and record.val_elbo == state.best_val \
         and state.bad_epochs == 0
-
-
-def save_best(folder: Path, modules: nn.Module, state: TrainState, meta: dict) -> None:
-    """``best.safetensors``: the parameters and fit state (no optimizer) of this epoch,
-    written atomically."""
-    save_checkpoint(Path(folder) / BEST, modules, None, state, meta)
 
 
 def scored(which: str, ckpt: Checkpoint) -> dict:
@@ -114,7 +109,7 @@ def write_summary(path: Path, result: FitResult) -> None:
     }
     if result.compiled_step is not None:  # did the whole-step program run, or why not
         summary["compiled_step"] = result.compiled_step
-    (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,

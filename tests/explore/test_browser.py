@@ -22,13 +22,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from browser import Chromium, find_chromium
 
 from pyro_vae import prior_predictive
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.explore import EXPLORER_FILE, write_explorer
 from pyro_vae.runs import load_run
 
+from browser import Chromium, find_chromium
 from support import page_array, page_spec, untrained
 
 READY = "window.explorer && window.explorer.ready"
