@@ -33,9 +33,10 @@ def one(boundary: str, count: int, seed: int, out: Path) -> None:
     """Run ``count`` inputs of ``boundary`` in this process, writing the counts to ``out``."""
     sys.path[:0] = [str(REPO / "tests" / "fuzz"), str(REPO / "tests")]
     import torch
-    from harness import STATUSES, Workspace, run_case
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
+
+    from harness import STATUSES, Workspace, run_case
     from inputs import BOUNDARIES
 
     torch.set_num_threads(1)

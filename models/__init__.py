@@ -11,7 +11,14 @@ from pyro_vae.models.conditional import (
                                          project_regions,
 )
 from pyro_vae.models.decoders import DECODERS, MLPDecoder
-from pyro_vae.models.likelihoods import LIKELIHOODS, Bernoulli, DiscretizedLogistic, Gaussian
+from pyro_vae.models.likelihoods import (
+                                         LIKELIHOODS,
+                                         Bernoulli,
+                                         BernoulliLogits,
+                                         BinNormal,
+                                         DiscretizedLogistic,
+                                         Gaussian,
+)
 from pyro_vae.models.linear_gaussian import LinearDecoder, LinearGaussian
 from pyro_vae.models.networks import (
                                          ACTIVATIONS,
@@ -33,7 +40,7 @@ __all__ = [
     "ACTIVATIONS", "DECODERS", "LIKELIHOODS", "PRIORS",
     "VAE", "ConditionalVAE", "LabelPrior", "M2", "LinearGaussian",
     "StandardNormal", "GaussianMixture", "VampPrior", "FlowPrior",
-    "Bernoulli", "Gaussian", "DiscretizedLogistic",
+    "Bernoulli", "BernoulliLogits", "BinNormal", "Gaussian", "DiscretizedLogistic",
     "MLPDecoder", "LinearDecoder",
     "FlatImages", "ResidualBlock", "Upsample", "conv_down", "conv_up", "halvings", "image_chw",
     "inverse_softplus", "mlp",

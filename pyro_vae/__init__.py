@@ -1,8 +1,9 @@
 """pyro-vae: variational autoencoders written as generative stories in Pyro.
 
 The public surface: configure, load data, build a story and its guide, fit, evaluate
-log p(x), diagnose, and work with run folders. The engine is six wings over a flat
-foundation (``programs``, ``traces``, ``config``, ``pixels``, ``files``, ...):
+log p(x), diagnose, work with run folders, export their networks and explore their latent
+spaces. The engine is nine wings over a flat foundation (``programs``, ``traces``,
+``config``, ``pixels``, ``files``, ...):
 
 .. code-block:: text
 
@@ -12,6 +13,8 @@ foundation (``programs``, ``traces``, ``config``, ``pixels``, ``files``, ...):
     pyro_vae.evaluation   log p(x): importance sampling, AIS, BDMC; classification reports
     pyro_vae.diagnostics  NUTS against the guide, gaps, collapse, predictive checks
     pyro_vae.runs         run folders, checkpoints, the writer lock, comparing runs
+    pyro_vae.export       a run's decoder and encoder as torch.export or ONNX files
+    pyro_vae.explore      explorer.html: the latent space in a page, the decoder live
 
 The parts live in ``pyro_vae.models`` (the generative side) and ``pyro_vae.guides`` (the
 inference side). Every name below is imported on first use, so ``import pyro_vae`` (and
@@ -25,7 +28,8 @@ from typing import Any
 
 # Where each public name is defined: a wing's face or a foundation module.
 _SOURCES: dict[str, tuple[str, ...]] = {
-    "pyro_vae.config": ("DataConfig", "ModelConfig", "RunConfig", "StoryConfig", "TrainConfig"),
+    "pyro_vae.config": ("DataConfig", "ModelConfig", "RunConfig", "StoryConfig", "TrackConfig",
+                        "TrainConfig"),
     "pyro_vae.registry": ("Registry", "UnknownNameError"),
     "pyro_vae.validation": ("DataError",),
     "pyro_vae.files": ("DiskFullError",),
@@ -44,14 +48,17 @@ _SOURCES: dict[str, tuple[str, ...]] = {
                             "plot_k_curve", "plot_khat", "psis_diagnostics", "scored_splits"),
     "pyro_vae.diagnostics": ("DiagnoseConfig", "Diagnostics", "diagnose", "verdicts",
                              "write_diagnostics"),
-    "pyro_vae.runs": ("CHECKPOINT", "CONFIG", "METRICS", "CheckpointError", "Comparison",
-                      "LoadedRun", "RunLockedError", "TrainResult", "compare_runs",
+    "pyro_vae.explore": ("ExplorerPage", "write_explorer"),
+    "pyro_vae.runs": ("CHECKPOINT", "CONFIG", "LOGGERS", "METRICS", "CheckpointError",
+                      "Comparison", "LoadedRun", "RunLockedError", "TrainResult", "compare_runs",
                       "load_checkpoint", "load_or_train", "load_run", "resume_run",
                       "save_checkpoint", "train_run", "write_comparison"),
+    "pyro_vae.export": ("ExportError", "export_run"),
 }
 _WHERE = {name: module for module, names in _SOURCES.items() for name in names}
-_WINGS = ("data", "stories", "infer", "evaluation", "diagnostics", "runs", "models", "guides",
-          "cli", "figures", "predictive")
+_WINGS = ("data", "stories", "infer", "evaluation", "diagnostics", "runs", "export", "explore",
+          "models",
+          "guides", "cli", "figures", "predictive")
 
 __all__ = sorted(_WHERE) + list(_WINGS)
 

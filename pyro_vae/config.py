@@ -171,6 +171,19 @@ class StoryConfig:
 
 
 @dataclass(frozen=True)
+class TrackConfig:
+    """Experiment trackers that receive the fit's per-epoch records besides metrics.jsonl
+    (docs/tracking.md). They change nothing that is fitted."""
+
+    loggers: tuple[str, ...] = ()
+    """Names in ``pyro_vae.runs.LOGGERS`` (``tensorboard``, ``mlflow``, ``csv``), in the
+    order given; ``train --resume`` keeps them and may add more."""
+    mlflow_uri: str = ""
+    """The MLflow tracking URI (a server, ``sqlite:///...``, a ``file:`` folder); empty:
+    the file store ``mlruns/`` inside the run folder."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a run folder's ``config.json`` records."""
 
@@ -181,7 +194,14 @@ class RunConfig:
     """A story file; when ``story.model`` is empty, ``model`` builds the built-in VAE."""
     image_shape: tuple[int, ...] = ()
     """Shape of one image (e.g. ``(8, 8)``); filled in once the data is loaded."""
+    track: TrackConfig = field(default_factory=TrackConfig)
+    """Where the per-epoch records go besides metrics.jsonl (runs written before pyro-vae
+    tracked experiments read as none)."""
 
+
+# What the items of a tuple field may be in JSON, and what they are called in an error.
+_TUPLE_ITEMS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "integers"), "float": ((int, float), "numbers"), "str": ((str,), "strings")}
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
@@ -191,14 +211,14 @@ def _check_value(where: str, annotation: str, value: Any) -> Any:
     """``value`` as the field annotated ``annotation`` (e.g. ``"float | None"``) wants it,
     or a ValueError naming ``where``; tuples arrive from JSON as lists."""
     if annotation.startswith("tuple["):
-        items = annotation[len("tuple["):-1].split(",")  # "int, ..." or "float, float"
-        numbers = items[0].strip() == "float"
+        items = annotation[len("tuple["):-1].split(",")  # "int, ...", "float, float", "str, ..."
+        item = items[0].strip()
+        allowed, noun = _TUPLE_ITEMS.get(item, _TUPLE_ITEMS["int"])
         length = None if "..." in annotation else len(items)
         if isinstance(value, (list, tuple)) and length in (None, len(value)) and all(
-                isinstance(v, (int, float) if numbers else int) and not isinstance(v, bool)
-                for v in value):
+                isinstance(v, allowed) and not isinstance(v, bool) for v in value):
             return tuple(value)
-        what = f"{'' if length is None else f'{length} '}{'numbers' if numbers else 'integers'}"
+        what = f"{'' if length is None else f'{length} '}{noun}"
         raise ValueError(f"{where}: expected a list of {what}, got {value!r}")
     if annotation.startswith("dict["):
         return _check_objects(where, annotation.count("dict["), value)

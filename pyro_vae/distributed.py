@@ -14,7 +14,13 @@ same story through :class:`~torch.nn.parallel.DistributedDataParallel` over the
 - a rank's loss is the sum over its rows; gradients are summed over ranks (DDP's mean
   times N), so a step is the single-process step on the concatenated batch;
 - the reported ELBO and the validation ELBO are sums over ranks divided by the global count;
-- rank 0 alone holds the run folder's lock and writes it.
+- rank 0 alone holds the run folder's lock and writes it;
+- every rank beats a heartbeat into the job's store (the ``TCPStore`` at ``MASTER_ADDR:
+  MASTER_PORT``, torchrun's own) from a thread (:class:`Watch`): when a collective fails,
+  the ranks whose heartbeat stopped are named (:class:`LostRankError`, one line), and a rank
+  left waiting in a collective for a peer silent for ``PYRO_VAE_LOST_AFTER_S`` seconds (10)
+  says so and exits with :data:`LOST_RANK_EXIT`, rather than waiting out the process
+  group's timeout.
 
 With no ``torchrun`` environment nothing here starts a process group, and the fit is the
 single-process one.
@@ -24,6 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, ContextManager, Iterator, Sequence
@@ -38,6 +47,17 @@ from pyro_vae.deprecated import MOVED_NAMES, forwarder
 # A rank that waits longer than this for the others has lost them (a crashed peer); the
 # default 30 minutes would leave a dead job holding its machines.
 TIMEOUT = timedelta(minutes=float(os.environ.get("PYRO_VAE_DIST_TIMEOUT_MIN", "10")))
+
+BEAT_S = 0.2
+"""Seconds between two heartbeats of a rank."""
+NAMING_S = 2.0
+"""After a failed collective, a peer whose heartbeat has not moved for this long is lost."""
+LOST_AFTER_S = float(os.environ.get("PYRO_VAE_LOST_AFTER_S", "10"))
+"""A rank whose peer has been silent this long stops by itself (a hung peer, or a backend
+that does not see a dead one), without waiting for a collective to fail."""
+LOST_RANK_EXIT = 5
+"""The exit status of a rank that stops because another was lost (``pyro_vae.cli.common``'s
+``EXIT_LOST_RANK``)."""
 
 
 @dataclass(frozen=True)
@@ -80,20 +100,29 @@ _STARTED: list[bool] = []  # whether start() made the process group (finish() en
 def start(device: str) -> World:
     """Join the process group the launcher describes (NCCL when the fit runs on CUDA, else
     gloo); a process that was not launched so is :data:`SINGLE`. A group that is already
-    running (a caller's own) is used as it is."""
-    if not launched() or dist.is_initialized():
+    running (a caller's own) is used as it is. With several ranks the heartbeats start
+    (:class:`Watch`, until :func:`finish`)."""
+    if not launched():
         return current()
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    cuda = device != "cpu" and torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(local)  # "cuda" then means this rank's own device
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
-    _STARTED.append(True)
-    return current()
+    if not dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        cuda = device != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local)  # "cuda" then means this rank's own device
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+        _STARTED.append(True)
+    world = current()
+    if world.parallel and not _WATCH:
+        _GENERATION[0] += 1  # every rank runs its commands in the same order
+        _WATCH.append(Watch(world, _GENERATION[0]))
+    return world
 
 
 def finish() -> None:
-    """Leave the process group :func:`start` made (at the end of the command)."""
+    """Stop the heartbeats and leave the process group :func:`start` made (at the end of
+    the command)."""
+    while _WATCH:
+        _WATCH.pop().close()
     if _STARTED and dist.is_initialized():
         _STARTED.clear()
         dist.destroy_process_group()
@@ -198,6 +227,112 @@ def on_writer(world: World, enter: Callable[[], ContextManager]) -> Iterator[Non
     with contextlib.ExitStack() as stack:
         agree(lambda: stack.enter_context(enter()), world)
         yield
+
+
+_WATCH: list["Watch"] = []  # the heartbeats start() began (finish() stops them)
+_GENERATION = [0]  # the commands this process has watched: each one's keys are its own
+
+
+class LostRankError(RuntimeError):
+    """Ranks of the job stopped answering (their process died, or hangs): ``lost``, of
+    ``world.size``; ``reporter`` is the lowest rank still running, the one that says so."""
+
+    def __init__(self, lost: Sequence[int], world: World, folder: str | None = None) -> None:
+        self.lost, self.world, self.folder = sorted(lost), world, folder
+        self.reporter = min(set(range(world.size)) - set(self.lost))
+        ranks = ", ".join(map(str, self.lost))
+        where = folder or "RUN"
+        super().__init__(
+            f"rank {ranks} of {world.size} was lost (no heartbeat: its process died or hangs); "
+            f"the other ranks stopped and {where} keeps its last checkpoint; continue with: "
+            f"torchrun --nproc-per-node {world.size} -m pyro_vae train --resume {where}")
+
+
+class Watch:
+    """This rank's heartbeat and its view of the others' (see the module docstring): a
+    counter per rank in the job's store, raised every :data:`BEAT_S` seconds by a daemon
+    thread, which also notes when each peer's counter last moved."""
+
+    def __init__(self, world: World, generation: int) -> None:
+        self.world, self.folder = world, None
+        self.prefix = f"pyro-vae/watch/{generation}/"
+        self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                   is_master=False, timeout=timedelta(seconds=30),
+                                   wait_for_workers=False)
+        now = time.monotonic()
+        self.moved = {r: (-1, now) for r in range(world.size) if r != world.rank}
+        self.handled = threading.Event()  # the main thread is handling a failure itself
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pyro-vae-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _key(self, what: str, rank: int) -> str:
+        return f"{self.prefix}{what}/{rank}"
+
+    def _run(self) -> None:
+        while not self.stopping.wait(BEAT_S):
+            try:
+                self.store.add(self._key("beat", self.world.rank), 1)
+                self._look()
+            except Exception:  # noqa: BLE001 - the store is gone (the launcher died): keep going
+                continue
+            lost = self.silent(LOST_AFTER_S)
+            if lost and not self.handled.is_set() and not self.stopping.is_set():
+                self._give_up(lost)
+
+    def _look(self) -> None:
+        now = time.monotonic()
+        for rank, (count, _) in list(self.moved.items()):
+            if self.store.add(self._key("done", rank), 0):
+                self.moved.pop(rank)  # it finished its command: silence is not a loss
+                continue
+            seen = self.store.add(self._key("beat", rank), 0)
+            if seen != count:
+                self.moved[rank] = (seen, now)
+
+    def silent(self, seconds: float) -> list[int]:
+        """The peers whose heartbeat has not moved for ``seconds``."""
+        now = time.monotonic()
+        return sorted(r for r, (_, when) in list(self.moved.items()) if now - when >= seconds)
+
+    def _give_up(self, lost: list[int]) -> None:
+        """A peer is silent and no collective has failed (it hangs, or the backend waits
+        for a dead one): one line from the lowest live rank, and every live rank exits."""
+        error = LostRankError(lost, self.world, self.folder)
+        if self.world.rank == error.reporter:
+            print(f"pyro-vae train: error: {error}", file=sys.__stderr__, flush=True)
+        os._exit(LOST_RANK_EXIT)
+
+    def close(self) -> None:
+        """Say this rank is done (its silence is then no loss), and stop beating."""
+        self.stopping.set()
+        with contextlib.suppress(Exception):
+            self.store.add(self._key("done", self.world.rank), 1)
+        self.thread.join(timeout=2 * BEAT_S)
+
+
+def lost_ranks(world: World, folder: str | None = None) -> LostRankError | None:
+    """After a failure on this rank: the peers whose heartbeat has stopped, as the error
+    to raise, waiting up to :data:`NAMING_S` seconds for a dead peer's silence to show;
+    ``None`` when every peer still beats (the failure is this rank's own), or for one
+    process. From here on the failure is the caller's to report (the thread does not stop
+    the process)."""
+    if not (world.parallel and _WATCH):
+        return None
+    watch = _WATCH[-1]
+    watch.handled.set()
+    deadline = time.monotonic() + NAMING_S + 5 * BEAT_S  # its silence, as the thread sees it
+    while True:
+        lost = watch.silent(NAMING_S)
+        if lost or time.monotonic() >= deadline:
+            return LostRankError(lost, world, folder or watch.folder) if lost else None
+        time.sleep(BEAT_S / 2)
+
+
+def note_folder(folder: str) -> None:
+    """The run folder this command writes: a lost rank's message names it."""
+    if _WATCH:
+        _WATCH[-1].folder = folder
 
 
 # Names that left this module in 0.2, kept for one release (pyro_vae/deprecated.py).

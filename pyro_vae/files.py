@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from pyro_vae.faults import point
+
 
 class DiskFullError(OSError):
     """No space was left on the device for a file pyro-vae writes; the file is as it was."""
@@ -52,10 +54,17 @@ def atomic_write(path: Path, payload: bytes) -> None:
     try:
         os.fchmod(fd, _mode_of(path))  # mkstemp makes 0600; keep the file readable as before
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            # In two halves, so that a crash test can tear the file (pyro_vae/faults.py).
+            view, half = memoryview(payload), len(payload) // 2
+            f.write(view[:half])
+            f.flush()
+            point(f"{path.name}/partial")
+            f.write(view[half:])
             f.flush()
             os.fsync(f.fileno())
+        point(f"{path.name}/synced")
         os.replace(tmp, path)
+        point(f"{path.name}/renamed")
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno in _FULL:
@@ -118,8 +127,13 @@ def appended(path: Path, text: str) -> Iterator[None]:
     size = path.stat().st_size if path.exists() else 0
     try:
         with open(path, "a") as f:
-            f.write(text)
+            half = len(text) // 2  # a torn last line, as a crash leaves it (pyro_vae/faults.py)
+            f.write(text[:half])
             f.flush()
+            point(f"{path.name}/partial-line")
+            f.write(text[half:])
+            f.flush()
+        point(f"{path.name}/line")
         yield
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):

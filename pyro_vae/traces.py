@@ -132,6 +132,12 @@ def latent_sites(model: Callable, x: Tensor, batch: dict[str, Any] | None = None
             if is_latent(site) and not (enumerated and is_enumerated(site))]
 
 
+def support_probs(fn) -> Tensor:
+    """A discrete distribution's probabilities ``[N, K]`` over its support, for batch ``[N]``."""
+    values = fn.enumerate_support(expand=False)  # [K, 1, ...]
+    return fn.log_prob(values).exp().transpose(0, 1)
+
+
 def is_enumerated(site: dict) -> bool:
     """A latent site marked ``infer={"enumerate": "parallel"}``: summed over its values."""
     return is_latent(site) and site.get("infer", {}).get("enumerate") == "parallel"

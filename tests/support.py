@@ -68,6 +68,17 @@ def train_tiny(out: Path, name: str, *args: str) -> Path:
     return Path(out) / name
 
 
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def flipped_digits(path: Path) -> Path:
     """The digits with black and white swapped, as an .npz file: other data of the same size."""
     import numpy as np
@@ -75,3 +86,32 @@ def flipped_digits(path: Path) -> Path:
 
     np.savez(path, x=(16 - load_digits().images) / 16.0)
     return path
+
+
+def untrained(cfg: RunConfig):
+    """The data, story and guide of ``cfg`` as a fresh fit would start them (no training),
+    every parameter created, in eval mode: for tests of what is drawn from a fit, not of it."""
+    from pyro_vae.infer import materialize
+    from pyro_vae.runs.folders import prepare
+
+    data, model, guide = prepare(cfg, None, seed=cfg.train.seed)
+    materialize(model, guide, data)
+    return data, model.eval(), guide.eval()
+
+
+def page_spec(path: Path) -> dict:
+    """The numbers an ``explorer.html`` holds (its JSON script element)."""
+    html = Path(path).read_text()
+    start = html.index('<script type="application/json" id="spec">')
+    body = html[html.index(">", start) + 1:html.index("</script>", start)]
+    return json.loads(body.replace("<\\/", "</"))
+
+
+def page_array(blob: dict):
+    """An array of a page's spec (base64, little-endian) as numpy."""
+    import base64
+
+    import numpy as np
+
+    dtype = {"f32": "<f4", "i16": "<i2", "u8": "u1"}[blob["dtype"]]
+    return np.frombuffer(base64.b64decode(blob["b64"]), dtype=dtype).reshape(blob["shape"])

@@ -26,6 +26,8 @@ def test_wheel_contains_models_and_guides(tmp_path):
         str(p.relative_to(REPO)) if p.parts[len(REPO.parts)] == "pyro_vae"
         else "pyro_vae/" + str(p.relative_to(REPO))
         for d in ("pyro_vae", "models", "guides") for p in sorted((REPO / d).rglob("*.py"))]
+    # The explorer's page template and script are package data.
+    sources += ["pyro_vae/explore/explorer.html", "pyro_vae/explore/explorer.js"]
     missing = [path for path in sources if path not in names]
     assert missing == [], f"missing from the wheel: {missing}"
     assert not any(n.startswith(("models/", "guides/", "tests/")) for n in names)

@@ -25,6 +25,13 @@ HELP: dict[str, str] = {
                  "left off"),
     "compare": ("compare run folders in one table: story, parts, the settings that differ, "
                 "ELBOs, log p(x) estimates, gaps; their validation-ELBO curves in one figure"),
+    "export": ("write a fitted run's decoder (latents → the likelihood's parameters and mean "
+               "image) and encoder (x → the guide's parameters) as ONNX or torch.export (pt2) "
+               "files with a dynamic batch axis and model_card.json; --check compares them "
+               "with PyTorch"),
+    "explore": ("write the run's explorer.html (train writes it too): move through the latent "
+                "map and watch the decoder's mean image, fresh draws and log p(x | z) follow, "
+                "in a self-contained page"),
 }
 """Each subcommand's one-line help, in the order ``pyro-vae --help`` lists them. It is read
 without importing the command's module, which loads torch and the wings the command runs on."""
@@ -32,6 +39,7 @@ without importing the command's module, which loads torch and the wings the comm
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_DISK_FULL = 4  # no space left on the device; the files already written are intact
+EXIT_LOST_RANK = 5  # torchrun: another rank was lost (pyro_vae.distributed.LOST_RANK_EXIT)
 EXIT_INTERRUPTED = 130
 
 

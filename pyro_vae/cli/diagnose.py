@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         # The per-row extras (labels y) of the same rows: a conditional story reads them.
         result = diagnose(loaded.model, loaded.guide, heldout, cfg, progress=progress_flag(args),
                           batch=loaded.data.test.fields(), partial=job.partial,
+                          labels=loaded.data.test.labels,
                           memory=memory_budget(loaded.device, args.memory_budget))
     except KeyboardInterrupt:
         return interrupted("diagnose", out / PARTIAL)
@@ -79,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"max r̂ {s['nuts']['rhat_max']:.3f}; approximation gap {g['approximation_gap']:.2f} nats, "
           f"amortization gap {g['amortization_gap']:.2f} nats; active units "
           f"{active_units_text(s['collapse'])}", file=sys.stderr)
+    for name, site in s["discrete"].items():
+        shares = " ".join(f"{share:.0%}" for share in site["share_per_value"])
+        print(f"{name}: share of images per value {shares}; mean entropy of q({name} | x) "
+              f"{site['mean_entropy']:.2f} nats", file=sys.stderr)
     classifier = write_classifier_report(loaded.model, loaded.guide, loaded.data,
                                          loaded.config.train.seed, out)
     if classifier is not None:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pyro_vae.cli.common import (
     EXIT_DISK_FULL,
     EXIT_DIVERGED,
     EXIT_INTERRUPTED,
+    EXIT_LOST_RANK,
     EXIT_USAGE,
     HELP,
     Command,
@@ -32,13 +34,20 @@ from pyro_vae.cli.common import (
     user_errors,
 )
 from pyro_vae.cli.options import add_option_arguments, options_from_args
-from pyro_vae.config import DataConfig, ModelConfig, RunConfig, StoryConfig, TrainConfig
+from pyro_vae.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    StoryConfig,
+    TrackConfig,
+    TrainConfig,
+)
 from pyro_vae.data import BINARIZE_MODES, DATASETS, STREAM_MODES
 from pyro_vae.files import DiskFullError
 from pyro_vae.guides import ENCODERS, GUIDES
 from pyro_vae.infer import INITS, OBJECTIVES, PRECISIONS, SCHEDULES, TRAIN_PARTS
 from pyro_vae.models import ACTIVATIONS, DECODERS, LIKELIHOODS, PRIORS
-from pyro_vae.runs import TrainResult, resume_run, train_run
+from pyro_vae.runs import CHECKPOINT_EVERY, LOGGERS, TrainResult, resume_run, train_run
 from pyro_vae.state import DivergenceError
 from pyro_vae.stories import STORIES, default_objective, is_named, parse_arg, parse_spec
 
@@ -72,7 +81,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and guide")
     g.add_argument("--latent-dim", type=positive_int, default=M.latent_dim, help="dimension of z")
     g.add_argument("--hidden", type=int_list, default=M.hidden_sizes,
-                   help="encoder hidden sizes, comma-separated; the decoder mirrors them")
+                   help="encoder hidden sizes, comma-separated; the MLP decoder mirrors them "
+                        "unless --decoder-mlp-hidden sets its own")
     g.add_argument("--activation", type=choice_of(ACTIVATIONS), default=M.activation,
                    help=f"hidden nonlinearity: {', '.join(ACTIVATIONS)}")
     g.add_argument("--likelihood", type=choice_of(LIKELIHOODS), default=M.likelihood,
@@ -172,8 +182,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue the run in this folder from its checkpoint")
     add_trust_argument(g)  # with --resume
+    g.add_argument("--checkpoint-every", type=non_negative_float, default=CHECKPOINT_EVERY,
+                   metavar="SECONDS",
+                   help="write the checkpoint after the first epoch, then after the first epoch "
+                        "that ends this many seconds after the last write (0: every epoch), and "
+                        "always at the end, on Ctrl-C/SIGTERM and when the fit fails; "
+                        "metrics.jsonl gets every epoch at once (a resume after kill -9 cuts it "
+                        "back to the checkpoint's epochs)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_tracking_arguments(p)
     p.set_defaults(actions=p._actions)  # --resume checks which of them were given
+
+
+def add_tracking_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("experiment tracking (docs/tracking.md)")
+    g.add_argument("--log", action="append", default=[], type=choice_of(LOGGERS), metavar="NAME",
+                   help=f"also send each epoch's metrics.jsonl line, the figures and the config "
+                        f"to a tracker: {', '.join(LOGGERS)} (repeatable; tensorboard and "
+                        f"mlflow need pip install -e \".[track]\"); kept in config.json, so "
+                        f"--resume continues the same tracker runs (and may add one)")
+    g.add_argument("--mlflow-uri", default=None, metavar="URI",
+                   help="the MLflow tracking URI for --log mlflow (default: the file store "
+                        "RUN/mlruns)")
 
 
 def story_from_args(args: argparse.Namespace) -> StoryConfig:
@@ -225,12 +255,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                         precision=args.precision, **fit_chosen, options=fit_options,
                         adam_betas=tuple(args.adam_betas), adam_eps=args.adam_eps,
                         labelled_every=args.labelled_every)
-    return RunConfig(model=model, data=data, train=train, story=story)
+    track = TrackConfig(loggers=tuple(dict.fromkeys(args.log)), mlflow_uri=args.mlflow_uri or "")
+    return RunConfig(model=model, data=data, train=train, story=story, track=track)
 
 
 # Flags that --resume accepts besides the run: where and how it runs, not what it fits.
 RESUME_FLAGS = {"resume", "epochs", "lr", "clip_norm", "early_stopping", "device", "no_progress",
-                "trust_story"}
+                "trust_story", "log", "mlflow_uri", "checkpoint_every"}
 
 
 def given_flags(parser_actions, argv: list[str]) -> set[str]:
@@ -251,7 +282,8 @@ def resume_changes(args: argparse.Namespace, given: set[str]) -> dict:
         flag = next(a.option_strings[0] for a in args.actions if a.dest == refused[0])
         raise UserError(f"{flag} cannot change when a run is resumed: the run keeps the data, "
                         f"model and objective it was trained with; --resume takes --epochs, "
-                        f"--lr, --clip-norm, --early-stopping, --device and --trust-story")
+                        f"--lr, --clip-norm, --early-stopping, --device, --checkpoint-every, "
+                        f"--trust-story, --log and --mlflow-uri")
     return {k: getattr(args, k) for k in ("lr", "clip_norm", "early_stopping", "device")
             if k in given}
 
@@ -302,19 +334,39 @@ def report(result: TrainResult) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Under ``torchrun`` every rank runs the command; rank 0 alone speaks and writes."""
+    """Under ``torchrun`` every rank runs the command; rank 0 alone speaks and writes. When a
+    rank is lost, the lowest one left says so in one line, and every one left exits 5 at
+    once (``os._exit``: the process group is broken)."""
     world = distributed.start(_device(args))
     try:
-        if world.writer:
-            return _run(args)
-        try:  # rank 0 reports the same error, or the result, once
-            with contextlib.redirect_stdout(io.StringIO()), \
-                    contextlib.redirect_stderr(io.StringIO()), user_errors():
-                return _run(args)
-        except UserError as err:
-            raise SystemExit(EXIT_USAGE if err.code is None else err.code) from None
+        with stop_on_signals() as stop:  # torchrun's SIGTERM, too, while a loss is named
+            try:
+                return _as_rank(args, world, stop)
+            except Exception as err:
+                lost = err if isinstance(err, distributed.LostRankError) else \
+                    None if isinstance(err, UserError) else distributed.lost_ranks(world)
+                if lost is None:
+                    raise
     finally:
         distributed.finish()
+    if world.rank == lost.reporter:
+        print(f"pyro-vae train: error: {lost}", file=sys.stderr)
+    # Out at once: tearing down a process group that lost a peer can take seconds of
+    # native cleanup, which would only delay torchrun's report and the next start.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_LOST_RANK)
+
+
+def _as_rank(args: argparse.Namespace, world: distributed.World, stop: StopFlag) -> int:
+    if world.writer:
+        return _run(args, stop)
+    try:  # rank 0 reports the same error, or the result, once
+        with contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()), user_errors():
+            return _run(args, stop)
+    except UserError as err:
+        raise SystemExit(EXIT_USAGE if err.code is None else err.code) from None
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -328,27 +380,28 @@ def _device(args: argparse.Namespace) -> str:
         return args.device  # the resume itself will say what is wrong
 
 
-def _run(args: argparse.Namespace) -> int:
-    with stop_on_signals() as stop:
-        try:
-            if args.resume is not None:
-                changes = resume_changes(args, given_flags(args.actions, args.argv))
-                result = resume_run(args.resume, args.epochs, changes=changes,
-                                    progress=not args.no_progress, stop=stop,
-                                    trust_story=args.trust_story)
-            else:
-                if args.trust_story:
-                    raise UserError("--trust-story is for --resume RUN: a story file named by "
-                                    "--model is run as you gave it")
-                result = train_run(config_from_args(args), args.out, args.name,
-                                   progress=not args.no_progress, stop=stop)
-        except DivergenceError as err:
-            raise UserError(f"{err} Files already written (the checkpoint of the last finished "
-                            f"epoch, if any) are kept.", EXIT_DIVERGED) from None
-        except DiskFullError as err:
-            raise UserError(f"{err}. The last good checkpoint and metrics.jsonl in "
-                            f"{err.path.parent} are intact and agree; free space and continue "
-                            f"with: pyro-vae train --resume {err.path.parent}", EXIT_DISK_FULL) from None
+def _run(args: argparse.Namespace, stop: StopFlag) -> int:
+    every = args.checkpoint_every
+    try:
+        if args.resume is not None:
+            changes = resume_changes(args, given_flags(args.actions, args.argv))
+            result = resume_run(args.resume, args.epochs, changes=changes,
+                                progress=not args.no_progress, stop=stop,
+                                trust_story=args.trust_story, loggers=args.log,
+                                mlflow_uri=args.mlflow_uri, checkpoint_every=every)
+        else:
+            if args.trust_story:
+                raise UserError("--trust-story is for --resume RUN: a story file named by "
+                                "--model is run as you gave it")
+            result = train_run(config_from_args(args), args.out, args.name,
+                               progress=not args.no_progress, stop=stop, checkpoint_every=every)
+    except DivergenceError as err:
+        raise UserError(f"{err} The checkpoint of the last finished epoch, if any, is "
+                        f"written and kept.", EXIT_DIVERGED) from None
+    except DiskFullError as err:
+        raise UserError(f"{err}. The last good checkpoint and metrics.jsonl in "
+                        f"{err.path.parent} are intact and agree; free space and continue "
+                        f"with: pyro-vae train --resume {err.path.parent}", EXIT_DISK_FULL) from None
     return report(result)
 
 

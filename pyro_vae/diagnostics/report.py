@@ -17,8 +17,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pyro_vae.diagnostics.config import ACTIVE_THRESHOLD, RHAT_OK
+from pyro_vae.diagnostics.discrete import DiscreteSite
 from pyro_vae.diagnostics.suite import Diagnostics
-from pyro_vae.figures import save_figure
+from pyro_vae.figures import as_images, image_grid, save_figure
 from pyro_vae.files import atomic_write
 from pyro_vae.traces import is_real
 
@@ -76,7 +77,24 @@ def verdicts(s: dict[str, Any]) -> list[Verdict]:
         Verdict("Posterior predictive p-value of log p(x | z)", f"{p['p_value']:.2f}",
                 0.05 < p["p_value"] < 0.95,
                 "near 0 or 1, held-out images are scored unlike the model's own replicates"),
-    ]
+    ] + [_discrete_verdict(name, site) for name, site in s.get("discrete", {}).items()]
+
+
+USED_SHARE = 0.01
+"""A discrete value counts as in use when it is the most probable for this share of images."""
+
+
+def _discrete_verdict(name: str, d: dict[str, Any]) -> Verdict:
+    """Whether every value of a discrete site explains some images, with how sure q(c | x) is."""
+    used = sum(share >= USED_SHARE for share in d["share_per_value"])
+    where = "summed out by the story" if d["source"] == "story" else "sampled by the guide"
+    return Verdict(f"Discrete site {name} ({where}): values in use (most probable for ≥ "
+                   f"{USED_SHARE:.0%} of images)",
+                   f"{used} of {d['values']}; mean entropy of q({name} | x) "
+                   f"{d['mean_entropy']:.2f} of at most {d['max_entropy']:.2f} nats",
+                   used == d["values"],
+                   "a value no image takes is a component (a decoder) the fit does not use; "
+                   "an entropy near its maximum means the images do not choose between values")
 
 
 NOISE_SE = 2.0
@@ -248,7 +266,46 @@ def write_figures(d: Diagnostics, image_shape: Sequence[int], folder: Path) -> l
            loglik_figure(d, folder / "diagnose_loglik.png")]
     if pair_site(d) is not None:
         out.append(pair_figure(d, folder / "diagnose_pairs.png"))
-    return out
+    return out + [discrete_figure(site, image_shape, folder / f"diagnose_discrete_{site.name}.png")
+                  for site in d.discrete]
+
+
+def discrete_figure(site: DiscreteSite, image_shape: Sequence[int], path: Path, n: int = 8) -> Path:
+    """Per value k of a discrete site: its share of the images and the ``n`` images surest
+    to take it (which images each component, or decoder, explains); beside it, where there
+    are labels, the share of each label's images per value."""
+    k, table = site.values, site.by_label()
+    fig = Figure(figsize=(1.0 + 0.55 * n + (0.45 * k + 1.5 if table is not None else 0),
+                          0.9 + 0.55 * k))
+    axes = fig.subplots(1, 2 if table is not None else 1, squeeze=False,
+                        width_ratios=[n, 0.8 * k + 2.5] if table is not None else None)[0]
+    rows = [image_grid(_padded(site, value, n, image_shape), n) for value in range(k)]
+    axes[0].imshow(np.concatenate(rows), interpolation="nearest")
+    height = rows[0].shape[0]
+    share = site.share()
+    axes[0].set_yticks([(v + 0.5) * height for v in range(k)],
+                       [f"{site.name} = {v}: {float(share[v]):.0%}" for v in range(k)])
+    axes[0].set_xticks([])
+    axes[0].set_title(f"images surest of each value of {site.name} (blank: no image takes it)")
+    if table is not None:
+        rates = table / np.maximum(table.sum(1, keepdims=True), 1)
+        axes[1].imshow(rates, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        axes[1].set_xlabel(f"most probable {site.name}")
+        axes[1].set_ylabel("label")
+        axes[1].set_title("share of each label's images")
+        axes[1].set_xticks(range(k))
+        axes[1].set_yticks(range(len(table)))
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def _padded(site: DiscreteSite, value: int, n: int, image_shape: Sequence[int]) -> np.ndarray:
+    """``[n, H, W(, 3)]``: the images surest of ``value``, blank tiles where fewer exist."""
+    tiles = as_images(site.images[site.examples(value, n).to(site.images.device)], image_shape)
+    blank = np.ones((n - len(tiles), *as_images(site.images[:1], image_shape).shape[1:]),
+                    dtype=np.float32)
+    return np.concatenate([tiles, blank]) if len(tiles) < n else tiles
 
 
 def _inline(path: Path) -> str:

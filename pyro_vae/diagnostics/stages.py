@@ -8,6 +8,7 @@
     gaps        the per-point log p(x), ELBOs, standard errors and k̂
     collapse    per site: KL per dimension and in all, Var_x E_q[u], whether exact
     ppc         the pixel maps and log-likelihoods of data and replicates
+    discrete    q(c | x) per image of each discrete latent site (stories that have one)
 
 :func:`run_stage` runs one from its own seed (:func:`pyro_vae.programs.unit_seed` of the
 diagnosis's seed and the stage's name), or reads it back, and hands on the arrays either
@@ -31,7 +32,7 @@ from pyro_vae.partial import Arrays, Partial, as_arrays
 from pyro_vae.programs import cuda_devices, unit_seed
 from pyro_vae.traces import LatentSite
 
-STAGES = ("nuts", "local_svi", "gaps", "collapse", "ppc")
+STAGES = ("nuts", "local_svi", "gaps", "collapse", "ppc", "discrete")
 
 
 def _tensor(a: Any, device: torch.device | None = None) -> Tensor:

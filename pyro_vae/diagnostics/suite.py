@@ -50,6 +50,13 @@ from torch import Tensor
 
 from pyro_vae.diagnostics.collapse import Collapse, posterior_collapse
 from pyro_vae.diagnostics.config import RHAT_OK, DiagnoseConfig
+from pyro_vae.diagnostics.discrete import (
+    DiscreteSite,
+    discrete_arrays,
+    discrete_posteriors,
+    discrete_result,
+    discrete_sites,
+)
 from pyro_vae.diagnostics.draws import find_image_site, story_sites
 from pyro_vae.diagnostics.gaps import Gaps, gap_chunk, inference_gaps
 from pyro_vae.diagnostics.idata import inference_data
@@ -91,6 +98,9 @@ class Diagnostics:
     seconds: dict[str, float]
     memory: dict[str, Any] | None = None
     """The gap table's chunk and the memory the stages hold (:func:`memory_plan`)."""
+    discrete: tuple[DiscreteSite, ...] = ()
+    """q(c | x) of each discrete latent site (summed out by the story or sampled by the
+    guide) on the collapse stage's images; empty for a story without one."""
 
     def _draws(self, group: str) -> Tensor:
         """``[chains · draws, N, T]``: a group's draws of all sites, flattened per point."""
@@ -117,7 +127,8 @@ class Diagnostics:
                 "image_site": self.image_site, "nuts": self._nuts_summary(),
                 "gaps": _gaps_summary(self.gaps), "collapse": _collapse_summary(self.collapse),
                 "ppc": _ppc_summary(self.ppc), "seconds": self.seconds,
-                **({} if self.memory is None else {"memory": self.memory})}
+                **({} if self.memory is None else {"memory": self.memory}),
+                "discrete": {site.name: site.summary() for site in self.discrete}}
 
     def _nuts_summary(self) -> dict[str, Any]:
         conv = self.convergence
@@ -213,7 +224,8 @@ def memory_plan(model: Callable, guide: Callable, x: Tensor, fields: Batch, cfg:
 
 def diagnose(model: Callable, guide: Callable, heldout: Tensor, cfg: DiagnoseConfig = DiagnoseConfig(),
              progress: bool | None = False, batch: Batch | None = None,
-             partial: Partial | None = None, memory: MemoryBudget | None = None) -> Diagnostics:
+             partial: Partial | None = None, labels: Tensor | None = None,
+             memory: MemoryBudget | None = None) -> Diagnostics:
     """Run every diagnostic of a fitted story/guide pair on held-out images ``heldout``
     ``[M, D]``, whose per-row extras (labels ``y``) are ``batch`` ``{name: [M, ...]}``.
 
@@ -222,8 +234,10 @@ def diagnose(model: Callable, guide: Callable, heldout: Tensor, cfg: DiagnoseCon
     ``cfg.collapse_points`` / ``cfg.ppc_points`` rows. Each stage (``stages.STAGES``) draws
     from its own seed, ``unit_seed(cfg.seed, stage)``; with ``partial`` each finished stage
     is kept there and read back instead of run again. ``progress``: bars for NUTS and the
-    local fit (True), none (False), or only when stderr is a terminal (None). ``memory``:
-    the budget the stages must fit (default the device's; see :func:`memory_plan`).
+    local fit (True), none (False), or only when stderr is a terminal (None). ``labels``
+    ``[M]`` (the true labels of ``heldout``, when known) tabulate each discrete latent
+    site's values against them. ``memory``: the budget the stages must fit (default the
+    device's; see :func:`memory_plan`).
     """
     model, guide, batch = as_program(model, "the story"), as_program(guide, "the guide"), dict(batch or {})
     progress = sys.stderr.isatty() if progress is None else progress
@@ -255,10 +269,17 @@ def diagnose(model: Callable, guide: Callable, heldout: Tensor, cfg: DiagnoseCon
                                                 sites),
                 fields_arrays,
                 lambda a: PredictiveCheck(**{k: torch.as_tensor(v) for k, v in a.items()}))
+    found = discrete_sites(model, guide, x[:2], slice_rows(fields, 0, 2))
+    head, head_labels = heldout[:c], None if labels is None else labels[:c]
+    discrete = () if not found else tuple(stage(
+        "discrete", lambda: discrete_posteriors(model, guide, head, slice_rows(batch, 0, c),
+                                                cfg.collapse_draws, head_labels, found),
+        discrete_arrays, lambda a: discrete_result(a, found, head, head_labels)))
     start = time.perf_counter()
     with torch.random.fork_rng(devices=cuda_devices(heldout)):
         pyro.set_rng_seed(unit_seed(cfg.seed, "inference_data"))
         idata = inference_data(model, guide, local, x, indices, nuts, fields, sites)
     seconds["inference_data"] = time.perf_counter() - start
     return Diagnostics(cfg, indices, sites, find_image_site(model, x, fields), nuts,
-                       convergence(idata), gaps, collapse, ppc, idata, seconds, plan)
+                       convergence(idata), gaps, collapse, ppc, idata, seconds, plan,
+                       discrete)

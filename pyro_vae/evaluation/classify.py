@@ -22,7 +22,7 @@ from pyro_vae.data import Data, Split
 from pyro_vae.figures import save_figure
 from pyro_vae.files import atomic_write
 from pyro_vae.programs import Batch
-from pyro_vae.traces import is_latent, slice_rows, trace_program
+from pyro_vae.traces import is_latent, slice_rows, support_probs, trace_program
 
 
 def partly_labelled(model: object) -> bool:
@@ -85,9 +85,7 @@ def label_probs(guide: Callable, x: Tensor, batch: Batch, site: str,
             raise ValueError(f"label site {site!r}: the story classifies by the guide's "
                              f"q({site} | x), and this guide has no site {site!r} (its latent "
                              f"sites: {', '.join(latents)}); use the story's own guide")
-        fn = trace.nodes[site]["fn"]
-        values = fn.enumerate_support(expand=False)            # [K, 1]
-        out.append(fn.log_prob(values).exp().transpose(0, 1))  # [n, K]
+        out.append(support_probs(trace.nodes[site]["fn"]))  # [n, K]
     return torch.cat(out)
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from pyro_vae import distributed
 from pyro_vae.config import TrainConfig
 from pyro_vae.data import Data
+from pyro_vae.faults import point
 from pyro_vae.infer.fused import FusedStep, auto_wait, unfusable
 from pyro_vae.infer.objectives import MAX_PLATE_NESTING, Auto, build_objective
 from pyro_vae.infer.precision import PRECISIONS
@@ -163,6 +164,7 @@ def _run_epoch(session: FitSession, state: TrainState, objective, bar,
             # Every rank stops at the same step, whichever of them was signalled.
             if stop is not None and distributed.any_rank(stop(), session.world):
                 return False
+            point("fit/step")  # a crash test's hook (pyro_vae/faults.py): inert unless armed
             index = batches.rows(state.perm, state.step)
             beta = kl_weight(cfg, state.epoch, state.step, steps)
             where = lambda: f"epoch {state.epoch + 1}, step {state.step + 1} of {steps}"  # noqa: E731

@@ -1,8 +1,12 @@
 """Run folders: training into one, resuming and loading it (:mod:`~pyro_vae.runs.folders`), its
-checkpoint (:mod:`~pyro_vae.runs.checkpoint`), its writer lock (:mod:`~pyro_vae.runs.lock`), and
-several of them side by side (:mod:`~pyro_vae.runs.compare`, :mod:`~pyro_vae.runs.compare_page`).
+checkpoint (:mod:`~pyro_vae.runs.checkpoint`) and how often it is written
+(:mod:`~pyro_vae.runs.cadence`), its writer lock (:mod:`~pyro_vae.runs.lock`), several of them
+side by side (:mod:`~pyro_vae.runs.compare`, :mod:`~pyro_vae.runs.compare_page`), and the
+experiment trackers a fit also writes to (:mod:`~pyro_vae.runs.tracking`,
+:mod:`~pyro_vae.runs.loggers`).
 """
 
+from pyro_vae.runs.cadence import CHECKPOINT_EVERY, CheckpointWriter
 from pyro_vae.runs.checkpoint import (
                                       FORMAT,
                                       Checkpoint,
@@ -26,13 +30,18 @@ from pyro_vae.runs.folders import (
                                       train_run,
 )
 from pyro_vae.runs.lock import LOCK_FILE, RunLock, RunLockedError, writer_lock
+from pyro_vae.runs.loggers import LOGGERS, Logger
 from pyro_vae.runs.records import BEST, write_summary
+from pyro_vae.runs.tracking import TRACKING, MissingExtraError, check_loggers, read_tracking
 
 __all__ = [
     "BEST",
     "CHECKPOINT",
+    "CHECKPOINT_EVERY",
     "Checkpoint",
+    "CheckpointWriter",
     "CheckpointError",
+    "check_loggers",
     "compare_runs",
     "Comparison",
     "ComparisonFiles",
@@ -45,14 +54,19 @@ __all__ = [
     "load_run",
     "load_run_data",
     "LoadedRun",
+    "Logger",
+    "LOGGERS",
     "LOCK_FILE",
     "METRICS",
+    "MissingExtraError",
     "read_run",
+    "read_tracking",
     "resume_run",
     "RunLock",
     "RunLockedError",
     "RunRow",
     "save_checkpoint",
+    "TRACKING",
     "train_run",
     "TrainResult",
     "write_comparison",

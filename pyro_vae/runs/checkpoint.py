@@ -90,8 +90,21 @@ def flatten_state(modules: nn.Module, optimizer: torch.optim.Optimizer | None,
 def save_checkpoint(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer | None,
                     state, meta: dict[str, Any]) -> None:
     """Write ``modules`` (e.g. ``ModuleDict(model=..., guide=...)``), optimizer and fit state."""
+    write_flat(path, *flatten_state(modules, optimizer, state), meta)
+
+
+def frozen_state(modules: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 state) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """:func:`flatten_state` as copies that later steps do not change: what a checkpoint of
+    this moment holds, to be written later by :func:`write_flat`."""
     tensors, header = flatten_state(modules, optimizer, state)
-    header.update(format=FORMAT, meta=meta)
+    return {k: v.clone() for k, v in tensors.items()}, header
+
+
+def write_flat(path: Path, tensors: dict[str, Tensor], header: dict[str, Any],
+               meta: dict[str, Any]) -> None:
+    """Write a checkpoint from :func:`flatten_state`'s (or :func:`frozen_state`'s) output."""
+    header = dict(header, format=FORMAT, meta=meta)
     text = json.dumps(header, sort_keys=True)
     payload = st_save(tensors, metadata={"pyro_vae": text, "sha256": header_digest(tensors, text)})
     atomic_write(Path(path), payload)

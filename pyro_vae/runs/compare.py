@@ -27,7 +27,8 @@ PARTS = ("prior", "likelihood", "decoder", "encoder", "guide")
 # Settings shown in their own columns (story, parts, epochs), or that say where, not what.
 NOT_OPTIONS = {"model.prior", "model.likelihood", "model.decoder", "model.encoder", "model.guide",
                "story.model", "story.guide", "story.model_source", "story.guide_source",
-               "train.epochs", "data.root", "data.download"}
+               "train.epochs", "data.root", "data.download",
+               "track.loggers", "track.mlflow_uri"}  # where the records also went
 # What two runs must share for their ELBOs to be the same quantity on the same images.
 # A story's digest is shown only where it tells apart runs of stories of the same name.
 DIGESTS = ("story.model_sha256", "story.guide_sha256")

@@ -6,6 +6,7 @@
     runs/<name>/metrics.jsonl            one line per epoch
     runs/<name>/checkpoint.safetensors   parameters, optimizer and fit state
     runs/<name>/*.png                    figures
+    runs/<name>/tracking.json            the experiment trackers' state (train --log)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,16 +40,15 @@ from pyro_vae.data import (
     split_or_stream,
 )
 from pyro_vae.evaluation import (
-    epoch_metrics,
     keep_labels,
     label_probs,
     label_site,
     partly_labelled,
 )
-from pyro_vae.files import appended, atomic_write
+from pyro_vae.faults import point
+from pyro_vae.files import atomic_write
 from pyro_vae.infer import (
     FitResult,
-    FitSession,
     build_objective,
     check_batches,
     check_train_config,
@@ -57,19 +57,20 @@ from pyro_vae.infer import (
     resolve_device,
 )
 from pyro_vae.programs import Program, as_program, check_fields, seeded
-from pyro_vae.runs.checkpoint import load_checkpoint, load_modules, save_checkpoint
+from pyro_vae.runs.cadence import CHECKPOINT_EVERY, CheckpointWriter
+from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint, load_modules
 from pyro_vae.runs.enumeration import choose_objective
+from pyro_vae.runs.latents import epoch_extras
 from pyro_vae.runs.lock import writer_lock
 from pyro_vae.runs.records import (
     WHICH,
-    is_new_best,
     move_stale,
-    save_best,
     scored,
     write_figures,
     write_summary,
 )
-from pyro_vae.state import EpochRecord, TrainState
+from pyro_vae.runs.tracking import check_loggers, tracking, with_loggers
+from pyro_vae.state import EpochRecord
 from pyro_vae.stories import (
     STORIES,
     build_story,
@@ -212,55 +213,60 @@ def _check_story_data(model: Program, raw: RawImages) -> None:
                                   f"{raw.source} {what}")
 
 
-def checkpoint_callback(path: Path, cfg: RunConfig, extra: Callable | None = None) -> Callable:
-    """After each epoch: append the epoch to metrics.jsonl (with ``extra(session)``'s
-    figures, e.g. a classifier's accuracy) and rewrite the checkpoint; at a new best
-    validation ELBO, first ``best.safetensors``."""
-
-    def write(session: FitSession, state: TrainState, record: EpochRecord) -> None:
-        line = dataclasses.asdict(record) | (extra(session) if extra else {})
-        # The epoch's line stays in metrics.jsonl only if its checkpoint was written (a
-        # full disk leaves both at the previous epoch); fit captured the RNG states. The best
-        # goes first: a resume from the previous checkpoint finds this epoch best again.
-        with appended(path / METRICS, json.dumps(line) + "\n"):
-            if is_new_best(state, record):
-                save_best(path, session.modules(), state, {"config": run_config_to_dict(cfg)})
-            save_state(path, session.modules(), session.optimizer, state, cfg)
-
-    return write
-
-
-def save_state(path: Path, modules: nn.Module, optimizer: torch.optim.Optimizer,
-               state: TrainState, cfg: RunConfig) -> None:
-    save_checkpoint(path / CHECKPOINT, modules, optimizer, state, {"config": run_config_to_dict(cfg)})
-
-
 def _run_fit(path: Path, cfg: RunConfig, data: Data, model: nn.Module, guide: nn.Module,
-             checkpoint=None, progress: bool = True, stop=None) -> TrainResult:
-    writer = distributed.current().writer  # rank 0 alone writes the folder
+             checkpoint=None, progress: bool = True, stop=None,
+             checkpoint_every: float = CHECKPOINT_EVERY) -> TrainResult:
+    world = distributed.current()  # rank 0 alone writes the folder
     before = checkpoint.state.epoch if checkpoint else 0
-    result = fit(model, guide, data, cfg.train,
-                 state=checkpoint.state if checkpoint else None,
-                 optimizer_state=checkpoint.optimizer if checkpoint else None,
-                 callbacks=[checkpoint_callback(path, cfg, epoch_metrics(model, cfg.train.seed))]
-                 if writer else [], stop=stop,
-                 progress=progress)
-    if not writer:
-        return TrainResult(path, result, [], before)
-    save_state(path, nn.ModuleDict({"model": model, "guide": guide}), result.optimizer,
-               result.state, cfg)
-    write_summary(path, result)
-    pictures: list[Path] = []
-    if not result.interrupted:
-        pictures = write_figures(path, result.model, result.guide, data.to(result.model.device),
-                                 result.history, cfg.train.seed, cfg.story.map_site)
+    fit_from = dict(state=checkpoint.state if checkpoint else None,
+                    optimizer_state=checkpoint.optimizer if checkpoint else None,
+                    stop=stop, progress=progress)
+    if not world.writer:
+        return TrainResult(path, _fit_watched(world, path, None, model, guide, data, cfg,
+                                              fit_from), [], before)
+    with tracking(path, cfg, path / METRICS) as tracker:
+        writer = CheckpointWriter(path, CHECKPOINT, METRICS, {"config": run_config_to_dict(cfg)},
+                                  checkpoint_every, epoch_extras(model, cfg), tracker.epoch,
+                                  resumed=checkpoint is not None)
+        result = _fit_watched(world, path, writer, model, guide, data, cfg, fit_from)
+        writer.finish(nn.ModuleDict({"model": model, "guide": guide}), result.optimizer,
+                      result.state)
+        write_summary(path, result)
+        pictures: list[Path] = []
+        if not result.interrupted:
+            pictures = write_figures(path, result.model, result.guide,
+                                     data.to(result.model.device), result.history,
+                                     cfg.train.seed, cfg.story.map_site)
+        tracker.finish(pictures, len(result.history), result.interrupted)
     return TrainResult(path, result, pictures, before)
 
 
+def _fit_watched(world, path: Path, writer: CheckpointWriter | None, model: nn.Module,
+                 guide: nn.Module, data: Data, cfg: RunConfig, fit_from: dict) -> FitResult:
+    """``fit``, with ``writer`` (rank 0's) as its epoch callback; on failure the writer keeps
+    the last finished epoch, and a peer's stopped heartbeat is the error reported."""
+    try:
+        return fit(model, guide, data, cfg.train, callbacks=[writer] if writer else [],
+                   **fit_from)
+    except BaseException:
+        lost = distributed.lost_ranks(world, str(path))  # None unless a peer's heartbeat stopped
+        if writer is not None:  # the last finished epoch, if it is not on disk yet
+            writer.fail()
+        if lost is not None:
+            raise lost from None
+        raise
+
+
 def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None, *,
-              progress: bool = True, stop=None) -> TrainResult:
-    """Load the data, build the model, fit it, and fill a new run folder ``out/name``."""
+              progress: bool = True, stop=None, loggers: Sequence[str] = (),
+              checkpoint_every: float = CHECKPOINT_EVERY) -> TrainResult:
+    """Load the data, build the model, fit it, and fill a new run folder ``out/name``,
+    writing its checkpoint after the first epoch and then at most every ``checkpoint_every``
+    seconds (pyro_vae/runs/cadence.py; 0: after every epoch), at the end and on failure;
+    ``loggers`` (names in ``LOGGERS``) are added to ``cfg.track``'s experiment trackers."""
     # Every setting is checked before the folder exists, so a mistake leaves nothing behind.
+    cfg = dataclasses.replace(cfg, track=with_loggers(cfg.track, loggers))
+    check_loggers(cfg.track)
     check_train_config(cfg.train)
     resolve_device(cfg.train.device)
     build_objective(cfg.train)
@@ -283,10 +289,12 @@ def train_run(cfg: RunConfig, out: Path = Path("runs"), name: str | None = None,
                               data=dataclasses.replace(cfg.data, binarize=data.binarize))
     world = distributed.current()
     path = Path(out) / distributed.from_writer(name or default_run_name(cfg), world)
+    distributed.note_folder(str(path))
     # One writer per folder (rank 0 of a data-parallel fit); a second is refused at once.
     with distributed.on_writer(world, lambda: writer_lock(_made(path))):
         cfg = distributed.agree(lambda: _fill_new_folder(path, cfg, sources), world)
-        return _run_fit(path, cfg, data, model, guide, progress=progress, stop=stop)
+        return _run_fit(path, cfg, data, model, guide, progress=progress, stop=stop,
+                        checkpoint_every=checkpoint_every)
 
 
 def _say(*lines: str) -> None:
@@ -298,6 +306,7 @@ def _say(*lines: str) -> None:
 
 def _made(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
+    point("folder/made")  # crash-test hooks (pyro_vae/faults.py): inert unless armed
     return path
 
 
@@ -313,7 +322,9 @@ def _fill_new_folder(path: Path, cfg: RunConfig, sources: dict[str, bytes]) -> R
                     ((cfg.story.model, cfg.story.model_sha256),
                      (cfg.story.guide, cfg.story.guide_sha256)) if d})
     save_run_config(cfg, path / CONFIG)
+    point("folder/config")
     (path / METRICS).write_text("")
+    point("folder/filled")
     return cfg
 
 
@@ -363,20 +374,35 @@ RESUMABLE = ("epochs", "lr", "clip_norm", "early_stopping", "device", "val_every
 
 
 def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = None,
-               progress: bool = True, stop=None, trust_story: bool = False) -> TrainResult:
+               progress: bool = True, stop=None, trust_story: bool = False,
+               loggers: Sequence[str] = (), mlflow_uri: str | None = None,
+               checkpoint_every: float = CHECKPOINT_EVERY) -> TrainResult:
     """Continue the run in ``path`` from its checkpoint, optionally with a new total of
     ``epochs`` and new values of the :data:`RESUMABLE` training settings in ``changes``
     (applied and recorded in config.json), holding the folder's writer lock. A story file
-    that ``train`` did not write for this user is refused unless ``trust_story``."""
+    that ``train`` did not write for this user is refused unless ``trust_story``. The run's
+    experiment trackers continue their runs; ``loggers`` adds more (and ``mlflow_uri`` says
+    where a new mlflow logger writes), recorded in config.json. Checkpoints are written as
+    :func:`train_run` writes them."""
     path = Path(path)
     world = distributed.current()
+    distributed.note_folder(str(path))
     with distributed.on_writer(world, lambda: writer_lock(path, take=path.is_dir())):
-        return _resume(path, epochs, changes, progress, stop, trust_story)
+        return _resume(path, epochs, changes, progress, stop, trust_story,
+                       (tuple(loggers), mlflow_uri), checkpoint_every)
 
 
 def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool,
-            stop, trust: bool) -> TrainResult:
+            stop, trust: bool, track: tuple[tuple[str, ...], str | None],
+            checkpoint_every: float) -> TrainResult:
+    if (path / CONFIG).is_file() and not (path / CHECKPOINT).exists():
+        raise CheckpointError(f"{path} holds no checkpoint yet: the run stopped before its first "
+                              f"epoch ended; start it again with the same pyro-vae train "
+                              f"command (--out {path.parent} --name {path.name}), which fills "
+                              f"the folder anew")
     cfg = load_run_config(path / CONFIG, migrate_model_config)
+    tracked = with_loggers(cfg.track, *track)
+    check_loggers(tracked)
     changes = dict(changes or {})
     if epochs is not None:
         changes["epochs"] = epochs
@@ -386,6 +412,7 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
                          f"different model or data); settings that may change: "
                          f"{', '.join(RESUMABLE)}")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+    changed, cfg = bool(changes) or tracked != cfg.track, dataclasses.replace(cfg, track=tracked)
     check_train_config(cfg.train)
     said: list[str] = []
     cfg = dataclasses.replace(cfg, data=resolve_stream(cfg.data, said.append))
@@ -401,12 +428,12 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
         said.append(move_stale(path, ckpt.state.epoch) or "")
     _say(*filter(None, said))
     # Only a checkpoint that loaded may change the folder's files; rank 0 alone writes them.
-    if changes and world.writer:
+    if changed and world.writer:
         save_run_config(cfg, path / CONFIG)
     # The checkpoint is the truth: metrics.jsonl is rewritten to match it.
     if world.writer:
         atomic_write(path / METRICS, metrics_matching(path / METRICS, ckpt.state.history).encode())
-    return _run_fit(path, cfg, data, model, guide, ckpt, progress, stop)
+    return _run_fit(path, cfg, data, model, guide, ckpt, progress, stop, checkpoint_every)
 
 
 def metrics_matching(path: Path, history: list[EpochRecord]) -> str:

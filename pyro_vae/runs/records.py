@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from torch import nn
@@ -19,9 +20,11 @@ from torch import nn
 from pyro_vae import figures
 from pyro_vae.data import Data
 from pyro_vae.evaluation import classifier_figures
+from pyro_vae.explore import EXPLORER_FILE, NoRealLatentError, real_sites, write_explorer
+from pyro_vae.files import atomic_write
 from pyro_vae.infer import FitResult
 from pyro_vae.programs import seeded
-from pyro_vae.runs.checkpoint import Checkpoint, save_checkpoint
+from pyro_vae.runs.checkpoint import Checkpoint
 from pyro_vae.state import EpochRecord, TrainState
 from pyro_vae.traces import is_real, latent_sites, slice_rows
 
@@ -30,15 +33,15 @@ WHICH = {"last": "checkpoint.safetensors", "best": BEST}
 """The checkpoints a run folder may hold, by the name ``--checkpoint`` gives them."""
 
 STALE = "stale"
-# The files evaluate, diagnose and sample write beside the checkpoint they scored, and the
-# JSON of each that records the epoch it was for.
+# The files evaluate, diagnose and sample write beside the checkpoint they scored (names or
+# glob patterns), and the JSON of each that records the epoch it was for.
 SCORES = {"evaluation": ("evaluation.json", ("evaluation.json", "evaluation_k_curve.png",
                                              "evaluation_khat.png")),
           "diagnose": ("diagnostics.json", ("diagnostics.json", "diagnostics.nc",
                                             "diagnostics.html", "diagnose_gaps.png",
                                             "diagnose_collapse.png", "diagnose_pixel_maps.png",
                                             "diagnose_loglik.png", "diagnose_pairs.png",
-                                            "classifier.json")),
+                                            "diagnose_discrete_*.png", "classifier.json")),
           "sample": ("", ("samples.png",))}
 
 
@@ -47,12 +50,6 @@ def is_new_best(state: TrainState, record: EpochRecord) -> bool:
     counted it: it equals ``state.best_val`` and no epoch since has been worse)."""
     return record.val_elbo is not None and record.val_elbo == state.best_val \
         and state.bad_epochs == 0
-
-
-def save_best(folder: Path, modules: nn.Module, state: TrainState, meta: dict) -> None:
-    """``best.safetensors``: the parameters and fit state (no optimizer) of this epoch,
-    written atomically."""
-    save_checkpoint(Path(folder) / BEST, modules, None, state, meta)
 
 
 def scored(which: str, ckpt: Checkpoint) -> dict:
@@ -80,7 +77,7 @@ def move_stale(folder: Path, epoch: int) -> str | None:
     folder = Path(folder)
     moved: dict[str, list[str]] = {}
     for record, names in SCORES.values():
-        present = [n for n in names if (folder / n).is_file()]
+        present = sorted({p.name for n in names for p in folder.glob(n) if p.is_file()})
         if not present:
             continue
         found = _recorded_epoch(folder / record) if record else None
@@ -112,7 +109,7 @@ def write_summary(path: Path, result: FitResult) -> None:
     }
     if result.compiled_step is not None:  # did the whole-step program run, or why not
         summary["compiled_step"] = result.compiled_step
-    (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
@@ -120,7 +117,8 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
     """The run's PNGs: ELBO curves, reconstructions, prior samples, the latent map of the
     guide's first latent site (or ``map_site``), the manifold when the story's only latent is
     2-D and real, and whatever the story's own ``figures(guide, x, batch, image_shape,
-    folder)`` method draws, if it has one."""
+    folder)`` method draws, if it has one; then ``explorer.html`` of the same site (of the
+    first real-valued one if that is not), or a line on stderr saying why there is none."""
     x_test, batch = data.eval_split("test", seed=seed), data.test.fields()
     shape = data.image_shape
     with seeded(seed):
@@ -140,7 +138,22 @@ def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
         if callable(own):
             out += list(own(guide, x_test, batch, shape, path))
         out += classifier_figures(model, guide, data, seed, path)
-    return out
+    return out + explorer(path, model, guide, data, seed, map_site, len(history))
+
+
+def explorer(path: Path, model: nn.Module, guide: nn.Module, data: Data, seed: int,
+             map_site: str | None, epochs: int) -> list[Path]:
+    """``explorer.html`` in the run folder, or a note on stderr where the story has no
+    real-valued latent site."""
+    x, fields = data.eval_split("test", seed=seed)[:2], slice_rows(data.test.fields(), 0, 2)
+    site = map_site if map_site and map_site in real_sites(model, x, fields) else None
+    try:
+        page = write_explorer(model, guide, data, path / EXPLORER_FILE, site=site, seed=seed,
+                              caption=f"{path} · epoch {epochs} · {data.source}")
+    except NoRealLatentError as err:
+        print(f"note: {err}", file=sys.stderr)
+        return []
+    return [page.path]
 
 
 def _labels(split, n: int):

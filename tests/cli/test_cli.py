@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory):
 def test_train_writes_the_run_folder(run_dir):
     for name in ("config.json", "metrics.jsonl", "checkpoint.safetensors", "summary.json",
                  "elbo_curves.png", "reconstructions.png", "prior_samples.png", "latent_map.png",
-                 "manifold.png"):
+                 "manifold.png", "explorer.html"):
         assert (run_dir / name).stat().st_size > 0, name
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]

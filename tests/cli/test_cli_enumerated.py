@@ -108,3 +108,18 @@ def test_sample_holds_an_enumerated_site_at_a_value(run, capsys):
     assert torch.allclose(mean, expected.expand_as(mean), atol=1e-5)
     assert main(["sample", str(run), "--set", "c=3"]) == 2
     assert "outside the site's support" in capsys.readouterr().err
+
+
+def test_diagnose_reports_the_enumerated_site(run, capsys):
+    assert main(["diagnose", str(run), "--points", "2", "--chains", "1", "--warmup", "10",
+                 "--samples", "10", "--local-steps", "5", "--elbo-samples", "20"]) == 0
+    err = capsys.readouterr().err
+    assert "c: share of images per value" in err
+    summary = json.loads((run / "diagnostics.json").read_text())
+    c = summary["discrete"]["c"]
+    assert c["source"] == "story" and c["values"] == 3
+    assert abs(sum(c["share_per_value"]) - 1) < 1e-9
+    assert sum(map(sum, c["by_label"])) == c["points"]  # digits have labels
+    assert any(v["check"].startswith("Discrete site c") for v in summary["verdicts"])
+    assert (run / "diagnose_discrete_c.png").exists()
+    assert "diagnose_discrete_c" not in (run / "diagnostics.html").read_text()  # inlined, not linked

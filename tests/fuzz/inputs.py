@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import REPO, Case, Workspace, binary_images
 from hypothesis import strategies as st
+
+from harness import REPO, Case, Workspace, binary_images
 
 # ---------------------------------------------------------------------------- the CLI
 
@@ -45,9 +46,12 @@ BASE = {  # cheap settings first; generated flags after them override
                  "--local-steps", "4", "--elbo-samples", "8", "--no-progress", "--out", "diag"],
     "sample": ["{RUN}", "--n", "4", "--out", "samples.png"],
     "compare": ["{RUN}", "{RUN_INK}", "--out", "cmp"],
+    "export": ["{RUN}", "--out", "exported", "--no-progress"],
+    "explore": ["{RUN}", "--out", "page.html"],
 }
-NEVER = {"download", "help"}
-"""Flags not generated: a download needs the network."""
+NEVER = {"download", "help", "check"}
+"""Flags not generated: a download needs the network; ``export --check`` ends in exit 1 when
+a difference exceeds its tolerance, a verdict rather than an error (tests/export cover it)."""
 PLACES = ["{RUN}", "{RUN_INK}", "{DATA}", "missing", "", ".", "runs/../x", "{RUN}/config.json"]
 JUNK = ["", " ", "-", "--", "nan", "inf", "-inf", "1e400", "0x10", "1_000", "½", "💥", "a,b",
         ",", "=", "'", "\\", "\x00"]

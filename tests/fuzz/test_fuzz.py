@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from harness import Case, Workspace, run_case, run_in_subprocess
 from hypothesis import HealthCheck, Phase, given, settings
+
+from harness import Case, Workspace, run_case, run_in_subprocess
 from inputs import BOUNDARIES
 
 CI = settings(derandomize=True, deadline=None, database=None, print_blob=True,

@@ -22,6 +22,8 @@ from pyro_vae.pixels import Pixels
 from pyro_vae.stories.build import build_part, build_vae
 from pyro_vae.validation import DataError
 
+from support import load_benchmark
+
 LEVELS = torch.arange(256, dtype=torch.float64) / 255
 # (location, scale): inside and outside [0, 1], narrower than a bin and wider than the range
 PARAMS = [(0.3, 0.05), (0.0, 0.002), (1.2, 0.3), (-0.4, 1e-3), (0.5, 3.0)]
@@ -240,15 +242,8 @@ def test_fit_refuses_pixels_off_the_8bit_grid_for_an_8bit_likelihood():
 
 
 def _bernoulli_bias():
-    """benchmarks/bernoulli_bias.py as a module (benchmarks are scripts, not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bernoulli_bias.py"
-    spec = importlib.util.spec_from_file_location("bernoulli_bias", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/bernoulli_bias.py as a module."""
+    return load_benchmark("bernoulli_bias")
 
 
 def test_bernoulli_bias_exact_curves_match_the_integrals():

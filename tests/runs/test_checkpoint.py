@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 from torch import nn
 
+from pyro_vae import faults
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.data.loading import from_tensor
 from pyro_vae.files import atomic_write
@@ -205,37 +206,19 @@ def _fork(body) -> int:
 
 
 def test_kill_9_in_the_middle_of_a_write_keeps_the_old_checkpoint(tmp_path):
-    """The writer is stopped after half of the new bytes reached the disk, then killed."""
+    """The writer kills itself (SIGKILL, the crash-test hook of pyro_vae/faults.py) once half
+    of the new bytes reached the disk."""
     old, new = _payloads(tmp_path)
     target = tmp_path / "checkpoint.safetensors"
     atomic_write(target, old)
-    ready_r, ready_w = os.pipe()
-
-    class HalfThenHang:
-        def __init__(self, f):
-            self.f = f
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-        def write(self, payload):
-            self.f.write(payload[:len(payload) // 2])
-            self.f.flush()
-            os.write(ready_w, b"1")
-            time.sleep(60)
 
     def child():
-        real = os.fdopen
-        os.fdopen = lambda fd, mode: HalfThenHang(real(fd, mode))  # this process only
+        os.environ[faults.ENV] = "checkpoint.safetensors/partial:1"  # this process only
         atomic_write(target, new)
 
     pid = _fork(child)
-    assert os.read(ready_r, 1) == b"1"
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     leftovers = list(tmp_path.glob(".checkpoint.safetensors.*.tmp"))
     assert len(leftovers) == 1 and leftovers[0].stat().st_size == len(new) // 2
     assert target.read_bytes() == old

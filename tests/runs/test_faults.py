@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +20,10 @@ from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.files import appended
 from pyro_vae.infer.loop import fit
 from pyro_vae.infer.objectives import OBJECTIVES
+from pyro_vae.runs import cadence
 from pyro_vae.runs.checkpoint import load_checkpoint
 from pyro_vae.runs.folders import CHECKPOINT, METRICS, load_run_data, resume_run, train_run
+from pyro_vae.runs.records import BEST
 from pyro_vae.state import DivergenceError
 from pyro_vae.stories.build import build_vae
 
@@ -195,12 +198,13 @@ def _full_after(monkeypatch, writes: int) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
 def test_disk_full_keeps_last_good_checkpoint_and_metrics(tmp_path, monkeypatch, capsys):
-    """The third epoch's checkpoint meets a full disk: exit 4 with one line naming the file
+    """The third epoch's checkpoint (one after every epoch) meets a full disk: exit 4 with one line naming the file
     and its size; the checkpoint of epoch 2 is intact, metrics.jsonl ends at epoch 2 too, no
     temporary file is left, and --resume finishes the run once there is space."""
     run = tmp_path / "r"
     _full_after(monkeypatch, 2)
-    code, err = run_cli(["train", *TINY, "--epochs", "4", "--out", str(tmp_path), "--name", "r"], capsys)
+    code, err = run_cli(["train", *TINY, "--epochs", "4", "--checkpoint-every", "0", "--out",
+                         str(tmp_path), "--name", "r"], capsys)
     assert code == 4, err
     line = err.strip()
     assert len(line.splitlines()) == 1 and "Traceback" not in line, line
@@ -278,3 +282,110 @@ def test_a_figure_whose_write_fails_leaves_the_old_picture_whole(tmp_path, monke
         save_figure(fig, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temporary file left
+
+
+# --- how often the checkpoint is written (pyro_vae/runs/cadence.py) ----------------------
+
+
+def _cadence_config(epochs: int) -> RunConfig:
+    return RunConfig(model=ModelConfig(latent_dim=2, hidden_sizes=(16,)), data=DataConfig(),
+                     train=TrainConfig(epochs=epochs, batch_size=256, device="cpu"))
+
+
+def test_checkpoint_cadence_and_a_kill_between_checkpoints(tmp_path, monkeypatch):
+    """A clock that reads 10 s × the epoch and a 25 s cadence: the checkpoint is written
+    after epochs 1, 4 and 7 (the last); metrics.jsonl gets every epoch at once. A copy of
+    the folder taken after epoch 6 is what SIGKILL leaves there (checkpoint of epoch 4, six
+    lines); its resume cuts metrics.jsonl back to epoch 4 and ends exactly where the
+    uninterrupted fit does, best.safetensors included. The trackers' hook is handed an
+    epoch's line only once a checkpoint covers it."""
+    cfg, now, seen, sent = _cadence_config(7), [0.0], [], []
+    real = cadence.CheckpointWriter.__call__
+
+    def observed(self, session, state, record):
+        now[0], self.clock = 10.0 * record.epoch, lambda: now[0]
+        self.then = lambda line: sent.append(line["epoch"])
+        real(self, session, state, record)
+        seen.append((record.epoch, load_checkpoint(self.checkpoint).state.epoch, len(sent)))
+        if record.epoch == 6:
+            shutil.copytree(self.checkpoint.parent, tmp_path / "killed")
+
+    monkeypatch.setattr(cadence.CheckpointWriter, "__call__", observed)
+    train_run(cfg, tmp_path, "r", progress=False, checkpoint_every=25)
+    monkeypatch.undo()
+    assert seen == [(1, 1, 1), (2, 1, 1), (3, 1, 1), (4, 4, 4), (5, 4, 4), (6, 4, 4), (7, 7, 7)]
+    assert sent == list(range(1, 8))
+    killed = tmp_path / "killed"
+    assert load_checkpoint(killed / CHECKPOINT).state.epoch == 4
+    assert [r[0] for r in metrics_rows(killed)] == [1, 2, 3, 4, 5, 6]
+    resume_run(killed, progress=False)
+    reference = reference_fit(dataclasses.replace(cfg, image_shape=(8, 8)))
+    same_result(killed, reference)
+    same_result(tmp_path / "r", reference)
+    best, again = (load_checkpoint(run / BEST) for run in (tmp_path / "r", killed))
+    assert best.state.epoch == again.state.epoch
+    assert all(torch.equal(best.modules[k], again.modules[k]) for k in best.modules)
+
+
+def test_best_is_the_best_epochs_parameters_when_written_later(tmp_path):
+    """With one checkpoint at the end, best.safetensors still holds the parameters of the
+    epoch with the best validation ELBO, copied when that epoch ended."""
+    cfg, at_epoch = _cadence_config(5), {}
+    real = cadence.CheckpointWriter.__call__
+
+    def spy(self, session, state, record):
+        at_epoch[record.epoch] = {k: v.detach().clone()
+                                  for k, v in session.modules().state_dict().items()}
+        real(self, session, state, record)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cadence.CheckpointWriter, "__call__", spy)
+        result = train_run(cfg, tmp_path, "r", progress=False, checkpoint_every=1e9)
+    vals = [r.val_elbo for r in result.fit.history]
+    best = load_checkpoint(tmp_path / "r" / BEST)
+    assert best.state.epoch == 1 + vals.index(max(vals))
+    want = at_epoch[best.state.epoch]
+    assert all(torch.equal(best.modules[k], want[k]) for k in want)
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+def test_a_failed_fit_writes_its_last_finished_epoch(tmp_path, monkeypatch, capsys):
+    """A NaN loss in epoch 3 with a checkpoint due only at the end: the fit's failure
+    writes epoch 2 (the epoch the parameters are restored to) and metrics.jsonl agrees."""
+    _poison(monkeypatch, at_call=2 * 45 + 3)  # 45 steps per epoch: epoch 3, step 3
+    run = tmp_path / "r"
+    code, err = run_cli(["train", *TINY, "--epochs", "4", "--checkpoint-every", "1e9", "--out",
+                         str(tmp_path), "--name", "r"], capsys)
+    assert code == 3 and "epoch 3, step 3 of 45" in err, err
+    state = load_checkpoint(run / CHECKPOINT).state
+    assert (state.epoch, state.step) == (2, 0)
+    assert [r[0] for r in metrics_rows(run)] == [r.epoch for r in state.history] == [1, 2]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_full_disk_at_the_last_checkpoint_cuts_metrics_back(tmp_path, monkeypatch, capsys):
+    """Checkpoints after epoch 1 and at the end; the end meets a full disk: exit 4, the
+    checkpoint of epoch 1 intact, and metrics.jsonl cut back from 3 lines to its 1."""
+    run = tmp_path / "r"
+    _full_after(monkeypatch, 1)
+    code, err = run_cli(["train", *TINY, "--epochs", "3", "--checkpoint-every", "1e9", "--out",
+                         str(tmp_path), "--name", "r"], capsys)
+    assert code == 4, err
+    assert load_checkpoint(run / CHECKPOINT).state.epoch == 1
+    assert [r[0] for r in metrics_rows(run)] == [1]
+
+
+def test_a_folder_killed_before_its_first_checkpoint(tmp_path, capsys):
+    """SIGKILL before the first epoch ends leaves config.json and no checkpoint: --resume
+    says to run the train command again (one line, exit 2), which fills the folder anew."""
+    argv = ["train", *TINY, "--batch-size", "256", "--epochs", "1", "--out", str(tmp_path),
+            "--name", "r"]
+    assert run_cli(argv, capsys)[0] == 0
+    run = tmp_path / "r"
+    (run / CHECKPOINT).unlink()
+    (run / METRICS).write_text('{"epoch": 1, "train_elb')  # a torn line, as a kill leaves it
+    code, err = run_cli(["train", "--resume", str(run), "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "holds no checkpoint yet" in err and f"--out {tmp_path} --name r" in err
+    assert run_cli(argv, capsys)[0] == 0
+    assert [r[0] for r in metrics_rows(run)] == [1]

@@ -2,7 +2,7 @@
 
 The attack: a run folder from someone else whose ``story.py`` has one line added (here it
 writes a marker file) and whose ``config.json`` digest was updated to match. ``sample``,
-``evaluate``, ``diagnose`` and ``train --resume`` refuse it in one line naming the file and
+``evaluate``, ``diagnose``, ``export``, ``explore`` and ``train --resume`` refuse it in one line naming the file and
 ``--trust-story``, exit 2, and the marker is never written. A folder trained here opens
 without the flag; the flag opens a foreign one once and is remembered; built-in stories never
 need it.
@@ -68,6 +68,9 @@ COMMANDS = {
                                   "--warmup", "5", "--samples", "5", "--local-steps", "2",
                                   "--elbo-samples", "5", "--no-progress", "--out", str(out)],
     "resume": lambda run, out: ["train", "--resume", str(run), "--epochs", "2", "--no-progress"],
+    "export": lambda run, out: ["export", str(run), "--format", "pt2", "--no-progress",
+                                "--out", str(out / "export")],
+    "explore": lambda run, out: ["explore", str(run), "--out", str(out / "e.html")],
 }
 
 
