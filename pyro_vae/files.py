@@ -50,6 +50,9 @@ def atomic_write(path: Path, payload: bytes) -> None:
         DiskFullError: the device is full; ``path`` is left as it was.
     """
     path = Path(path)
+    if path.is_dir():  # else the rename fails naming the temporary file, not this one
+        raise IsADirectoryError(errno.EISDIR, "it is a folder, and a file was to be written there",
+                                str(path))
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _mode_of(path))  # mkstemp makes 0600; keep the file readable as before

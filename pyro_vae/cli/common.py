@@ -90,6 +90,11 @@ class UserError(Exception):
         self.code = code
 
 
+UNWRITABLE = (errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+              errno.ENAMETOOLONG)
+"""Errors of a write that the user's paths cause (not the disk): one line, exit 2."""
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the library's errors about input into :class:`UserError`."""
@@ -106,6 +111,9 @@ def user_errors() -> Iterator[None]:
             FileExistsError, ValueError, RunLockedError) as err:
         raise UserError(str(err)) from None
     except OSError as err:  # a full disk under a write that is not pyro-vae's own
+        if err.errno in UNWRITABLE:  # an --out that names a folder, a read-only place
+            raise UserError(f"cannot write {err.filename2 or err.filename}: "
+                            f"{err.strerror}") from None
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise UserError(f"no space left on the device for {err.filename or 'a file'}",

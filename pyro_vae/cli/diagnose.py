@@ -23,7 +23,14 @@ from pyro_vae.cli.common import (
     positive_int,
 )
 from pyro_vae.cli.partials import Job, interrupted, open_jobs, progress_flag
-from pyro_vae.diagnostics import DiagnoseConfig, active_units_text, diagnose, write_diagnostics
+from pyro_vae.diagnostics import (
+    MIN_DRAWS,
+    DiagnoseConfig,
+    active_units_text,
+    check_diagnose_config,
+    diagnose,
+    write_diagnostics,
+)
 from pyro_vae.evaluation import write_classifier_report
 from pyro_vae.memory import format_size, memory_budget
 from pyro_vae.partial import state_digest, tensor_digest
@@ -42,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="held-out images whose posterior NUTS samples and whose gaps are measured")
     p.add_argument("--chains", type=positive_int, default=C.chains, help="NUTS chains")
     p.add_argument("--warmup", type=positive_int, default=C.warmup, help="NUTS warm-up iterations per chain")
-    p.add_argument("--samples", type=positive_int, default=C.samples, help="NUTS draws kept per chain")
+    p.add_argument("--samples", type=positive_int, default=C.samples,
+                   help=f"NUTS draws kept per chain (at least {MIN_DRAWS})")
     p.add_argument("--local-steps", type=positive_int, default=C.local_steps,
                    help="Adam steps of the per-image Gaussian fit")
     p.add_argument("--elbo-samples", type=positive_int, default=C.elbo_samples,
@@ -55,10 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run, args.device, args.checkpoint, trust_story=args.trust_story)
     cfg = dataclasses.replace(C, points=args.points, chains=args.chains, warmup=args.warmup,
                               samples=args.samples, local_steps=args.local_steps,
                               elbo_samples=args.elbo_samples, seed=args.seed)
+    check_diagnose_config(cfg)  # before anything is loaded or written
+    loaded = load_run(args.run, args.device, args.checkpoint, trust_story=args.trust_story)
     heldout = loaded.data.eval_split("test", seed=loaded.config.train.seed)
     out = args.out or loaded.path
     job = Job("", {"method": "diagnose", **dataclasses.asdict(cfg), "device": loaded.device.type,

@@ -10,7 +10,13 @@ from pyro_vae.diagnostics.collapse import (
                                            kl_total,
                                            posterior_collapse,
 )
-from pyro_vae.diagnostics.config import ACTIVE_THRESHOLD, RHAT_OK, DiagnoseConfig
+from pyro_vae.diagnostics.config import (
+    ACTIVE_THRESHOLD,
+    MIN_DRAWS,
+    RHAT_OK,
+    DiagnoseConfig,
+    check_diagnose_config,
+)
 from pyro_vae.diagnostics.gaps import Gaps, inference_gaps
 from pyro_vae.diagnostics.idata import inference_data
 from pyro_vae.diagnostics.nuts import Convergence, NutsResult, convergence, run_nuts
@@ -33,6 +39,8 @@ __all__ = [
     "convergence",
     "diagnose",
     "DiagnoseConfig",
+    "MIN_DRAWS",
+    "check_diagnose_config",
     "Diagnostics",
     "fit_local",
     "Gaps",

@@ -48,3 +48,18 @@ class DiagnoseConfig:
     """Held-out points for the posterior predictive checks."""
     seed: int = 0
     """Seeds the point selection and every random draw."""
+
+
+MIN_DRAWS = 4
+"""NUTS draws per chain that split R̂ needs (each half-chain of two draws has a variance)."""
+
+
+def check_diagnose_config(cfg: DiagnoseConfig) -> None:
+    """ValueError naming the first setting the diagnostics cannot run with."""
+    for name in ("points", "chains", "warmup", "local_steps", "elbo_samples", "collapse_points",
+                 "collapse_draws", "ppc_points", "local_particles", "max_tree_depth"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"diagnose: {name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.samples < MIN_DRAWS:
+        raise ValueError(f"diagnose: --samples {cfg.samples} is too few NUTS draws per chain; "
+                         f"split R-hat needs at least {MIN_DRAWS}")

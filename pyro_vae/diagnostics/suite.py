@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from pyro_vae.diagnostics.collapse import Collapse, posterior_collapse
-from pyro_vae.diagnostics.config import RHAT_OK, DiagnoseConfig
+from pyro_vae.diagnostics.config import RHAT_OK, DiagnoseConfig, check_diagnose_config
 from pyro_vae.diagnostics.discrete import (
     DiscreteSite,
     discrete_arrays,
@@ -239,6 +239,7 @@ def diagnose(model: Callable, guide: Callable, heldout: Tensor, cfg: DiagnoseCon
     site's values against them. ``memory``: the budget the stages must fit (default the
     device's; see :func:`memory_plan`).
     """
+    check_diagnose_config(cfg)
     model, guide, batch = as_program(model, "the story"), as_program(guide, "the guide"), dict(batch or {})
     progress = sys.stderr.isatty() if progress is None else progress
     seconds: dict[str, float] = {}

@@ -140,3 +140,24 @@ def test_a_shape_error_that_eight_rows_hide(tmp_path, capsys):
     line = _one_line(err, "train")
     assert code == 2 and str(story) in line, line
     assert not (tmp_path / "runs").exists()
+
+
+def test_diagnose_with_fewer_draws_than_split_rhat_needs(run, capsys):
+    """``diagnose --samples 1`` (2, 3) was an AssertionError inside Pyro's split R-hat, after
+    the run had loaded and the partial folder was made; now one line before anything."""
+    code, err = run_cli(["diagnose", str(run), "--samples", "3", "--points", "2", "--out",
+                         str(run / "diag")], capsys)
+    assert code == 2 and "--samples 3" in _one_line(err, "diagnose") and "at least 4" in err
+    assert not (run / "diag").exists()
+
+
+@pytest.mark.parametrize("command", [["sample", "--n", "2"], ["explore"]])
+def test_an_out_that_names_a_folder(run, capsys, command):
+    """``sample RUN --out RUN`` and ``explore RUN --out RUN`` were a traceback (the rename of
+    the temporary file onto a folder, naming the temporary file); now one line naming the
+    folder, and nothing left beside it."""
+    before = sorted(p.name for p in run.parent.iterdir())
+    code, err = run_cli([command[0], str(run), *command[1:], "--out", str(run)], capsys)
+    line = _one_line(err, command[0])
+    assert code == 2 and f"cannot write {run}: it is a folder" in line, err
+    assert sorted(p.name for p in run.parent.iterdir()) == before
