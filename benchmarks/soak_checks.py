@@ -26,8 +26,10 @@ from pyro_vae.runs import (
 
 # The fields of a metrics line that the fit computes (the others are timings).
 RECORD = ("epoch", "train_elbo", "val_elbo", "beta", "lr")
-# Keys of evaluation.json whose values are timings or clock times.
-CLOCK_KEYS = {"seconds", "finished", "minutes"}
+# Keys of evaluation.json whose values are readings of the clock or of the machine: timings,
+# clock times, and the memory budget, a share of the memory free when the command started
+# (the chunk sizes it chose are settings, compared, and a resume under others starts afresh).
+CLOCK_KEYS = {"seconds", "finished", "minutes", "budget_bytes"}
 PNG_END = b"IEND\xaeB`\x82"
 
 

@@ -10,7 +10,7 @@ time: at most ``every`` seconds plus the epoch in progress.
 
 ``metrics.jsonl`` may then hold lines for epochs after the checkpoint on disk (up to
 ``every`` seconds of them, and a torn last line after SIGKILL); ``train --resume`` rewrites it
-to the checkpoint's epochs (``metrics_matching`` in pyro_vae/runs/folders.py) before the fit
+to the checkpoint's epochs (``metrics_matching`` in pyro_vae/runs/records.py) before the fit
 goes on, so that every finished epoch is there once and agrees with the checkpoint. A
 failure that cannot write the checkpoint (a full disk) cuts metrics.jsonl back to the
 checkpoint's epochs itself.

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -64,13 +63,13 @@ from pyro_vae.runs.latents import epoch_extras
 from pyro_vae.runs.lock import writer_lock
 from pyro_vae.runs.records import (
     WHICH,
+    metrics_matching,
     move_stale,
     scored,
     write_figures,
     write_summary,
 )
 from pyro_vae.runs.tracking import check_loggers, tracking, with_loggers
-from pyro_vae.state import EpochRecord
 from pyro_vae.stories import (
     STORIES,
     build_story,
@@ -434,28 +433,6 @@ def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool
     if world.writer:
         atomic_write(path / METRICS, metrics_matching(path / METRICS, ckpt.state.history).encode())
     return _run_fit(path, cfg, data, model, guide, ckpt, progress, stop, checkpoint_every)
-
-
-def metrics_matching(path: Path, history: list[EpochRecord]) -> str:
-    """The lines of metrics.jsonl for exactly the checkpoint's epochs ``history``: a line the
-    file holds for an epoch is kept whole when it agrees with the checkpoint's record (it may
-    carry more, e.g. a classifier's accuracy); any other epoch is written from its record."""
-    lines: dict[int, tuple[dict, str]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and isinstance(entry.get("epoch"), int):
-                lines[entry["epoch"]] = (entry, line)  # a later line for an epoch wins
-    out = []
-    for record in history:
-        fields = dataclasses.asdict(record)
-        entry, line = lines.get(record.epoch, ({}, ""))
-        agrees = all(entry.get(k) == v for k, v in fields.items())
-        out.append((line if agrees else json.dumps(fields)) + "\n")
-    return "".join(out)
 
 
 def _load_into(path: Path, model: Program, guide: Program, data: Data, file: str = CHECKPOINT):

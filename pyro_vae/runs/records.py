@@ -10,6 +10,7 @@ checkpoint a score was computed from, and the scores a resumed fit makes stale.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -158,3 +159,25 @@ def explorer(path: Path, model: nn.Module, guide: nn.Module, data: Data, seed: i
 
 def _labels(split, n: int):
     return None if split.labels is None else split.labels[:n]
+
+
+def metrics_matching(path: Path, history: list[EpochRecord]) -> str:
+    """The lines of metrics.jsonl for exactly the checkpoint's epochs ``history``: a line the
+    file holds for an epoch is kept whole when it agrees with the checkpoint's record (it may
+    carry more, e.g. a classifier's accuracy); any other epoch is written from its record."""
+    lines: dict[int, tuple[dict, str]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("epoch"), int):
+                lines[entry["epoch"]] = (entry, line)  # a later line for an epoch wins
+    out = []
+    for record in history:
+        fields = dataclasses.asdict(record)
+        entry, line = lines.get(record.epoch, ({}, ""))
+        agrees = all(entry.get(k) == v for k, v in fields.items())
+        out.append((line if agrees else json.dumps(fields)) + "\n")
+    return "".join(out)
