@@ -15,7 +15,7 @@ from pyro_vae.cli.common import (
     add_trust_argument,
 )
 from pyro_vae.explore import EXPLORER_FILE, write_explorer
-from pyro_vae.runs import LoadedRun, load_run
+from pyro_vae.runs import LoadedRun, check_out_file, load_run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +40,7 @@ def caption(loaded: LoadedRun) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_file(args.run, args.out)
     loaded = load_run(args.run, args.device, args.checkpoint, trust_story=args.trust_story)
     page = write_explorer(loaded.model, loaded.guide, loaded.data,
                           args.out or loaded.path / EXPLORER_FILE, site=args.site,

@@ -22,7 +22,7 @@ from pyro_vae.cli.common import (
 )
 from pyro_vae.evaluation import label_site
 from pyro_vae.predictive import prior_predictive
-from pyro_vae.runs import LoadedRun, load_run
+from pyro_vae.runs import LoadedRun, check_out_file, load_run
 from pyro_vae.traces import index_rows, is_enumerated, latent_sites, trace_program
 
 
@@ -116,6 +116,7 @@ def _check_label(loaded: LoadedRun, label: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out_file(args.run, args.out)
     loaded = load_run(args.run, args.device, args.checkpoint, trust_story=args.trust_story)
     sets = args.set + ([f"z={','.join(map(str, args.z))}"] if args.z is not None else [])
     torch.manual_seed(args.seed)

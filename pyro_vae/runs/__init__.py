@@ -31,7 +31,7 @@ from pyro_vae.runs.folders import (
 )
 from pyro_vae.runs.lock import LOCK_FILE, RunLock, RunLockedError, writer_lock
 from pyro_vae.runs.loggers import LOGGERS, Logger
-from pyro_vae.runs.records import BEST, write_summary
+from pyro_vae.runs.records import BEST, RECORDS, check_out_file, write_summary
 from pyro_vae.runs.tracking import TRACKING, MissingExtraError, check_loggers, read_tracking
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "CheckpointWriter",
     "CheckpointError",
     "check_loggers",
+    "check_out_file",
     "compare_runs",
     "Comparison",
     "ComparisonFiles",
@@ -61,6 +62,7 @@ __all__ = [
     "MissingExtraError",
     "read_run",
     "read_tracking",
+    "RECORDS",
     "resume_run",
     "RunLock",
     "RunLockedError",

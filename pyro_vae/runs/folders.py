@@ -62,6 +62,11 @@ from pyro_vae.runs.enumeration import choose_objective
 from pyro_vae.runs.latents import epoch_extras
 from pyro_vae.runs.lock import writer_lock
 from pyro_vae.runs.records import (
+    CHECKPOINT,
+    CONFIG,
+    GUIDE_COPY,
+    METRICS,
+    STORY_COPY,
     WHICH,
     metrics_matching,
     move_stale,
@@ -87,8 +92,6 @@ from pyro_vae.stories import (
 )
 from pyro_vae.traces import latent_sites, slice_rows
 from pyro_vae.validation import check_image_shape, check_label_range, check_labels
-
-CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
 
 
 @dataclass(frozen=True)
@@ -334,7 +337,6 @@ def _check_map_site(site: str, model: Program, data: Data) -> None:
         raise ValueError(f"--map-site {site}: the story's latent sites are {names}")
 
 
-STORY_COPY, GUIDE_COPY = "story.py", "guide.py"
 
 
 def _story_sources(story: StoryConfig) -> dict[str, bytes]:

@@ -26,11 +26,15 @@ from pyro_vae.files import atomic_write
 from pyro_vae.infer import FitResult
 from pyro_vae.programs import seeded
 from pyro_vae.runs.checkpoint import Checkpoint
+from pyro_vae.runs.lock import LOCK_FILE
+from pyro_vae.runs.tracking import TRACKING
 from pyro_vae.state import EpochRecord, TrainState
 from pyro_vae.traces import is_real, latent_sites, slice_rows
 
+CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
+STORY_COPY, GUIDE_COPY = "story.py", "guide.py"
 BEST = "best.safetensors"
-WHICH = {"last": "checkpoint.safetensors", "best": BEST}
+WHICH = {"last": CHECKPOINT, "best": BEST}
 """The checkpoints a run folder may hold, by the name ``--checkpoint`` gives them."""
 
 STALE = "stale"
@@ -44,6 +48,26 @@ SCORES = {"evaluation": ("evaluation.json", ("evaluation.json", "evaluation_k_cu
                                             "diagnose_loglik.png", "diagnose_pairs.png",
                                             "diagnose_discrete_*.png", "classifier.json")),
           "sample": ("", ("samples.png",))}
+# What a run folder needs to load, resume and report: a command's --out never replaces one.
+RECORDS = (CONFIG, METRICS, CHECKPOINT, BEST, STORY_COPY, GUIDE_COPY, LOCK_FILE, TRACKING,
+           "summary.json", "evaluation.json", "diagnostics.json", "diagnostics.nc",
+           "classifier.json")
+KEPT_FOLDERS = (STALE, "evaluation.partial", "diagnostics.partial")
+
+
+def check_out_file(run: Path, out: Path | None, flag: str = "--out") -> None:
+    """Refuse an ``out`` that would overwrite one of run folder ``run``'s records.
+
+    A page or a picture written over ``config.json`` (say) exits 0 and leaves a folder that no
+    longer loads; this says so first, as a ``ValueError`` naming the file.
+    """
+    if out is None:
+        return
+    run, out = Path(run).resolve(), Path(out).resolve()
+    kept = [run / name for name in KEPT_FOLDERS]
+    if (out.parent == run and out.name in RECORDS) or any(k in out.parents for k in kept):
+        raise ValueError(f"{flag} {out}: that is a record of the run folder {run}, which "
+                         "would no longer load or resume; choose another file")
 
 
 def is_new_best(state: TrainState, record: EpochRecord) -> bool:

@@ -161,3 +161,24 @@ def test_an_out_that_names_a_folder(run, capsys, command):
     line = _one_line(err, command[0])
     assert code == 2 and f"cannot write {run}: it is a folder" in line, err
     assert sorted(p.name for p in run.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize("command", [["sample", "--n", "2"], ["explore"]])
+@pytest.mark.parametrize("record", ["config.json", "checkpoint.safetensors", "metrics.jsonl",
+                                    "evaluation.partial/chunk.json"])
+def test_an_out_that_names_a_record_of_the_run(run, capsys, command, record):
+    """``explore RUN --out RUN/config.json`` exited 0 having written the page over the run's
+    config, so the folder no longer loaded (found by the CLI fuzzing, which loads the folder
+    after each command). Now one line naming the file, and every file as it was."""
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, err = run_cli([command[0], str(run), *command[1:], "--out", str(run / record)],
+                        capsys)
+    line = _one_line(err, command[0])
+    assert code == 2 and f"{(run / record).resolve()}: that is a record" in line, err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_an_out_beside_the_records_is_still_written(run, capsys):
+    """The guard refuses only the run's records: a new file in the run folder is written."""
+    code, err = run_cli(["sample", str(run), "--n", "2", "--out", str(run / "mine.png")], capsys)
+    assert code == 0 and (run / "mine.png").stat().st_size > 0, err
