@@ -15,7 +15,7 @@ import pyro.distributions as dist
 from torch import Tensor, nn
 
 from pyro_vae.guides.amortized import DiagonalNormalHead
-from pyro_vae.traces import DATA_PLATE, LatentSite, constrain, latent_sites
+from pyro_vae.traces import DATA_PLATE, LatentSite, constrain, latent_sites, row_bounds
 
 __all__ = ["AutoAmortizedGuide", "LatentSite", "latent_sites"]
 
@@ -63,6 +63,13 @@ class AutoAmortizedGuide(nn.Module):
         self.sites = latent_sites(model, x_example, batch, who="AutoAmortizedGuide")
         if not self.sites:
             raise ValueError("the model has no latent sample site to guide")
+        for site in self.sites:
+            if row_bounds(site.support):
+                raise ValueError(
+                    f"latent site {site.name!r}: its support's bounds are numbers per row "
+                    f"({', '.join(row_bounds(site.support))}), e.g. a Uniform whose low and "
+                    f"high come from the data; AutoAmortizedGuide maps onto one fixed support, "
+                    f"so give the story a guide of its own, or draw it with fixed bounds")
         self.encoder = encoder
         # A list, not a ModuleDict: site names may hold dots, which module names may not.
         self.heads = nn.ModuleList([DiagonalNormalHead(encoder.out_features, s.size, floor)

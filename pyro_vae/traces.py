@@ -113,6 +113,16 @@ def describe_latent(name: str, site: dict, n: int, who: str = "this guide") -> L
     return LatentSite(name, fn.event_shape, support, unconstrained)
 
 
+def row_bounds(support: constraints.Constraint) -> list[str]:
+    """The bounds of ``support`` that are tensors of more than one value (``interval(low,
+    high)`` built from per-row numbers, say), as ``"name [shape]"``: a support that moves
+    with the row, which one bijection fitted once cannot follow."""
+    while isinstance(support, (constraints.independent, constraints.MixtureSameFamilyConstraint)):
+        support = support.base_constraint
+    return [f"{name} {list(value.shape)}" for name, value in vars(support).items()
+            if isinstance(value, Tensor) and value.numel() > 1]
+
+
 def trace_program(program: Callable, x: Tensor, batch: dict[str, Any] | None = None
                   ) -> poutine.Trace:
     """One run of ``program(x, **batch)``, hidden from outer handlers, without autograd;

@@ -17,14 +17,19 @@ def _first_bad_index(mask: np.ndarray) -> int:
     return int(np.argmax(per_sample))
 
 
+def check_image_rank(x: np.ndarray, name: str) -> None:
+    """Images must be rows: ``[N, D]``, ``[N, H, W]`` or ``[N, C, H, W]``."""
+    if x.ndim < 2 or x.ndim > 4:
+        raise DataError(f"{name}: expected shape [N, D], [N, H, W] or [N, C, H, W], got {list(x.shape)}")
+
+
 def check_images(x: np.ndarray, name: str) -> None:
     """Images must be a non-empty numeric array ``[N, H, W]``, ``[N, C, H, W]`` or ``[N, D]``,
     finite, with values in [0, 1] or [0, 255]."""
     x = np.asarray(x)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise DataError(f"{name}: expected a numeric array, got dtype {x.dtype}")
-    if x.ndim < 2 or x.ndim > 4:
-        raise DataError(f"{name}: expected shape [N, D], [N, H, W] or [N, C, H, W], got {list(x.shape)}")
+    check_image_rank(x, name)
     if len(x) == 0 or x[0].size == 0:
         raise DataError(f"{name}: the dataset is empty (shape {list(x.shape)})")
     # One pass over both problems, so the sample named is the first with either.

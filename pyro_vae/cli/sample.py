@@ -115,6 +115,20 @@ def _check_label(loaded: LoadedRun, label: int) -> None:
         raise UserError(f"--label {label}: the story has {classes} classes, 0..{classes - 1}")
 
 
+def _drawn(loaded: LoadedRun, n: int, label: int | None, fixed: dict, sets: list[str]):
+    """(image means, draws) ``[n, *image]`` of the story at the ``fixed`` values."""
+    try:
+        mean, draw = prior_predictive(loaded.model, *_template(loaded, n, label), fixed)
+    except (ValueError, RuntimeError) as err:
+        if not sets:  # nothing of the user's was put in: a fault of the story or the engine
+            raise
+        message = str(err).splitlines()[0].split(".  ")[0] if str(err) else "no message"
+        raise UserError(f"--set/--z {', '.join(sets)}: the story cannot draw images there "
+                        f"({type(err).__name__}: {message}); values far outside the prior's "
+                        "range make the decoder's output non-finite") from None
+    return mean, draw
+
+
 def run(args: argparse.Namespace) -> int:
     check_out_file(args.run, args.out)
     loaded = load_run(args.run, args.device, args.checkpoint, trust_story=args.trust_story)
@@ -125,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     site = label_site(loaded.model)
     if args.label is not None and site is not None:  # the label is a latent site: hold it
         fixed[site] = torch.full((n,), args.label, dtype=torch.long, device=loaded.device)
-    mean, draw = prior_predictive(loaded.model, *_template(loaded, n, args.label), fixed)
+    mean, draw = _drawn(loaded, n, args.label, fixed, sets)
     where = ", ".join(sets + ([f"y={args.label}"] if args.label is not None else [])) or "latents ~ p"
     images, title = ((mean, f"image mean at {where}") if args.mean or not sets
                      else (draw, f"{n} draws x ~ p(x | {where})"))

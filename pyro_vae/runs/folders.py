@@ -91,7 +91,12 @@ from pyro_vae.stories import (
     story_is_binary,
 )
 from pyro_vae.traces import latent_sites, slice_rows
-from pyro_vae.validation import check_image_shape, check_label_range, check_labels
+from pyro_vae.validation import (
+    check_image_rank,
+    check_image_shape,
+    check_label_range,
+    check_labels,
+)
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,7 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None,
     if folder is not None:
         check_run_story_files(cfg, folder, trust)
     raw = _raw_images(cfg)
+    check_image_rank(raw.train_x, f"{raw.source} images")  # rows, before len() and shape[1:]
     shape = tuple(raw.train_x.shape[1:])
     dim = int(np.prod(shape))
     if raw.train_y is not None:  # before two of them are read to run the story once

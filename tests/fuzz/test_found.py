@@ -182,3 +182,60 @@ def test_an_out_beside_the_records_is_still_written(run, capsys):
     """The guard refuses only the run's records: a new file in the run folder is written."""
     code, err = run_cli(["sample", str(run), "--n", "2", "--out", str(run / "mine.png")], capsys)
     assert code == 0 and (run / "mine.png").stat().st_size > 0, err
+
+
+def test_images_that_are_one_number(tmp_path, capsys):
+    """An .npz whose x is a 0-d array (one number, with labels) was a TypeError (``len()`` of
+    an unsized object) before the images' shape was checked; now one line naming the shape."""
+    data = tmp_path / "data.npz"
+    np.savez(data, x=np.array(7, dtype=np.int32), y=np.array([1.0], dtype=np.float16))
+    code, err = run_cli(["train", "--data", str(data), "--epochs", "1", "--hidden", "8",
+                         "--no-progress", "--out", str(tmp_path / "runs")], capsys)
+    line = _one_line(err, "train")
+    assert code == 2 and "expected shape [N, D], [N, H, W] or [N, C, H, W], got []" in line
+    assert not (tmp_path / "runs").exists()
+
+
+SUPPORT_PER_ROW = '''
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+
+class Story(nn.Module):
+    def __init__(self, data_dim):
+        super().__init__()
+        self.net = nn.Linear(data_dim, 2)
+        self.decoder = nn.Linear(2, data_dim)
+
+    def forward(self, x):
+        with pyro.plate("data", x.shape[0]):
+            low = self.net(x)  # the bounds of z's support come from the row
+            z = pyro.sample("z", dist.Uniform(low, low + 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+'''
+
+
+def test_a_latent_whose_support_moves_with_the_row(tmp_path, capsys):
+    """A story whose latent is Uniform(low, high) with bounds computed from x (the fuzzing's
+    "wrong support" mutation of quadrants.py) passed the story check, and the automatic guide
+    mapped onto the bounds of the rows it was built on: a traceback in the fit's first step.
+    Now the guide refuses it in one line, before the run folder is made."""
+    story = tmp_path / "story.py"
+    story.write_text(SUPPORT_PER_ROW)
+    code, err = run_cli(["train", "--model", f"{story}:Story", "--epochs", "1", "--device",
+                         "cpu", "--no-progress", "--out", str(tmp_path / "runs")], capsys)
+    line = _one_line(err, "train")
+    assert code == 2 and "latent site 'z': its support's bounds are numbers per row" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sample_at_a_z_the_decoder_cannot_draw_from(run, capsys):
+    """``sample --z 6.6e15,1e308`` made the decoder's probabilities NaN and torch.bernoulli
+    raised (a traceback); now one line naming the values."""
+    code, err = run_cli(["sample", str(run), "--n", "4", "--out", str(run / "far.png"),
+                         "--z", "6625162272674032.0,1e308"], capsys)
+    line = _one_line(err, "sample")
+    assert code == 2 and "the story cannot draw images there" in line and "1e+308" in line
+    assert not (run / "far.png").exists()
