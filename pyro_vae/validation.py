@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from pyro_vae.deprecated import MOVED_NAMES, forwarder
@@ -17,9 +19,10 @@ def _first_bad_index(mask: np.ndarray) -> int:
     return int(np.argmax(per_sample))
 
 
-def check_image_rank(x: np.ndarray, name: str) -> None:
-    """Images must be rows: ``[N, D]``, ``[N, H, W]`` or ``[N, C, H, W]``."""
-    if x.ndim < 2 or x.ndim > 4:
+def check_image_rank(x: Any, name: str) -> None:
+    """Images must be rows: ``[N, D]``, ``[N, H, W]`` or ``[N, C, H, W]`` (an array, or rows
+    streamed from disk, which have a shape but no ``ndim``)."""
+    if not 2 <= len(x.shape) <= 4:
         raise DataError(f"{name}: expected shape [N, D], [N, H, W] or [N, C, H, W], got {list(x.shape)}")
 
 

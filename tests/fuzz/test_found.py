@@ -196,6 +196,19 @@ def test_images_that_are_one_number(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_streamed_rows_pass_the_rank_check():
+    """That check (``check_image_rank``) first read ``x.ndim``, which rows streamed from disk do
+    not have: every ``--stream on`` run failed (the rerun of the fuzzing found it)."""
+    from pyro_vae.validation import check_image_rank
+
+    class Rows:  # what data.streams' NpyRows and FolderRows offer: a shape, no ndim
+        shape = (5, 8, 8)
+
+    check_image_rank(Rows(), "rows")
+    with pytest.raises(ValueError, match=r"got \[5\]"):
+        check_image_rank(type("Flat", (), {"shape": (5,)})(), "rows")
+
+
 SUPPORT_PER_ROW = '''
 import pyro
 import pyro.distributions as dist
