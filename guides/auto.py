@@ -64,10 +64,10 @@ class AutoAmortizedGuide(nn.Module):
         if not self.sites:
             raise ValueError("the model has no latent sample site to guide")
         for site in self.sites:
-            if row_bounds(site.support):
+            if bounds := row_bounds(site.support):
                 raise ValueError(
                     f"latent site {site.name!r}: its support's bounds are numbers per row "
-                    f"({', '.join(row_bounds(site.support))}), e.g. a Uniform whose low and "
+                    f"({', '.join(bounds)}), e.g. a Uniform whose low and "
                     f"high come from the data; AutoAmortizedGuide maps onto one fixed support, "
                     f"so give the story a guide of its own, or draw it with fixed bounds")
         self.encoder = encoder

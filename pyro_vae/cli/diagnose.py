@@ -34,9 +34,8 @@ from pyro_vae.diagnostics import (
 from pyro_vae.evaluation import write_classifier_report
 from pyro_vae.memory import format_size, memory_budget
 from pyro_vae.partial import state_digest, tensor_digest
+from pyro_vae.runs import DIAGNOSIS_PARTIAL as PARTIAL
 from pyro_vae.runs import load_run
-
-PARTIAL = "diagnostics.partial"
 
 C = DiagnoseConfig()
 

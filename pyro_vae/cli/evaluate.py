@@ -55,10 +55,9 @@ from pyro_vae.evaluation import (
 )
 from pyro_vae.memory import memory_budget
 from pyro_vae.partial import state_digest, tensor_digest
+from pyro_vae.runs import EVALUATION_PARTIAL as PARTIAL
 from pyro_vae.runs import load_run
 from pyro_vae.traces import slice_rows
-
-PARTIAL = "evaluation.partial"
 
 SPLITS = ("test", "val", "train")
 

@@ -31,7 +31,14 @@ from pyro_vae.runs.folders import (
 )
 from pyro_vae.runs.lock import LOCK_FILE, RunLock, RunLockedError, writer_lock
 from pyro_vae.runs.loggers import LOGGERS, Logger
-from pyro_vae.runs.records import BEST, RECORDS, check_out_file, write_summary
+from pyro_vae.runs.records import (
+    BEST,
+    DIAGNOSIS_PARTIAL,
+    EVALUATION_PARTIAL,
+    RECORDS,
+    check_out_file,
+    write_summary,
+)
 from pyro_vae.runs.tracking import TRACKING, MissingExtraError, check_loggers, read_tracking
 
 __all__ = [
@@ -47,6 +54,8 @@ __all__ = [
     "Comparison",
     "ComparisonFiles",
     "CONFIG",
+    "DIAGNOSIS_PARTIAL",
+    "EVALUATION_PARTIAL",
     "ReadEstimate",
     "FORMAT",
     "load_checkpoint",

@@ -343,8 +343,6 @@ def _check_map_site(site: str, model: Program, data: Data) -> None:
         raise ValueError(f"--map-site {site}: the story's latent sites are {names}")
 
 
-
-
 def _story_sources(story: StoryConfig) -> dict[str, bytes]:
     """The bytes of the story and guide files, read once (what is trained is what is kept)."""
     files = {}

@@ -32,7 +32,9 @@ from pyro_vae.state import EpochRecord, TrainState
 from pyro_vae.traces import is_real, latent_sites, slice_rows
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
-STORY_COPY, GUIDE_COPY = "story.py", "guide.py"
+STORY_COPY, GUIDE_COPY, SUMMARY = "story.py", "guide.py", "summary.json"
+EVALUATION_PARTIAL, DIAGNOSIS_PARTIAL = "evaluation.partial", "diagnostics.partial"
+"""Where evaluate and diagnose keep their finished chunks until the whole is written."""
 BEST = "best.safetensors"
 WHICH = {"last": CHECKPOINT, "best": BEST}
 """The checkpoints a run folder may hold, by the name ``--checkpoint`` gives them."""
@@ -49,10 +51,10 @@ SCORES = {"evaluation": ("evaluation.json", ("evaluation.json", "evaluation_k_cu
                                             "diagnose_discrete_*.png", "classifier.json")),
           "sample": ("", ("samples.png",))}
 # What a run folder needs to load, resume and report: a command's --out never replaces one.
-RECORDS = (CONFIG, METRICS, CHECKPOINT, BEST, STORY_COPY, GUIDE_COPY, LOCK_FILE, TRACKING,
-           "summary.json", "evaluation.json", "diagnostics.json", "diagnostics.nc",
+RECORDS = (CONFIG, METRICS, *WHICH.values(), STORY_COPY, GUIDE_COPY, LOCK_FILE, TRACKING, SUMMARY,
+           *(scored for scored, _ in SCORES.values() if scored), "diagnostics.nc",
            "classifier.json")
-KEPT_FOLDERS = (STALE, "evaluation.partial", "diagnostics.partial")
+KEPT_FOLDERS = (STALE, EVALUATION_PARTIAL, DIAGNOSIS_PARTIAL)
 
 
 def check_out_file(run: Path, out: Path | None, flag: str = "--out") -> None:
@@ -134,7 +136,7 @@ def write_summary(path: Path, result: FitResult) -> None:
     }
     if result.compiled_step is not None:  # did the whole-step program run, or why not
         summary["compiled_step"] = result.compiled_step
-    atomic_write(path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write(path / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def write_figures(path: Path, model: nn.Module, guide: nn.Module, data: Data,
