@@ -32,6 +32,7 @@ many epochs each run has done. Without MNIST under ``--data-root`` it says so an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -58,13 +59,14 @@ from pyro_vae import (
     seeded,
     train_run,
 )
-from pyro_vae.runs import load_run_data
+from pyro_vae.runs import load_run_data, resolve_weights
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "baseline.json"
 TRAIN_ROWS = 54_000  # MNIST's 60,000 training images less the 6,000 held out for validation
 # Kingma et al. (2014), table 1: M2's test error at 100, 600, 1000 and 3000 labels, as accuracy.
 KINGMA = {100: 0.8803, 600: 0.9506, 1000: 0.9640, 3000: 0.9608}
+M1_EPOCHS = 100
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,14 @@ class Recipe:
     """ModelConfig changes."""
     flags: str = ""
     """The same as ``pyro-vae train`` flags."""
+    story: str = "m2"
+    args: dict = field(default_factory=dict)
+    """``--model-arg`` pairs beside α."""
+    m1_epochs: int = 0
+    """For ``m1m2``: the epochs of the VAE (M1) fitted first, one per seed, in
+    ``--out/m1/m1-s<seed>``; 0 for a recipe without one."""
+    m1_train: dict = field(default_factory=lambda: {"batch_size": 100, "lr": 1e-3})
+    """M1's TrainConfig settings."""
 
 
 RECIPES = {
@@ -108,6 +118,15 @@ RECIPES = {
     "labelled-z10": Recipe("`labelled` with a z of 10 instead of 50, so that the digit must go "
                            "through y", lambda labels: {"labelled_every": 2},
                            model={"latent_dim": 10}, flags="--labelled-every 2 --latent-dim 10"),
+    # Issue 22's story of our own: M2 on the code of a VAE fitted first (Kingma's M1 + M2).
+    "m1m2": Recipe("M1 + M2: a VAE (784-600-600-50 softplus, batch 100, lr 1e-3, "
+                   f"{M1_EPOCHS} epochs) fitted on the 54,000 training images first, then held "
+                   "fixed while M2 (one hidden layer of 500, z2 of 50) is fitted on its code "
+                   "with a labelled batch at every 2nd step and Adam lr 1e-3",
+                   lambda labels: {"labelled_every": 2, "lr": 1e-3},
+                   model={"hidden_sizes": (600, 600)}, story="m1m2", m1_epochs=M1_EPOCHS,
+                   flags="--model m1m2 --model-arg m1=M1_RUN --hidden 600,600 "
+                         "--labelled-every 2 --lr 1e-3"),
     "labelled-10": Recipe("a labelled batch at every 10th step (the labels' share: a tenth)",
                           lambda labels: {"labelled_every": 10}, flags="--labelled-every 10"),
 }
@@ -133,14 +152,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_config(recipe: Recipe, labels: int, seed: int, epochs: int, device: str,
-               root: Path) -> RunConfig:
-    train = TrainConfig(epochs=epochs, batch_size=200, lr=4.2e-4, seed=seed, device=device,
-                        objective="enum", **recipe.train(labels))
+               root: Path, out: Path = Path("runs")) -> RunConfig:
+    shared = dict(epochs=epochs, batch_size=200, lr=4.2e-4, seed=seed, device=device,
+                  objective="enum")
+    train = TrainConfig(**shared | recipe.train(labels))
     model = dict(latent_dim=50, hidden_sizes=(500,), activation="softplus") | recipe.model
+    args = {"alpha": recipe.alpha, **recipe.args}
+    if recipe.m1_epochs:
+        args["m1"] = str(m1_folder(out, seed))
     return RunConfig(model=ModelConfig(**model),
                      data=DataConfig(name="mnist", root=str(root), labels=labels, **recipe.data),
-                     train=train, story=StoryConfig(model="m2", guide="story",
-                                                    args={"alpha": recipe.alpha}))
+                     train=train, story=StoryConfig(model=recipe.story, guide="story", args=args))
+
+
+def m1_folder(out: Path, seed: int) -> Path:
+    return out / "m1" / f"m1-s{seed}"
+
+
+def m1_config(recipe: Recipe, cfg: RunConfig) -> RunConfig:
+    """The VAE that an ``m1m2`` run stacks on: the run's model flags, every training image
+    unlabelled, its own batch size and learning rate."""
+    train = TrainConfig(epochs=recipe.m1_epochs, seed=cfg.train.seed, device=cfg.train.device,
+                        **recipe.m1_train)
+    return RunConfig(model=cfg.model, data=dataclasses.replace(cfg.data, labels=None),
+                     train=train)
 
 
 def command(recipe: Recipe) -> str:
@@ -165,13 +200,15 @@ def baseline(cfg: RunConfig) -> dict:
     data = load_run_data(cfg)  # the run's split, pixels and seeded label draw
     device = torch.device(t.device)
     data = data.to(device)
-    with seeded(t.seed):
-        story, _ = STORIES.lookup("m2")(cfg.model, data.data_dim, alpha=cfg.story.args["alpha"])
-    net = story.classifier.to(device)
+    builder = STORIES.lookup(cfg.story.model)
+    args = resolve_weights(builder, cfg.story.args, cfg.model, restoring=False)
+    with seeded(t.seed):  # as the run's own story is built: its classifier's first weights
+        story, _ = builder(cfg.model, data.data_dim, **args)
+    story = story.to(device)
     rows = torch.nonzero(data.train.known).flatten()
     labels = data.train.labels
     size, steps = min(t.batch_size, len(rows)), math.ceil(len(data.train) / t.batch_size)
-    opt = torch.optim.Adam(net.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
+    opt = torch.optim.Adam(story.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
     held_out = {name: (data.eval_split(name, seed=t.seed), getattr(data, name).labels)
                 for name in ("val", "test")}
     gen, stream, out = torch.Generator().manual_seed(t.seed), torch.empty(0, dtype=torch.long), []
@@ -182,12 +219,14 @@ def baseline(cfg: RunConfig) -> dict:
                 while len(stream) < size:
                     stream = torch.cat([stream, rows.cpu()[torch.randperm(len(rows), generator=gen)]])
                 index, stream = stream[:size].to(device), stream[size:]
-                loss = F.cross_entropy(net(data.draw(data.train.x[index])), labels[index])
+                logits = story.classify(data.draw(data.train.x[index]))
+                loss = F.cross_entropy(logits, labels[index])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
             with torch.no_grad():
-                acc = {f"{name}_accuracy": float((net(x).argmax(-1) == y).double().mean())
+                acc = {f"{name}_accuracy":
+                       float((story.classify(x).argmax(-1) == y).double().mean())
                        for name, (x, y) in held_out.items()}
             out.append({"epoch": epoch + 1, **acc})
     return {"epochs": out, "steps_per_epoch": steps, "batch": size,
@@ -210,16 +249,18 @@ def baseline_records(path: Path, cfg: RunConfig) -> list[dict]:
 
 # ---------------------------------------------------------------- M2
 
-def train_m2(path: Path, cfg: RunConfig, stop: Callable[[], bool]) -> None:
-    """Train, resume or leave the run in ``path`` (up to ``cfg.train.epochs``)."""
-    done = len(records(path))
+def train_m2(path: Path, cfg: RunConfig, stop: Callable[[], bool]) -> bool:
+    """Train, resume or leave the run in ``path`` (up to ``cfg.train.epochs``); whether it
+    has all its epochs."""
+    done, what = len(records(path)), cfg.story.model or "VAE"
     if not (path / CHECKPOINT).exists():
-        print(f"[{path.name}] M2, {cfg.train.epochs} epochs", file=sys.stderr)
+        print(f"[{path.name}] {what}, {cfg.train.epochs} epochs", file=sys.stderr)
         train_run(cfg, path.parent, path.name, progress=False, stop=stop)
     elif done < cfg.train.epochs or not (path / "summary.json").exists():
-        print(f"[{path.name}] M2, resuming at epoch {done}", file=sys.stderr)
+        print(f"[{path.name}] {what}, resuming at epoch {done}", file=sys.stderr)
         resume_run(path, max(cfg.train.epochs, done), progress=False,
                    changes={"device": cfg.train.device}, stop=stop)
+    return len(records(path)) >= cfg.train.epochs
 
 
 def in_progress(path: Path) -> str:
@@ -292,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, recipe in RECIPES.items():
             print(f"{name}: {recipe.about}\n    {command(recipe)}")
+            if recipe.m1_epochs:
+                print(f"    M1_RUN: pyro-vae train --data mnist --latent-dim 50 --hidden 600,600 "
+                      f"--activation softplus --batch-size 100 --lr 1e-3 --epochs "
+                      f"{recipe.m1_epochs} --seed SEED")
         return 0
     if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         print(f"MNIST not found under {args.data_root}/MNIST/raw; nothing to run")
@@ -306,8 +351,12 @@ def main(argv: list[str] | None = None) -> int:
             for labels in args.labels:
                 if stop():
                     break
-                cfg = run_config(recipe, labels, seed, args.epochs, args.device, args.data_root)
+                cfg = run_config(recipe, labels, seed, args.epochs, args.device, args.data_root,
+                                 args.out)
                 path = args.out / args.recipe / f"m2-{labels}-s{seed}"
+                if recipe.m1_epochs and not train_m2(m1_folder(args.out, seed),
+                                                     m1_config(recipe, cfg), stop):
+                    break  # the budget ran out inside M1; the same command goes on with it
                 baseline_records(path, cfg)
                 if not args.baselines_only:
                     train_m2(path, cfg, stop)

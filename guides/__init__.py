@@ -10,8 +10,8 @@ from pyro_vae.guides.amortized import (
 from pyro_vae.guides.auto import AutoAmortizedGuide
 from pyro_vae.guides.conditional import ConditionalGuide
 from pyro_vae.guides.encoders import ENCODERS, MLPEncoder
-from pyro_vae.guides.semisupervised import Classifier, ClassifierGuide
+from pyro_vae.guides.semisupervised import Classifier, ClassifierGuide, MeanCode, StackedGuide
 
 __all__ = ["ENCODERS", "GUIDES", "AmortizedGuide", "AutoAmortizedGuide", "Classifier",
            "ClassifierGuide", "ConditionalGuide", "DiagonalNormalHead", "FullRankNormalHead",
-           "IAFHead", "MLPEncoder"]
+           "IAFHead", "MLPEncoder", "MeanCode", "StackedGuide"]

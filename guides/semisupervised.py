@@ -68,3 +68,44 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.logits(self.encoder(x))
+
+
+class MeanCode(nn.Module):
+    """The mean of an amortized q(z | x): x ``[..., D]`` → ``[..., d]``, deterministic. The
+    stacked story's classifier reads it (the head must have a closed-form mean)."""
+
+    def __init__(self, guide: nn.Module) -> None:
+        super().__init__()
+        self.guide = guide
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.guide.z_dist(x).mean
+
+
+class StackedGuide(nn.Module):
+    """The guide of M1 + M2 (:class:`pyro_vae.models.StackedM2`), for each image n:
+
+    .. code-block:: text
+
+        z1_n ~ q_φ(z1 | x_n)                 M1's guide
+        y_n  ~ q_φ(y | code(x_n))            M2's classifier on the mean of q(z1 | x_n)
+        z2_n ~ q_φ(z2 | z1_n, y_n)           M2's q(z | x, y), on the drawn code
+
+    y is enumerated as in :class:`ClassifierGuide`, whose parts this guide reuses.
+
+    Args:
+        m1: an amortized guide with ``z_dist(x)`` (M1's q(z1 | x)).
+        m2: M2's guide, reading codes ``[..., z1]`` in place of images.
+        code: x → the mean of ``m1``'s q(z1 | x) (shared with the story's auxiliary term).
+    """
+
+    def __init__(self, m1: nn.Module, m2: ClassifierGuide, code: nn.Module) -> None:
+        super().__init__()
+        self.m1, self.m2, self.code = m1, m2, code
+
+    def forward(self, x: Tensor, y: Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", self.m1.z_dist(x))
+            digit = pyro.sample("y", self.m2.y_dist(self.code(x), y),
+                                infer={"enumerate": "parallel"})
+            pyro.sample("z2", self.m2.z_dist(z1, digit))

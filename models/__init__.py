@@ -33,12 +33,12 @@ from pyro_vae.models.networks import (
                                          mlp,
 )
 from pyro_vae.models.priors import PRIORS, FlowPrior, GaussianMixture, StandardNormal, VampPrior
-from pyro_vae.models.semisupervised import M2
+from pyro_vae.models.semisupervised import M2, GaussianCode, StackedM2
 from pyro_vae.models.vae import VAE
 
 __all__ = [
     "ACTIVATIONS", "DECODERS", "LIKELIHOODS", "PRIORS",
-    "VAE", "ConditionalVAE", "LabelPrior", "M2", "LinearGaussian",
+    "VAE", "ConditionalVAE", "LabelPrior", "M2", "StackedM2", "GaussianCode", "LinearGaussian",
     "StandardNormal", "GaussianMixture", "VampPrior", "FlowPrior",
     "Bernoulli", "BernoulliLogits", "BinNormal", "Gaussian", "DiscretizedLogistic",
     "MLPDecoder", "LinearDecoder",

@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import Tensor, nn
-from torch.nn.functional import one_hot
+from torch.nn.functional import one_hot, softplus
 
 
 class M2(nn.Module):
@@ -70,6 +70,10 @@ class M2(nn.Module):
                              dim=-1)
         return self.likelihood(self.decoder(features))
 
+    def classify(self, x: Tensor) -> Tensor:
+        """The classifier's logits ``[N, K]`` for images x ``[N, D]``."""
+        return self.classifier(x)
+
     def aux_dist(self, x: Tensor) -> dist.Distribution:
         """q_φ(y | x) as the auxiliary term's density: batch ``[N]``."""
         return dist.Categorical(logits=self.classifier(x))
@@ -84,3 +88,69 @@ class M2(nn.Module):
             pyro.sample("x", self.x_dist(z, digit), obs=x)
             with poutine.scale(scale=self.alpha), poutine.mask(mask=known):
                 pyro.sample("y_aux", self.aux_dist(x), obs=y.clamp(min=0))
+
+
+class GaussianCode(nn.Module):
+    """A decoder's ``[..., 2·d]`` output → N(loc, diag σ²) over a d-dimensional code, σ =
+    softplus(·) + ``floor``: the likelihood of M1's code z1 under the stacked story's M2."""
+
+    def __init__(self, floor: float = 1e-3) -> None:
+        super().__init__()
+        self.floor = floor
+
+    def forward(self, h: Tensor) -> dist.Distribution:
+        loc, raw = h.chunk(2, dim=-1)
+        return dist.Normal(loc, softplus(raw) + self.floor, validate_args=False).to_event(1)
+
+
+class StackedM2(nn.Module):
+    """M1 + M2 (Kingma et al. 2014, section 3.2.3): M2 tells the story of M1's code of the
+    image, and M1's decoder draws the image from the code. For each image n:
+
+    .. code-block:: text
+
+        y_n  ~ Cat(1/K, …, 1/K)              the digit: known for a few images
+        z2_n ~ N(0, I)                       the style
+        z1_n ~ N(μ_θ(z2_n, y_n), σ_θ(z2_n, y_n)²)   M1's code of the image (M2's "x")
+        x_n  ~ p(x | f_θ(z1_n))              M1's decoder
+
+    and, on labelled rows, M2's auxiliary term α · log q_φ(y_n | x_n), where the classifier
+    reads the mean of M1's q(z1 | x) (shared with the guide, as M2 shares its classifier).
+    Kingma et al. fit M1 first and then M2 on M1's codes: name a fitted VAE run as
+    ``m1`` and its networks are held fixed (``freeze``), so the fit is M2's alone; without
+    one, M1 and M2 are fitted together.
+
+    Args:
+        m2: the M2 of the code: its decoder maps ``[..., z2 + K]`` to ``[..., 2 · z1]`` and
+            its likelihood is :class:`GaussianCode`; its classifier reads ``code(x)``.
+        decoder: M1's f_θ, ``[..., z1]`` → ``[..., D]``.
+        likelihood: decoder output → p(x | z1) with event shape ``[D]``.
+        code: x ``[..., D]`` → the mean of M1's q(z1 | x), ``[..., z1]``.
+    """
+
+    partly_labelled = True
+    label_site = "y"
+
+    def __init__(self, m2: M2, decoder: nn.Module, likelihood: nn.Module, code: nn.Module
+                 ) -> None:
+        super().__init__()
+        self.m2, self.decoder, self.likelihood, self.code = m2, decoder, likelihood, code
+        self.classes = m2.classes
+
+    def classify(self, x: Tensor) -> Tensor:
+        """The classifier's logits ``[N, K]`` for images x ``[N, D]`` (through M1's code)."""
+        return self.m2.classifier(self.code(x))
+
+    def x_dist(self, z1: Tensor) -> dist.Distribution:
+        """p(x | z1) for z1 ``[..., N, z1]``."""
+        return self.likelihood(self.decoder(z1))
+
+    def forward(self, x: Tensor, y: Tensor) -> None:
+        n, known = x.shape[0], y >= 0
+        with pyro.plate("data", n):
+            digit = pyro.sample("y", self.m2.y_dist(n), infer={"enumerate": "parallel"})
+            z2 = pyro.sample("z2", self.m2.z_dist(n))
+            z1 = pyro.sample("z1", self.m2.x_dist(z2, digit))
+            pyro.sample("x", self.x_dist(z1), obs=x)
+            with poutine.scale(scale=self.m2.alpha), poutine.mask(mask=known):
+                pyro.sample("y_aux", self.m2.aux_dist(self.code(x)), obs=y.clamp(min=0))

@@ -54,3 +54,24 @@ def test_the_table_reads_the_folders_and_says_what_is_not_done(tmp_path, capsys)
     assert "| 3 | 0.9000 | 0.6500 | 0.7000 | 0.7000 | +0.2000 |" in row
     assert "not yet: runs unfinished" in text
     assert protocol.main(["--list"]) == 0 and "--labelled-every 2" in capsys.readouterr().out
+
+
+def test_the_m1m2_recipe_fits_its_vae_first_and_its_baseline_reads_the_frozen_code(tmp_path):
+    """The stacked recipe: the VAE of its seed is trained (and resumable) in ``out/m1``, the
+    run's config names it, and the baseline trains M2's classifier on M1's code alone."""
+    protocol = _protocol()
+    recipe = dataclasses.replace(protocol.RECIPES["m1m2"], m1_epochs=20, args={"width": 16},
+                                 m1_train={"batch_size": 64, "lr": 0.01})
+    cfg = protocol.run_config(recipe, 50, 0, 4, "cpu", Path("."), tmp_path)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden_sizes=(32,),
+                                                             latent_dim=4),
+                              data=dataclasses.replace(cfg.data, name="digits", root=None),
+                              train=dataclasses.replace(cfg.train, batch_size=256, lr=0.01))
+    m1 = protocol.m1_folder(tmp_path, 0)
+    assert cfg.story.args["m1"] == str(m1) and cfg.story.model == "m1m2"
+    m1_cfg = protocol.m1_config(recipe, cfg)
+    assert m1_cfg.data.labels is None and m1_cfg.train.epochs == 20 and not m1_cfg.story.model
+    assert protocol.train_m2(m1, m1_cfg, lambda: False)
+    result = protocol.baseline(cfg)
+    first, last = (result["epochs"][i]["test_accuracy"] for i in (0, -1))
+    assert 0.3 < last <= 1 and last > first and len(result["epochs"]) == 4

@@ -31,6 +31,7 @@ from pyro_vae.runs.folders import (
 )
 from pyro_vae.runs.lock import LOCK_FILE, RunLock, RunLockedError, writer_lock
 from pyro_vae.runs.loggers import LOGGERS, Logger
+from pyro_vae.runs.pretrained import resolve_weights, run_weights
 from pyro_vae.runs.records import (
     BEST,
     DIAGNOSIS_PARTIAL,
@@ -72,7 +73,9 @@ __all__ = [
     "read_run",
     "read_tracking",
     "RECORDS",
+    "resolve_weights",
     "resume_run",
+    "run_weights",
     "RunLock",
     "RunLockedError",
     "RunRow",

@@ -61,6 +61,7 @@ from pyro_vae.runs.checkpoint import CheckpointError, load_checkpoint, load_modu
 from pyro_vae.runs.enumeration import choose_objective
 from pyro_vae.runs.latents import epoch_extras
 from pyro_vae.runs.lock import writer_lock
+from pyro_vae.runs.pretrained import resolve_weights
 from pyro_vae.runs.records import (
     CHECKPOINT,
     CONFIG,
@@ -187,6 +188,7 @@ def prepare(cfg: RunConfig, folder: Path | None = None, seed: int | None = None,
             # A run trained before pairs were checked may record one the builder does not take:
             # it is left out, as it was then.
             args = {k: v for k, v in cfg.story.args.items() if k in taken}
+            args = resolve_weights(builder, args, cfg.model, restoring=folder is not None)
             story, own = builder(cfg.model, dim, **args)
         model = as_program(story, cfg.story.model)
     else:

@@ -13,10 +13,19 @@ from typing import Callable
 from torch import nn
 
 from pyro_vae.config import ModelConfig
-from pyro_vae.guides import Classifier, ClassifierGuide, ConditionalGuide, DiagonalNormalHead
-from pyro_vae.models import M2, ConditionalVAE, LabelPrior
+from pyro_vae.guides import (
+    Classifier,
+    ClassifierGuide,
+    ConditionalGuide,
+    DiagonalNormalHead,
+    MeanCode,
+    MLPEncoder,
+    StackedGuide,
+)
+from pyro_vae.models import M2, ConditionalVAE, GaussianCode, LabelPrior, StackedM2, mlp
 from pyro_vae.registry import Registry
 from pyro_vae.stories.build import build_part
+from pyro_vae.weights import Weights, freeze
 
 STORIES: Registry = Registry("story")
 StoryBuilder = Callable[..., tuple[nn.Module, nn.Module]]
@@ -63,8 +72,43 @@ def semi_supervised(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: f
     return story, ClassifierGuide(classifier, encoder, head, classes)
 
 
+@STORIES.register("m1m2")
+def stacked(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: float = 46.0,
+            z2: int = 50, width: int = 500, m1: Weights | None = None, freeze_m1: bool = True
+            ) -> tuple[nn.Module, nn.Module]:
+    """M1 + M2: M2's story of the code z1 of a VAE (M1) whose decoder draws the image.
+    M1's parts are the configured decoder, likelihood, encoder and guide (``--latent-dim``
+    is z1's size); M2's networks are softplus MLPs of one hidden layer of ``width``, z2 its
+    style. ``--model-arg m1=RUN`` starts M1 from a fitted VAE run of the same flags and,
+    with ``freeze_m1`` (the default), holds it fixed: Kingma et al.'s two-stage fit."""
+    m1_guide = _guide(cfg, data_dim)
+    if not getattr(m1_guide.head, "scores_any_z", False):
+        raise ValueError(f"m1m2's classifier reads the mean of M1's q(z1 | x), which the "
+                         f"{cfg.guide} guide has in no closed form; use --guide diagonal")
+    decoder = build_part(cfg, "decoder", data_dim)
+    likelihood = build_part(cfg, "likelihood", data_dim)
+    if m1 is not None:
+        for part, prefix in ((decoder, "model.decoder."), (likelihood, "model.likelihood."),
+                             (m1_guide, "guide.")):
+            m1.load(part, prefix)
+            if freeze_m1:
+                freeze(part)
+    d, wide = cfg.latent_dim, z2 + classes
+    classifier = Classifier(MLPEncoder(d, (width,), "softplus"), classes)
+    code_model = M2(mlp(wide, (width,), 2 * d, "softplus"), GaussianCode(), classifier, z2,
+                    classes, alpha)
+    code_guide = ClassifierGuide(classifier, MLPEncoder(d + classes, (width,), "softplus"),
+                                 DiagonalNormalHead(width, z2), classes)
+    code = MeanCode(m1_guide)
+    return (StackedM2(code_model, decoder, likelihood, code),
+            StackedGuide(m1_guide, code_guide, code))
+
+
 # A shipped story whose guide enumerates a discrete site trains with the objective that sums it.
 semi_supervised.objective = "enum"  # type: ignore[attr-defined]
+stacked.objective = "enum"  # type: ignore[attr-defined]
+# The keywords that name a fitted run, whose checkpoint the engine reads into Weights.
+stacked.weights = ("m1",)  # type: ignore[attr-defined]
 
 
 def default_objective(spec: str | None) -> str | None:

@@ -1,0 +1,53 @@
+"""Fitted weights handed to a story's builder, and parts held fixed.
+
+A shipped story may start some of its parts from a fitted run (M1 + M2 starts from a VAE
+run). The builder declares which of its keywords name such a run (its ``weights``
+attribute); the engine reads the run's checkpoint (tensors only: nothing in it executes) and
+passes a :class:`Weights`. When a run folder of the story itself is rebuilt, its own
+checkpoint holds every part, so the source is not read again (``tensors`` is ``None``) and
+the run needs nothing outside its folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A fitted run's parameters, by state-dict name (``model.decoder.net.0.weight``,
+    ``guide.encoder.net.0.weight``; without :class:`~pyro_vae.programs.Program`'s level)."""
+
+    source: str
+    """The run or file as the user named it (recorded in the config)."""
+    tensors: Mapping[str, Tensor] | None
+    """``None`` when the story is being rebuilt from its own checkpoint."""
+
+    def load(self, module: nn.Module, prefix: str) -> None:
+        """Load the entries under ``prefix`` (``"model.decoder."``) into ``module``, or
+        nothing when rebuilding; a missing or misshapen entry is a ``ValueError`` naming it."""
+        if self.tensors is None:
+            return
+        saved = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        for name, value in module.state_dict().items():
+            if name not in saved:
+                raise ValueError(f"{self.source} has no {prefix}{name}: it was fitted with "
+                                 f"other parts than this story asks for")
+            if saved[name].shape != value.shape:
+                raise ValueError(f"{self.source}: {prefix}{name} has shape "
+                                 f"{list(saved[name].shape)}, this story's {list(value.shape)}")
+        module.load_state_dict({k: v for k, v in saved.items() if k in module.state_dict()})
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """``module`` with each parameter turned into a buffer of the same name: the optimizer
+    and Pyro's param store never see it, and the checkpoint still holds it."""
+    for part in module.modules():
+        for name, param in list(part._parameters.items()):
+            if param is not None:
+                del part._parameters[name]
+                part.register_buffer(name, param.detach().clone())
+    return module
