@@ -32,14 +32,24 @@ class Weights:
         if self.tensors is None:
             return
         saved = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
-        for name, value in module.state_dict().items():
-            if name not in saved:
-                raise ValueError(f"{self.source} has no {prefix}{name}: it was fitted with "
-                                 f"other parts than this story asks for")
-            if saved[name].shape != value.shape:
-                raise ValueError(f"{self.source}: {prefix}{name} has shape "
-                                 f"{list(saved[name].shape)}, this story's {list(value.shape)}")
+        wrong = first_mismatch(module.state_dict(), saved, prefix)
+        if wrong:
+            raise ValueError(f"{self.source}: {wrong}: it was fitted with other parts than "
+                             f"this story asks for")
         module.load_state_dict({k: v for k, v in saved.items() if k in module.state_dict()})
+
+
+def first_mismatch(expected: Mapping[str, Tensor], saved: Mapping[str, Tensor],
+                   prefix: str = "") -> str | None:
+    """The first entry of ``expected`` that ``saved`` lacks or holds in another shape, in
+    words ("lacks parameter 'x' (shape [2])"); ``None`` when all are there."""
+    for name, value in expected.items():
+        if name not in saved:
+            return f"lacks parameter {prefix + name!r} (shape {list(value.shape)})"
+        if saved[name].shape != value.shape:
+            return (f"parameter {prefix + name!r} has shape {list(saved[name].shape)} but this "
+                    f"model expects {list(value.shape)}")
+    return None
 
 
 def freeze(module: nn.Module) -> nn.Module:

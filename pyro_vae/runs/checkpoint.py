@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from pyro_vae.files import atomic_write
 from pyro_vae.state import EpochRecord, TrainState
+from pyro_vae.weights import first_mismatch
 
 FORMAT = "pyro-vae-checkpoint/1"
 _STATE_TENSORS = ("perm", "perm_rng", "torch_rng", "cuda_rng")
@@ -187,13 +188,9 @@ def load_modules(target: nn.Module, saved: dict[str, Tensor], source: str) -> No
     """``target.load_state_dict(saved)``, with an error that names the first mismatch."""
     expected = target.state_dict()
     saved = _legacy_names(saved, expected)
-    for name, value in expected.items():
-        if name not in saved:
-            raise CheckpointError(f"{source} lacks parameter {name!r} (shape {list(value.shape)}): "
-                                  f"it was written for a different architecture")
-        if saved[name].shape != value.shape:
-            raise CheckpointError(f"{source}: parameter {name!r} has shape {list(saved[name].shape)} "
-                                  f"but this model expects {list(value.shape)}: different architecture")
+    wrong = first_mismatch(expected, saved)
+    if wrong:
+        raise CheckpointError(f"{source}: {wrong}: it was written for a different architecture")
     extra = sorted(set(saved) - set(expected))
     if extra:
         raise CheckpointError(f"{source} has parameter {extra[0]!r} that this model lacks: "
