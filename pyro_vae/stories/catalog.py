@@ -81,6 +81,11 @@ def stacked(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: float = 4
     is z1's size); M2's networks are softplus MLPs of one hidden layer of ``width``, z2 its
     style. ``--model-arg m1=RUN`` starts M1 from a fitted VAE run of the same flags and,
     with ``freeze_m1`` (the default), holds it fixed: Kingma et al.'s two-stage fit."""
+    for key, value in (("classes", classes), ("z2", z2), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--model-arg {key}={value!r}: m1m2 needs a positive whole number")
+    if not isinstance(freeze_m1, bool):
+        raise ValueError(f"--model-arg freeze_m1={freeze_m1!r}: True or False")
     m1_guide = _guide(cfg, data_dim)
     if not getattr(m1_guide.head, "scores_any_z", False):
         raise ValueError(f"m1m2's classifier reads the mean of M1's q(z1 | x), which the "

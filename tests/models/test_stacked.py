@@ -168,3 +168,15 @@ def test_a_missing_m1_and_an_m1_of_a_story_are_refused_in_one_line(tmp_path, cap
     code, line = cli(lambda: _stacked(tmp_path, "--model-arg", f"m1={tmp_path / 'st'}",
                                       name="again"), capsys)
     assert code == 2 and "a run of the story 'm1m2'; m1 must be a run of the built-in VAE" in line
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("z2=0", "--model-arg z2=0: m1m2 needs a positive whole number"),
+    ("width=-1", "--model-arg width=-1: m1m2 needs a positive whole number"),
+    ("z2=2.5", "--model-arg z2=2.5: m1m2 needs a positive whole number"),
+    ("freeze_m1=3", "--model-arg freeze_m1=3: True or False"),
+])
+def test_bad_settings_of_the_stacked_story_are_one_line(tmp_path, capsys, arg, message):
+    code, line = cli(lambda: _stacked(tmp_path, "--model-arg", arg), capsys)
+    assert code == 2 and message in line, line
+    assert not (tmp_path / "st").exists()
