@@ -191,6 +191,15 @@ def command(recipe: Recipe) -> str:
             f"--lr 4.2e-4 --epochs 50 {recipe.flags}").strip()
 
 
+def m1_command(recipe: Recipe) -> str:
+    """``pyro-vae train`` flags for the VAE that :func:`m1_config` builds."""
+    cfg = m1_config(recipe, run_config(recipe, 100, 0, 1, "cpu", Path(".")))
+    m = cfg.model
+    return (f"pyro-vae train --data mnist --latent-dim {m.latent_dim} --hidden "
+            f"{','.join(map(str, m.hidden_sizes))} --activation {m.activation} --batch-size "
+            f"{cfg.train.batch_size} --lr {cfg.train.lr:g} --epochs {cfg.train.epochs} --seed SEED")
+
+
 def records(path: Path) -> list[dict]:
     if not (path / METRICS).exists():
         return []
@@ -340,9 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, recipe in RECIPES.items():
             print(f"{name}: {recipe.about}\n    {command(recipe)}")
             if recipe.m1_epochs:
-                print(f"    M1_RUN: pyro-vae train --data mnist --latent-dim 50 --hidden 600,600 "
-                      f"--activation softplus --batch-size 100 --lr 1e-3 --epochs "
-                      f"{recipe.m1_epochs} --seed SEED")
+                print(f"    M1_RUN: {m1_command(recipe)}")
         return 0
     if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         print(f"MNIST not found under {args.data_root}/MNIST/raw; nothing to run")

@@ -76,7 +76,7 @@ class M2(nn.Module):
 
     def aux_dist(self, x: Tensor) -> dist.Distribution:
         """q_φ(y | x) as the auxiliary term's density: batch ``[N]``."""
-        return dist.Categorical(logits=self.classifier(x))
+        return dist.Categorical(logits=self.classify(x))
 
     def forward(self, x: Tensor, y: Tensor) -> None:
         n, known = x.shape[0], y >= 0

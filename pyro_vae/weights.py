@@ -32,11 +32,12 @@ class Weights:
         if self.tensors is None:
             return
         saved = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
-        wrong = first_mismatch(module.state_dict(), saved, prefix)
+        expected = module.state_dict()
+        wrong = first_mismatch(expected, saved, prefix)
         if wrong:
             raise ValueError(f"{self.source}: {wrong}: it was fitted with other parts than "
                              f"this story asks for")
-        module.load_state_dict({k: v for k, v in saved.items() if k in module.state_dict()})
+        module.load_state_dict({k: v for k, v in saved.items() if k in expected})
 
 
 def first_mismatch(expected: Mapping[str, Tensor], saved: Mapping[str, Tensor],
