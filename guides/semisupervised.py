@@ -81,6 +81,10 @@ class MeanCode(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.guide.z_dist(x).mean
 
+    def draw(self, x: Tensor) -> Tensor:
+        """A reparametrized draw of q(z | x), ``[..., d]``."""
+        return self.guide.z_dist(x).rsample()
+
 
 class StackedGuide(nn.Module):
     """The guide of M1 + M2 (:class:`pyro_vae.models.StackedM2`), for each image n:
@@ -91,21 +95,25 @@ class StackedGuide(nn.Module):
         y_n  ~ q_φ(y | code(x_n))            M2's classifier on the mean of q(z1 | x_n)
         z2_n ~ q_φ(z2 | z1_n, y_n)           M2's q(z | x, y), on the drawn code
 
-    y is enumerated as in :class:`ClassifierGuide`, whose parts this guide reuses.
+    y is enumerated as in :class:`ClassifierGuide`, whose parts this guide reuses. With
+    ``draws`` the classifier reads z1_n instead (q(y | z1_n): M2 of the drawn code, as
+    Kingma et al. fit it).
 
     Args:
         m1: an amortized guide with ``z_dist(x)`` (M1's q(z1 | x)).
         m2: M2's guide, reading codes ``[..., z1]`` in place of images.
         code: x → the mean of ``m1``'s q(z1 | x) (shared with the story's auxiliary term).
+        draws: whether the classifier reads z1_n instead of ``code(x_n)``.
     """
 
-    def __init__(self, m1: nn.Module, m2: ClassifierGuide, code: nn.Module) -> None:
+    def __init__(self, m1: nn.Module, m2: ClassifierGuide, code: nn.Module,
+                 draws: bool = False) -> None:
         super().__init__()
-        self.m1, self.m2, self.code = m1, m2, code
+        self.m1, self.m2, self.code, self.draws = m1, m2, code, draws
 
     def forward(self, x: Tensor, y: Tensor) -> None:
         with pyro.plate("data", x.shape[0]):
             z1 = pyro.sample("z1", self.m1.z_dist(x))
-            digit = pyro.sample("y", self.m2.y_dist(self.code(x), y),
-                                infer={"enumerate": "parallel"})
+            features = z1 if self.draws else self.code(x)
+            digit = pyro.sample("y", self.m2.y_dist(features, y), infer={"enumerate": "parallel"})
             pyro.sample("z2", self.m2.z_dist(z1, digit))

@@ -115,7 +115,9 @@ class StackedM2(nn.Module):
         x_n  ~ p(x | f_θ(z1_n))              M1's decoder
 
     and, on labelled rows, M2's auxiliary term α · log q_φ(y_n | x_n), where the classifier
-    reads the mean of M1's q(z1 | x) (shared with the guide, as M2 shares its classifier).
+    reads the mean of M1's q(z1 | x) (shared with the guide, as M2 shares its classifier),
+    or, with ``draws``, the guide's draw z1_n, as Kingma et al.'s M2 reads M1's sampled codes
+    (noise on the few labelled codes; :meth:`classify` still reads the mean).
     Kingma et al. fit M1 first and then M2 on M1's codes: name a fitted VAE run as
     ``m1`` and its networks are held fixed (``freeze``), so the fit is M2's alone; without
     one, M1 and M2 are fitted together.
@@ -126,20 +128,26 @@ class StackedM2(nn.Module):
         decoder: M1's f_θ, ``[..., z1]`` → ``[..., D]``.
         likelihood: decoder output → p(x | z1) with event shape ``[D]``.
         code: x ``[..., D]`` → the mean of M1's q(z1 | x), ``[..., z1]``.
+        draws: whether the auxiliary term's classifier reads z1_n instead of ``code(x_n)``.
     """
 
     partly_labelled = True
     label_site = "y"
 
-    def __init__(self, m2: M2, decoder: nn.Module, likelihood: nn.Module, code: nn.Module
-                 ) -> None:
+    def __init__(self, m2: M2, decoder: nn.Module, likelihood: nn.Module, code: nn.Module,
+                 draws: bool = False) -> None:
         super().__init__()
         self.m2, self.decoder, self.likelihood, self.code = m2, decoder, likelihood, code
-        self.classes = m2.classes
+        self.classes, self.draws = m2.classes, draws
 
     def classify(self, x: Tensor) -> Tensor:
         """The classifier's logits ``[N, K]`` for images x ``[N, D]`` (through M1's code)."""
         return self.m2.classifier(self.code(x))
+
+    def train_logits(self, x: Tensor) -> Tensor:
+        """The logits ``[N, K]`` the fit trains the classifier on: those of a draw of M1's
+        q(z1 | x) with ``draws``, else :meth:`classify`'s."""
+        return self.m2.classifier(self.code.draw(x)) if self.draws else self.classify(x)
 
     def x_dist(self, z1: Tensor) -> dist.Distribution:
         """p(x | z1) for z1 ``[..., N, z1]``."""
@@ -153,4 +161,5 @@ class StackedM2(nn.Module):
             z1 = pyro.sample("z1", self.m2.x_dist(z2, digit))
             pyro.sample("x", self.x_dist(z1), obs=x)
             with poutine.scale(scale=self.m2.alpha), poutine.mask(mask=known):
-                pyro.sample("y_aux", self.m2.aux_dist(self.code(x)), obs=y.clamp(min=0))
+                features = z1 if self.draws else self.code(x)
+                pyro.sample("y_aux", self.m2.aux_dist(features), obs=y.clamp(min=0))

@@ -74,18 +74,20 @@ def semi_supervised(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: f
 
 @STORIES.register("m1m2")
 def stacked(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: float = 46.0,
-            z2: int = 50, width: int = 500, m1: Weights | None = None, freeze_m1: bool = True
-            ) -> tuple[nn.Module, nn.Module]:
+            z2: int = 50, width: int = 500, m1: Weights | None = None, freeze_m1: bool = True,
+            draws: bool = False) -> tuple[nn.Module, nn.Module]:
     """M1 + M2: M2's story of the code z1 of a VAE (M1) whose decoder draws the image.
     M1's parts are the configured decoder, likelihood, encoder and guide (``--latent-dim``
     is z1's size); M2's networks are softplus MLPs of one hidden layer of ``width``, z2 its
     style. ``--model-arg m1=RUN`` starts M1 from a fitted VAE run of the same flags and,
-    with ``freeze_m1`` (the default), holds it fixed: Kingma et al.'s two-stage fit."""
+    with ``freeze_m1`` (the default), holds it fixed: Kingma et al.'s two-stage fit. With
+    ``draws`` M2's classifier is fitted on draws of q(z1 | x), not on its mean."""
     for key, value in (("classes", classes), ("z2", z2), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"--model-arg {key}={value!r}: m1m2 needs a positive whole number")
-    if not isinstance(freeze_m1, bool):
-        raise ValueError(f"--model-arg freeze_m1={freeze_m1!r}: True or False")
+    for key, flag in (("freeze_m1", freeze_m1), ("draws", draws)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"--model-arg {key}={flag!r}: True or False")
     m1_guide = _guide(cfg, data_dim)
     if not getattr(m1_guide.head, "scores_any_z", False):
         raise ValueError(f"m1m2's classifier reads the mean of M1's q(z1 | x), which the "
@@ -105,8 +107,8 @@ def stacked(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: float = 4
     code_guide = ClassifierGuide(classifier, MLPEncoder(d + classes, (width,), "softplus"),
                                  DiagonalNormalHead(width, z2), classes)
     code = MeanCode(m1_guide)
-    return (StackedM2(code_model, decoder, likelihood, code),
-            StackedGuide(m1_guide, code_guide, code))
+    return (StackedM2(code_model, decoder, likelihood, code, draws),
+            StackedGuide(m1_guide, code_guide, code, draws))
 
 
 # A shipped story whose guide enumerates a discrete site trains with the objective that sums it.

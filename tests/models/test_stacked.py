@@ -11,6 +11,7 @@ import shutil
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from torch import nn
 
@@ -20,6 +21,7 @@ from pyro_vae.guides import (
     AmortizedGuide,
     Classifier,
     ClassifierGuide,
+    DiagonalNormalHead,
     MeanCode,
     MLPEncoder,
     StackedGuide,
@@ -32,17 +34,19 @@ from pyro_vae.weights import freeze
 from test_m2 import DeltaHead, cli  # noqa: I001 (a sibling test module)
 
 
-def _tiny(alpha: float = 2.0, k: int = 3, d: int = 6, z1: int = 3, z2: int = 2):
-    """A stacked story with δ guides for z1 and z2, so that its loss is deterministic."""
+def _tiny(alpha: float = 2.0, k: int = 3, d: int = 6, z1: int = 3, z2: int = 2,
+          head: type[nn.Module] = DeltaHead, draws: bool = False):
+    """A stacked story with δ guides for z1 and z2 (``head`` for z1), so that its loss is
+    deterministic."""
     torch.manual_seed(0)
-    m1 = AmortizedGuide(nn.Sequential(nn.Linear(d, 4), nn.Tanh()), DeltaHead(4, z1))
+    m1 = AmortizedGuide(nn.Sequential(nn.Linear(d, 4), nn.Tanh()), head(4, z1))
     code = MeanCode(m1)
     classifier = Classifier(MLPEncoder(z1, (5,), "tanh"), k)
     m2 = M2(nn.Linear(z2 + k, 2 * z1), GaussianCode(), classifier, z2, k, alpha)
-    story = StackedM2(m2, nn.Linear(z1, d), Bernoulli(), code)
+    story = StackedM2(m2, nn.Linear(z1, d), Bernoulli(), code, draws)
     guide = StackedGuide(m1, ClassifierGuide(classifier, nn.Sequential(nn.Linear(z1 + k, 4),
                                                                         nn.Tanh()),
-                                             DeltaHead(4, z2), k), code)
+                                             DeltaHead(4, z2), k), code, draws)
     return story.double(), guide.double()
 
 
@@ -81,6 +85,31 @@ def test_the_enumerated_loss_is_the_stacked_elbo_exactly():
     loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
         as_program(story, "m1m2"), as_program(guide, "guide"), x, y=y)
     assert float(loss.detach()) == pytest.approx(_by_hand(story, guide, x, y), abs=1e-8)
+
+
+@pytest.mark.parametrize("draws", [False, True])
+def test_the_classifier_reads_the_drawn_code_only_with_draws(draws):
+    """Under a Normal q(z1 | x), the guide's q(y | ·) and the story's auxiliary term read the
+    drawn z1 with ``draws`` and the mean of q(z1 | x) without; classify reads the mean."""
+    story, guide = _tiny(head=DiagonalNormalHead, draws=draws)
+    x = torch.bernoulli(torch.full((4, 6), 0.4, dtype=torch.float64),
+                        generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([1, UNKNOWN_LABEL, 0, 2])
+    with torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(x, y)
+        model_trace = poutine.trace(poutine.replay(story, guide_trace)).get_trace(x, y)
+        z1, mean = guide_trace.nodes["z1"]["value"], guide.m1.z_dist(x).mean
+        assert not torch.allclose(z1, mean)  # the check below can tell them apart
+        features = z1 if draws else mean
+        expected = torch.log_softmax(story.m2.classifier(features), -1)
+        unlabelled = guide_trace.nodes["y"]["fn"].logits[1]
+        assert torch.allclose(torch.log_softmax(unlabelled, -1), expected[1])
+        aux = model_trace.nodes["y_aux"]["fn"]
+        assert torch.allclose(torch.log_softmax(aux.logits, -1), expected)
+        assert torch.allclose(story.classify(x), story.m2.classifier(mean))
+        drawn = story.train_logits(x)
+    # train_logits is what the fit's classifier sees: a fresh draw, or the mean's logits.
+    assert torch.allclose(drawn, story.classify(x)) is not draws
 
 
 def test_freeze_turns_parameters_into_buffers_that_the_state_dict_keeps():
@@ -175,6 +204,7 @@ def test_a_missing_m1_and_an_m1_of_a_story_are_refused_in_one_line(tmp_path, cap
     ("width=-1", "--model-arg width=-1: m1m2 needs a positive whole number"),
     ("z2=2.5", "--model-arg z2=2.5: m1m2 needs a positive whole number"),
     ("freeze_m1=3", "--model-arg freeze_m1=3: True or False"),
+    ("draws=1", "--model-arg draws=1: True or False"),
 ])
 def test_bad_settings_of_the_stacked_story_are_one_line(tmp_path, capsys, arg, message):
     code, line = cli(lambda: _stacked(tmp_path, "--model-arg", arg), capsys)
