@@ -28,16 +28,19 @@ class Weights:
 
     def load(self, module: nn.Module, prefix: str) -> None:
         """Load the entries under ``prefix`` (``"model.decoder."``) into ``module``, or
-        nothing when rebuilding; a missing or misshapen entry is a ``ValueError`` naming it."""
+        nothing when rebuilding; a missing, misshapen or extra entry is a ``ValueError``
+        naming it."""
         if self.tensors is None:
             return
         saved = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
         expected = module.state_dict()
-        wrong = first_mismatch(expected, saved, prefix)
+        extra = sorted(saved.keys() - expected.keys())
+        wrong = first_mismatch(expected, saved, prefix) or (
+            extra and f"holds parameter {prefix + extra[0]!r}, which this story has no place for")
         if wrong:
             raise ValueError(f"{self.source}: {wrong}: it was fitted with other parts than "
                              f"this story asks for")
-        module.load_state_dict({k: v for k, v in saved.items() if k in expected})
+        module.load_state_dict(saved)
 
 
 def first_mismatch(expected: Mapping[str, Tensor], saved: Mapping[str, Tensor],
