@@ -95,6 +95,9 @@ class Recipe:
     """M1's TrainConfig settings."""
     published: dict = field(default_factory=lambda: KINGMA)
     """Kingma et al.'s accuracy for the model the recipe fits, by label count."""
+    active: bool = False
+    """For ``m1m2``: M2 reads only M1's active dimensions (``--model-arg keep``, measured by
+    :func:`active_dims` once M1 is fitted)."""
 
 
 RECIPES = {
@@ -144,6 +147,17 @@ RECIPES = {
                          flags="--model m1m2 --model-arg m1=M1_RUN --model-arg z2=4 "
                                "--model-arg draws=True --hidden 600,600 --labelled-every 2 "
                                "--lr 1e-3"),
+    "m1m2-active": Recipe("`m1m2-draws` with M2 telling the story of M1's active dimensions "
+                          "only (the variance over the first 1,000 validation images of the "
+                          "mean of q(z1 | x) above 0.01), the others left at M1's prior, as "
+                          "Kingma et al. select them",
+                          lambda labels: {"labelled_every": 2, "lr": 1e-3},
+                          model={"hidden_sizes": (600, 600)}, story="m1m2",
+                          args={"z2": 4, "draws": True}, m1_epochs=M1_EPOCHS,
+                          published=KINGMA_M1M2, active=True,
+                          flags="--model m1m2 --model-arg m1=M1_RUN --model-arg z2=4 "
+                                "--model-arg draws=True --model-arg keep=ACTIVE "
+                                "--hidden 600,600 --labelled-every 2 --lr 1e-3"),
     "labelled-10": Recipe("a labelled batch at every 10th step (the labels' share: a tenth)",
                           lambda labels: {"labelled_every": 10}, flags="--labelled-every 10"),
 }
@@ -193,6 +207,27 @@ def m1_config(recipe: Recipe, cfg: RunConfig) -> RunConfig:
                         **recipe.m1_train)
     return RunConfig(model=cfg.model, data=dataclasses.replace(cfg.data, labels=None),
                      train=train)
+
+
+ACTIVE_ROWS, ACTIVE_VARIANCE = 1000, 0.01  # Burda et al.'s active units; Kingma's std > 0.1
+
+
+def active_dims(cfg: RunConfig) -> tuple[int, ...]:
+    """M1's active dimensions for an ``m1m2`` run: those where the mean of q(z1 | x) varies
+    over the first ACTIVE_ROWS validation images by more than ACTIVE_VARIANCE."""
+    data = load_run_data(cfg)
+    builder = STORIES.lookup(cfg.story.model)
+    args = resolve_weights(builder, cfg.story.args, cfg.model, restoring=False)
+    story, _ = builder(cfg.model, data.data_dim, **args)
+    with torch.no_grad():
+        means = story.code(data.eval_split("val", seed=cfg.train.seed)[:ACTIVE_ROWS])
+    return tuple(torch.nonzero(means.var(0) > ACTIVE_VARIANCE).flatten().tolist())
+
+
+def with_active(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``keep`` set to M1's active dimensions (M1 must be fitted)."""
+    story = dataclasses.replace(cfg.story, args=cfg.story.args | {"keep": active_dims(cfg)})
+    return dataclasses.replace(cfg, story=story)
 
 
 def command(recipe: Recipe) -> str:
@@ -384,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                 if recipe.m1_epochs and not train_m2(m1_folder(args.out, seed),
                                                      m1_config(recipe, cfg), stop):
                     break  # the budget ran out inside M1; the same command goes on with it
+                if recipe.active:
+                    cfg = with_active(cfg)
                 baseline_records(path, cfg)
                 if not args.baselines_only:
                     train_m2(path, cfg, stop)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -71,19 +73,27 @@ class Classifier(nn.Module):
 
 
 class MeanCode(nn.Module):
-    """The mean of an amortized q(z | x): x ``[..., D]`` → ``[..., d]``, deterministic. The
-    stacked story's classifier reads it (the head must have a closed-form mean)."""
+    """The mean of an amortized q(z | x): x ``[..., D]`` → ``[..., k]``, deterministic. The
+    stacked story's classifier reads it (the head must have a closed-form mean). ``keep``
+    names the k of z's d dimensions that M2 reads (all of them when ``None``)."""
 
-    def __init__(self, guide: nn.Module) -> None:
+    def __init__(self, guide: nn.Module, keep: Sequence[int] | None = None) -> None:
         super().__init__()
         self.guide = guide
+        # Not in the state dict: the indices are a setting (config.json), not a weight.
+        self.register_buffer("keep", None if keep is None else torch.tensor(keep),
+                             persistent=False)
+
+    def select(self, z: Tensor) -> Tensor:
+        """The kept dimensions of codes z ``[..., d]``: ``[..., k]``."""
+        return z if self.keep is None else z.index_select(-1, self.keep)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.guide.z_dist(x).mean
+        return self.select(self.guide.z_dist(x).mean)
 
     def draw(self, x: Tensor) -> Tensor:
-        """A reparametrized draw of q(z | x), ``[..., d]``."""
-        return self.guide.z_dist(x).rsample()
+        """A reparametrized draw of q(z | x), its kept dimensions: ``[..., k]``."""
+        return self.select(self.guide.z_dist(x).rsample())
 
 
 class StackedGuide(nn.Module):
@@ -114,6 +124,7 @@ class StackedGuide(nn.Module):
     def forward(self, x: Tensor, y: Tensor) -> None:
         with pyro.plate("data", x.shape[0]):
             z1 = pyro.sample("z1", self.m1.z_dist(x))
-            features = z1 if self.draws else self.code(x)
-            digit = pyro.sample("y", self.m2.y_dist(features, y), infer={"enumerate": "parallel"})
-            pyro.sample("z2", self.m2.z_dist(z1, digit))
+            code = self.code.select(z1)  # what M2 reads of the drawn code
+            digit = pyro.sample("y", self.m2.y_dist(code if self.draws else self.code(x), y),
+                                infer={"enumerate": "parallel"})
+            pyro.sample("z2", self.m2.z_dist(code, digit))

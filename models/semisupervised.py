@@ -9,6 +9,8 @@ objective ``enum`` sums y exactly over its K values (no sampling).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -91,16 +93,30 @@ class M2(nn.Module):
 
 
 class GaussianCode(nn.Module):
-    """A decoder's ``[..., 2·d]`` output → N(loc, diag σ²) over a d-dimensional code, σ =
-    softplus(·) + ``floor``: the likelihood of M1's code z1 under the stacked story's M2."""
+    """A decoder's ``[..., 2·k]`` output → N(loc, diag σ²) over a code, σ = softplus(·) +
+    ``floor``: the likelihood of M1's code z1 under the stacked story's M2.
 
-    def __init__(self, floor: float = 1e-3) -> None:
+    Without ``keep`` the code has the k dimensions. With ``keep`` (k indices into a code of
+    ``dim``) the output gives those dimensions and the others are N(0, 1), M1's prior: M2
+    tells the story of M1's active dimensions only, as Kingma et al. fit it.
+    """
+
+    def __init__(self, floor: float = 1e-3, keep: Sequence[int] | None = None,
+                 dim: int | None = None) -> None:
         super().__init__()
-        self.floor = floor
+        self.floor, self.dim = floor, dim
+        # Not in the state dict: the indices are a setting (config.json), not a weight.
+        self.register_buffer("keep", None if keep is None else torch.tensor(keep),
+                             persistent=False)
 
     def forward(self, h: Tensor) -> dist.Distribution:
         loc, raw = h.chunk(2, dim=-1)
-        return dist.Normal(loc, softplus(raw) + self.floor, validate_args=False).to_event(1)
+        scale = softplus(raw) + self.floor
+        if self.keep is not None:  # place the kept dimensions in a code of M1's prior
+            shape = loc.shape[:-1] + (self.dim,)
+            loc = loc.new_zeros(shape).index_copy(-1, self.keep, loc)
+            scale = scale.new_ones(shape).index_copy(-1, self.keep, scale)
+        return dist.Normal(loc, scale, validate_args=False).to_event(1)
 
 
 class StackedM2(nn.Module):
@@ -161,5 +177,5 @@ class StackedM2(nn.Module):
             z1 = pyro.sample("z1", self.m2.x_dist(z2, digit))
             pyro.sample("x", self.x_dist(z1), obs=x)
             with poutine.scale(scale=self.m2.alpha), poutine.mask(mask=known):
-                features = z1 if self.draws else self.code(x)
+                features = self.code.select(z1) if self.draws else self.code(x)
                 pyro.sample("y_aux", self.m2.aux_dist(features), obs=y.clamp(min=0))

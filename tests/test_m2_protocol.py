@@ -75,3 +75,8 @@ def test_the_m1m2_recipe_fits_its_vae_first_and_its_baseline_reads_the_frozen_co
     result = protocol.baseline(cfg)
     first, last = (result["epochs"][i]["test_accuracy"] for i in (0, -1))
     assert 0.3 < last <= 1 and last > first and len(result["epochs"]) == 4
+    # m1m2-active's dimensions are the ones the fit's own metrics count as active units
+    # (diagnose's measure, on the same 1,000 validation images).
+    keep = protocol.with_active(cfg).story.args["keep"]
+    counted = protocol.records(m1)[-1]["active_units_z"]
+    assert 0 < len(keep) == counted and all(0 <= i < 4 for i in keep)

@@ -75,13 +75,16 @@ def semi_supervised(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: f
 @STORIES.register("m1m2")
 def stacked(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: float = 46.0,
             z2: int = 50, width: int = 500, m1: Weights | None = None, freeze_m1: bool = True,
-            draws: bool = False) -> tuple[nn.Module, nn.Module]:
+            draws: bool = False, keep: tuple[int, ...] | None = None
+            ) -> tuple[nn.Module, nn.Module]:
     """M1 + M2: M2's story of the code z1 of a VAE (M1) whose decoder draws the image.
     M1's parts are the configured decoder, likelihood, encoder and guide (``--latent-dim``
     is z1's size); M2's networks are softplus MLPs of one hidden layer of ``width``, z2 its
     style. ``--model-arg m1=RUN`` starts M1 from a fitted VAE run of the same flags and,
     with ``freeze_m1`` (the default), holds it fixed: Kingma et al.'s two-stage fit. With
-    ``draws`` M2's classifier is fitted on draws of q(z1 | x), not on its mean."""
+    ``draws`` M2's classifier is fitted on draws of q(z1 | x), not on its mean. ``keep``
+    (indices of z1, e.g. M1's active dimensions) is the part of the code M2 tells the story
+    of; the other dimensions keep M1's prior."""
     for key, value in (("classes", classes), ("z2", z2), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"--model-arg {key}={value!r}: m1m2 needs a positive whole number")
@@ -100,15 +103,28 @@ def stacked(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: float = 4
             m1.load(part, prefix)
             if freeze_m1:
                 freeze(part)
-    d, wide = cfg.latent_dim, z2 + classes
+    d, wide = _kept(keep, cfg.latent_dim), z2 + classes
     classifier = Classifier(MLPEncoder(d, (width,), "softplus"), classes)
-    code_model = M2(mlp(wide, (width,), 2 * d, "softplus"), GaussianCode(), classifier, z2,
-                    classes, alpha)
+    code_model = M2(mlp(wide, (width,), 2 * d, "softplus"),
+                    GaussianCode(keep=keep, dim=cfg.latent_dim), classifier, z2, classes, alpha)
     code_guide = ClassifierGuide(classifier, MLPEncoder(d + classes, (width,), "softplus"),
                                  DiagonalNormalHead(width, z2), classes)
-    code = MeanCode(m1_guide)
+    code = MeanCode(m1_guide, keep)
     return (StackedM2(code_model, decoder, likelihood, code, draws),
             StackedGuide(m1_guide, code_guide, code, draws))
+
+
+def _kept(keep: object, latent_dim: int) -> int:
+    """How many of z1's dimensions M2 reads: ``latent_dim``, or ``len(keep)`` once ``keep`` is
+    checked to be distinct indices below it (else a ``ValueError`` in one line)."""
+    if keep is None:
+        return latent_dim
+    if (not isinstance(keep, (tuple, list)) or not keep
+            or any(isinstance(i, bool) or not isinstance(i, int) for i in keep)
+            or len(set(keep)) < len(keep) or not all(0 <= i < latent_dim for i in keep)):
+        raise ValueError(f"--model-arg keep={keep!r}: m1m2 needs distinct indices of z1 "
+                         f"(0 to {latent_dim - 1}), e.g. keep=(0,3,7)")
+    return len(keep)
 
 
 # A shipped story whose guide enumerates a discrete site trains with the objective that sums it.

@@ -35,36 +35,40 @@ from test_m2 import DeltaHead, cli  # noqa: I001 (a sibling test module)
 
 
 def _tiny(alpha: float = 2.0, k: int = 3, d: int = 6, z1: int = 3, z2: int = 2,
-          head: type[nn.Module] = DeltaHead, draws: bool = False):
+          head: type[nn.Module] = DeltaHead, draws: bool = False,
+          keep: tuple[int, ...] | None = None):
     """A stacked story with δ guides for z1 and z2 (``head`` for z1), so that its loss is
-    deterministic."""
+    deterministic; M2 reads the ``keep`` dimensions of z1 (all by default)."""
     torch.manual_seed(0)
     m1 = AmortizedGuide(nn.Sequential(nn.Linear(d, 4), nn.Tanh()), head(4, z1))
-    code = MeanCode(m1)
-    classifier = Classifier(MLPEncoder(z1, (5,), "tanh"), k)
-    m2 = M2(nn.Linear(z2 + k, 2 * z1), GaussianCode(), classifier, z2, k, alpha)
+    code, kept = MeanCode(m1, keep), z1 if keep is None else len(keep)
+    classifier = Classifier(MLPEncoder(kept, (5,), "tanh"), k)
+    m2 = M2(nn.Linear(z2 + k, 2 * kept), GaussianCode(keep=keep, dim=z1), classifier, z2, k,
+            alpha)
     story = StackedM2(m2, nn.Linear(z1, d), Bernoulli(), code, draws)
-    guide = StackedGuide(m1, ClassifierGuide(classifier, nn.Sequential(nn.Linear(z1 + k, 4),
+    guide = StackedGuide(m1, ClassifierGuide(classifier, nn.Sequential(nn.Linear(kept + k, 4),
                                                                         nn.Tanh()),
                                              DeltaHead(4, z2), k), code, draws)
     return story.double(), guide.double()
 
 
 @torch.no_grad()
-def _by_hand(story: StackedM2, guide: StackedGuide, x: torch.Tensor, y: torch.Tensor) -> float:
+def _by_hand(story: StackedM2, guide: StackedGuide, x: torch.Tensor, y: torch.Tensor,
+             keep: tuple[int, ...] | None = None) -> float:
     """The stacked ELBO from the story's definition, row by row: with δ guides,
     log p(y) + log p(z2) + log p(z1 | z2, y) + log p(x | z1) at the guide's points, weighed
     by q(y | code(x)) on unlabelled rows (less its log), plus α log q(y | code(x)) on
-    labelled rows."""
+    labelled rows. M2 reads z1's ``keep`` dimensions."""
     k, total = story.classes, 0.0
     for n in range(len(x)):
         xn = x[n:n + 1]
         z1 = guide.m1.z_dist(xn).mean
-        log_q = torch.log_softmax(story.m2.classifier(z1), -1)[0]  # code(x) is z1 under δ
+        read = z1 if keep is None else z1[:, list(keep)]
+        log_q = torch.log_softmax(story.m2.classifier(read), -1)[0]  # code(x) is z1 under δ
         terms = []
         for c in range(k):
             label = torch.tensor([c])
-            z2 = guide.m2.z_dist(z1, label).mean
+            z2 = guide.m2.z_dist(read, label).mean
             terms.append(float(math.log(1 / k) + dist.Normal(0.0, 1.0).log_prob(z2).sum()
                                + story.m2.x_dist(z2, label).log_prob(z1).sum()
                                + story.x_dist(z1).log_prob(xn).sum()))
@@ -76,15 +80,27 @@ def _by_hand(story: StackedM2, guide: StackedGuide, x: torch.Tensor, y: torch.Te
     return -total
 
 
-def test_the_enumerated_loss_is_the_stacked_elbo_exactly():
+@pytest.mark.parametrize("keep", [None, (0, 2)])
+def test_the_enumerated_loss_is_the_stacked_elbo_exactly(keep):
     """δ guides make the loss deterministic, so float64 agreement to 1e-8 is exact."""
-    story, guide = _tiny()
+    story, guide = _tiny(keep=keep)
     x = torch.bernoulli(torch.full((5, 6), 0.4, dtype=torch.float64),
                         generator=torch.Generator().manual_seed(1))
     y = torch.tensor([2, UNKNOWN_LABEL, 0, UNKNOWN_LABEL, 1])
     loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(
         as_program(story, "m1m2"), as_program(guide, "guide"), x, y=y)
-    assert float(loss.detach()) == pytest.approx(_by_hand(story, guide, x, y), abs=1e-8)
+    assert float(loss.detach()) == pytest.approx(_by_hand(story, guide, x, y, keep), abs=1e-8)
+
+
+def test_a_code_of_kept_dimensions_leaves_the_others_at_m1_s_prior():
+    """GaussianCode with keep: N(loc, σ²) on the kept dimensions, N(0, 1) on the rest."""
+    h = torch.tensor([[0.5, -1.0, 0.3, 2.0]], dtype=torch.float64)  # loc (0.5, -1), raw σ
+    z = torch.tensor([[0.1, 0.7, -0.4, 1.2]], dtype=torch.float64)
+    scale = torch.nn.functional.softplus(h[0, 2:]) + 1e-3
+    expected = (dist.Normal(h[0, :2], scale).log_prob(z[0, [3, 1]]).sum()
+                + dist.Normal(0.0, 1.0).log_prob(z[0, [0, 2]]).sum())
+    got = GaussianCode(keep=(3, 1), dim=4)(h).log_prob(z)
+    assert got.shape == (1,) and float(got) == pytest.approx(float(expected), abs=1e-12)
 
 
 @pytest.mark.parametrize("draws", [False, True])
@@ -205,8 +221,26 @@ def test_a_missing_m1_and_an_m1_of_a_story_are_refused_in_one_line(tmp_path, cap
     ("z2=2.5", "--model-arg z2=2.5: m1m2 needs a positive whole number"),
     ("freeze_m1=3", "--model-arg freeze_m1=3: True or False"),
     ("draws=1", "--model-arg draws=1: True or False"),
+    ("keep=(0,3)", "--model-arg keep=(0, 3): m1m2 needs distinct indices of z1 (0 to 2)"),
+    ("keep=(1,1)", "--model-arg keep=(1, 1): m1m2 needs distinct indices of z1"),
+    ("keep=()", "--model-arg keep=(): m1m2 needs distinct indices of z1"),
 ])
 def test_bad_settings_of_the_stacked_story_are_one_line(tmp_path, capsys, arg, message):
     code, line = cli(lambda: _stacked(tmp_path, "--model-arg", arg), capsys)
     assert code == 2 and message in line, line
     assert not (tmp_path / "st").exists()
+
+
+def test_a_fit_on_draws_of_kept_dimensions_resumes_from_its_config(tmp_path):
+    """keep and draws go through --model-arg into config.json (a tuple comes back as a JSON
+    list) and the resumed run rebuilds the same networks."""
+    _m1(tmp_path)
+    assert _stacked(tmp_path, "--model-arg", f"m1={tmp_path / 'm1'}", "--model-arg",
+                    "keep=(0,2)", "--model-arg", "draws=True") == 0
+    args = json.loads((tmp_path / "st" / "config.json").read_text())["story"]["args"]
+    assert list(args["keep"]) == [0, 2] and args["draws"] is True
+    modules = load_checkpoint(tmp_path / "st" / "checkpoint.safetensors").modules
+    assert modules["guide.story.m2.classifier.encoder.net.0.weight"].shape[1] == 2
+    assert main(["train", "--resume", str(tmp_path / "st"), "--epochs", "3", "--no-progress"]) == 0
+    lines = (tmp_path / "st" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
