@@ -158,6 +158,20 @@ RECIPES = {
                           flags="--model m1m2 --model-arg m1=M1_RUN --model-arg z2=4 "
                                 "--model-arg draws=True --model-arg keep=ACTIVE "
                                 "--hidden 600,600 --labelled-every 2 --lr 1e-3"),
+    # α for m1m2-active: Kingma et al. weigh a labelled row 0.1 · N / N_labelled once a pass
+    # (54 at 100 labels of 54,000); a labelled batch at every 2nd step shows each labelled
+    # row about 270 times a pass, so α = 0.2 gives the labels their weight.
+    "m1m2-kingma-alpha": Recipe("`m1m2-active` with the labels weighed as Kingma et al. "
+                                "weigh them: α = 0.2 (their 0.1 · N / N_labelled a pass, "
+                                "spread over about 270 labelled visits)",
+                                lambda labels: {"labelled_every": 2, "lr": 1e-3}, alpha=0.2,
+                                model={"hidden_sizes": (600, 600)}, story="m1m2",
+                                args={"z2": 4, "draws": True}, m1_epochs=M1_EPOCHS,
+                                published=KINGMA_M1M2, active=True,
+                                flags="--model m1m2 --model-arg m1=M1_RUN --model-arg z2=4 "
+                                      "--model-arg draws=True --model-arg keep=ACTIVE "
+                                      "--model-arg alpha=0.2 --hidden 600,600 "
+                                      "--labelled-every 2 --lr 1e-3"),
     "labelled-10": Recipe("a labelled batch at every 10th step (the labels' share: a tenth)",
                           lambda labels: {"labelled_every": 10}, flags="--labelled-every 10"),
 }
