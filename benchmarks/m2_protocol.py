@@ -100,6 +100,26 @@ class Recipe:
     :func:`active_dims` once M1 is fitted)."""
 
 
+M1M2 = Recipe("M1 + M2: a VAE (784-600-600-50 softplus, batch 100, lr 1e-3, "
+              f"{M1_EPOCHS} epochs) fitted on the 54,000 training images first, then held "
+              "fixed while M2 (one hidden layer of 500, z2 of 4: chosen on validation accuracy "
+              "among 50, 10 and 4) is fitted on its code with a labelled batch at every "
+              "2nd step and Adam lr 1e-3",
+              lambda labels: {"labelled_every": 2, "lr": 1e-3},
+              model={"hidden_sizes": (600, 600)}, story="m1m2", args={"z2": 4},
+              m1_epochs=M1_EPOCHS, published=KINGMA_M1M2,
+              flags="--model m1m2 --model-arg m1=M1_RUN --model-arg z2=4 --hidden 600,600 "
+                    "--labelled-every 2 --lr 1e-3")
+
+
+def variant(base: Recipe, about: str, flags: str, args: dict | None = None, **changes
+            ) -> Recipe:
+    """``base`` with ``changes``, ``args`` added to its ``--model-arg`` pairs and ``flags`` to
+    its flags (a later flag overrides an earlier one)."""
+    return dataclasses.replace(base, about=about, flags=f"{base.flags} {flags}",
+                               args=base.args | (args or {}), **changes)
+
+
 RECIPES = {
     "mixed": Recipe("issue 11's recipe: labelled and unlabelled rows share shuffled batches, "
                     "dynamic binarization"),
@@ -125,53 +145,26 @@ RECIPES = {
     "labelled-z10": Recipe("`labelled` with a z of 10 instead of 50, so that the digit must go "
                            "through y", lambda labels: {"labelled_every": 2},
                            model={"latent_dim": 10}, flags="--labelled-every 2 --latent-dim 10"),
-    # Issue 22's story of our own: M2 on the code of a VAE fitted first (Kingma's M1 + M2).
-    "m1m2": Recipe("M1 + M2: a VAE (784-600-600-50 softplus, batch 100, lr 1e-3, "
-                   f"{M1_EPOCHS} epochs) fitted on the 54,000 training images first, then held "
-                   "fixed while M2 (one hidden layer of 500, z2 of 4: chosen on validation accuracy "
-                   "among 50, 10 and 4) is fitted on its code with a labelled batch at every "
-                   "2nd step and Adam lr 1e-3",
-                   lambda labels: {"labelled_every": 2, "lr": 1e-3},
-                   model={"hidden_sizes": (600, 600)}, story="m1m2", args={"z2": 4},
-                   m1_epochs=M1_EPOCHS, published=KINGMA_M1M2,
-                   flags="--model m1m2 --model-arg m1=M1_RUN --model-arg z2=4 --hidden 600,600 "
-                         "--labelled-every 2 --lr 1e-3"),
-    # One change to `m1m2`, chosen against it on validation accuracy only.
-    "m1m2-draws": Recipe("`m1m2` with M2's classifier fitted on draws of M1's q(z1 | x), not "
-                         "on its mean, as Kingma et al.'s M2 reads M1's sampled codes (the "
-                         "baseline likewise); the mean at validation and test",
-                         lambda labels: {"labelled_every": 2, "lr": 1e-3},
-                         model={"hidden_sizes": (600, 600)}, story="m1m2",
-                         args={"z2": 4, "draws": True}, m1_epochs=M1_EPOCHS,
-                         published=KINGMA_M1M2,
-                         flags="--model m1m2 --model-arg m1=M1_RUN --model-arg z2=4 "
-                               "--model-arg draws=True --hidden 600,600 --labelled-every 2 "
-                               "--lr 1e-3"),
-    "m1m2-active": Recipe("`m1m2-draws` with M2 telling the story of M1's active dimensions "
-                          "only (the variance over the first 1,000 validation images of the "
-                          "mean of q(z1 | x) above 0.01), the others left at M1's prior, as "
-                          "Kingma et al. select them",
-                          lambda labels: {"labelled_every": 2, "lr": 1e-3},
-                          model={"hidden_sizes": (600, 600)}, story="m1m2",
-                          args={"z2": 4, "draws": True}, m1_epochs=M1_EPOCHS,
-                          published=KINGMA_M1M2, active=True,
-                          flags="--model m1m2 --model-arg m1=M1_RUN --model-arg z2=4 "
-                                "--model-arg draws=True --model-arg keep=ACTIVE "
-                                "--hidden 600,600 --labelled-every 2 --lr 1e-3"),
-    # α for m1m2-active: Kingma et al. weigh a labelled row 0.1 · N / N_labelled once a pass
-    # (54 at 100 labels of 54,000); a labelled batch at every 2nd step shows each labelled
-    # row about 270 times a pass, so α = 0.2 gives the labels their weight.
-    "m1m2-kingma-alpha": Recipe("`m1m2-active` with the labels weighed as Kingma et al. "
-                                "weigh them: α = 0.2 (their 0.1 · N / N_labelled a pass, "
-                                "spread over about 270 labelled visits)",
-                                lambda labels: {"labelled_every": 2, "lr": 1e-3}, alpha=0.2,
-                                model={"hidden_sizes": (600, 600)}, story="m1m2",
-                                args={"z2": 4, "draws": True}, m1_epochs=M1_EPOCHS,
-                                published=KINGMA_M1M2, active=True,
-                                flags="--model m1m2 --model-arg m1=M1_RUN --model-arg z2=4 "
-                                      "--model-arg draws=True --model-arg keep=ACTIVE "
-                                      "--model-arg alpha=0.2 --hidden 600,600 "
-                                      "--labelled-every 2 --lr 1e-3"),
+    # Issue 22's story of our own: M2 on the code of a VAE fitted first (Kingma's M1 + M2),
+    # and single changes to it, each chosen against it on validation accuracy only.
+    "m1m2": M1M2,
+    "m1m2-draws": variant(
+        M1M2, "`m1m2` with M2's classifier fitted on draws of M1's q(z1 | x), not on its mean, "
+        "as Kingma et al.'s M2 reads M1's sampled codes (the baseline likewise); the mean at "
+        "validation and test", "--model-arg draws=True", args={"draws": True}),
+    "m1m2-active": variant(
+        M1M2, "`m1m2-draws` with M2 telling the story of M1's active dimensions only (the "
+        "variance over the first 1,000 validation images of the mean of q(z1 | x) above "
+        "0.01), the others left at M1's prior, as Kingma et al. select them",
+        "--model-arg draws=True --model-arg keep=ACTIVE", args={"draws": True}, active=True),
+    # Kingma et al. weigh a labelled row 0.1 · N / N_labelled once a pass (54 at 100 labels of
+    # 54,000); a labelled batch at every 2nd step shows each labelled row about 270 times a
+    # pass, so α = 0.2 gives the labels their weight.
+    "m1m2-kingma-alpha": variant(
+        M1M2, "`m1m2-active` with the labels weighed as Kingma et al. weigh them: α = 0.2 "
+        "(their 0.1 · N / N_labelled a pass, spread over about 270 labelled visits)",
+        "--model-arg draws=True --model-arg keep=ACTIVE --model-arg alpha=0.2",
+        args={"draws": True}, active=True, alpha=0.2),
     "labelled-10": Recipe("a labelled batch at every 10th step (the labels' share: a tenth)",
                           lambda labels: {"labelled_every": 10}, flags="--labelled-every 10"),
 }
