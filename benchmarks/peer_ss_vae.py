@@ -113,14 +113,16 @@ def run(example: Path, pyro_dir: Path, out: Path, labels: int, seed: int, epochs
 
 
 def table(args: argparse.Namespace) -> str:
-    out = ["| labels | runs | epochs (per seed) | test, last epoch | test at best val |",
+    """One row per label count; its figures are over the seeds whose run has all its epochs
+    (a run still going is counted in the epochs column only)."""
+    out = ["| labels | finished runs | epochs (per seed) | test, last epoch | test at best val |",
            "|---|---|---|---|---|"]
     for labels in args.labels:
         last, best, done = [], [], []
         for seed in args.seeds:
             lines = epochs_of(log_path(args.out, labels, seed))
             done.append(str(len(lines)))
-            if lines:
+            if len(lines) >= args.epochs:
                 last.append(lines[-1][1])
                 best.append(max(lines, key=lambda vt: vt[0])[1])
         out.append(f"| {labels} | {len(last)} | {', '.join(done)} | {_summary(last)} | "

@@ -28,9 +28,10 @@ def test_the_table_reads_the_logs_and_never_picks_the_best_test(tmp_path):
     lines = [f"{e} epoch: avg losses 1.0 2.0 validation accuracy {v} test accuracy {t}"
              for e, (v, t) in enumerate([(0.5, 0.6), (0.7, 0.65), (0.6, 0.9), (0.55, 0.58)])]
     (tmp_path / "ss_vae_M2-100-s0.log").write_text("\n".join(lines + ["best validation ..."]))
-    args = peer.parse_args(["--table", "--labels", "100", "600", "--seeds", "0", "--out",
-                            str(tmp_path)])
+    (tmp_path / "ss_vae_M2-100-s1.log").write_text("\n".join(lines[:2]))  # still going
+    args = peer.parse_args(["--table", "--labels", "100", "600", "--seeds", "0", "1", "--out",
+                            str(tmp_path), "--epochs", "4"])
     text = peer.table(args)
-    assert "| 100 | 1 | 4 | 0.5800 | 0.6500 |" in text
-    assert "| 600 | 0 | 0 | – | – |" in text
+    assert "| 100 | 1 | 4, 2 | 0.5800 | 0.6500 |" in text  # the unfinished seed 1 is not in it
+    assert "| 600 | 0 | 0, 0 | – | – |" in text
     assert peer.main(["--labels", "100", "--out", str(tmp_path)]) == 2  # no --source
