@@ -133,7 +133,7 @@ class StackedM2(nn.Module):
     and, on labelled rows, M2's auxiliary term α · log q_φ(y_n | x_n), where the classifier
     reads the mean of M1's q(z1 | x) (shared with the guide, as M2 shares its classifier),
     or, with ``draws``, the guide's draw z1_n, as Kingma et al.'s M2 reads M1's sampled codes
-    (noise on the few labelled codes; :meth:`classify` still reads the mean).
+    (noise on the few labelled codes; :meth:`classify` reads the mean).
     Kingma et al. fit M1 first and then M2 on M1's codes: name a fitted VAE run as
     ``m1`` and its networks are held fixed (``freeze``), so the fit is M2's alone; without
     one, M1 and M2 are fitted together.
