@@ -1,0 +1,155 @@
+"""Carry long benchmark runs from one session to the next (issue 22).
+
+On this workplace every session starts from a fresh clone: the ignored ``benchmarks/runs/``
+is gone, and a run that needs more hours than a session has starts again from 0 each time
+(``burda-vae`` lost 945, 569 and 412 epochs so). This script keeps what a run needs to resume
+in the tracked ``benchmarks/carried/``, under the same path it has below ``benchmarks/runs/``:
+
+    python benchmarks/carry.py save benchmarks/runs/reproduce/burda-vae          # weights too
+    python benchmarks/carry.py save --records benchmarks/runs/m2_protocol/m1m2/m2-100-s1
+    python benchmarks/carry.py restore      # at a session's start, before any run starts
+    python benchmarks/carry.py list
+
+``save`` copies a folder's records (``*.json``, ``*.jsonl``, ``*.log``: the config, the
+per-epoch metrics, summaries, baselines, a peer's log) and, unless ``--records``, its
+``checkpoint.safetensors`` and ``best.safetensors``. It refuses to replace a carried checkpoint
+with one of fewer epochs (a run restarted from 0 by mistake) unless ``--force``. ``restore``
+puts every carried folder back where its run folder is missing, or holds a checkpoint of fewer
+epochs; a run folder that is further along is left alone, and records missing from it are
+added. Only JSON, text logs and safetensors travel: nothing carried can run code when read.
+Copies are written to a temporary name and renamed, so an interrupted copy leaves the old file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from pyro_vae import CHECKPOINT, CheckpointError, load_checkpoint
+
+BENCH = Path(__file__).resolve().parent
+RUNS, CARRIED = BENCH / "runs", BENCH / "carried"
+RECORDS = (".json", ".jsonl", ".log")
+WEIGHTS = (CHECKPOINT, "best.safetensors")
+
+
+class CarryError(Exception):
+    """Bad input: one line, exit 2, nothing overwritten."""
+
+
+def epochs(folder: Path) -> int:
+    """The epochs ``folder``'s checkpoint has finished; 0 where it has none."""
+    if not (folder / CHECKPOINT).is_file():
+        return 0
+    try:
+        return load_checkpoint(folder / CHECKPOINT).state.epoch
+    except CheckpointError as err:
+        raise CarryError(f"{folder / CHECKPOINT} cannot be read: {err}") from None
+
+
+def carried_files(folder: Path, weights: bool) -> list[Path]:
+    """The files of ``folder`` (not of its subfolders) that travel."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and (
+        p.suffix in RECORDS or (weights and p.name in WEIGHTS)))
+
+
+def copy(source: Path, target: Path) -> None:
+    """``source`` to ``target`` through a temporary name, so a kill leaves the old file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f".{target.name}.part")
+    shutil.copy2(source, part)
+    os.replace(part, target)
+
+
+def relative(run: Path, runs: Path) -> Path:
+    """``run``'s path below ``runs``, or a :class:`CarryError` naming the problem."""
+    run = run.resolve()
+    if not run.is_dir():
+        raise CarryError(f"{run} is not a folder")
+    try:
+        return run.relative_to(runs.resolve())
+    except ValueError:
+        raise CarryError(f"{run} is not under {runs}: only runs below it are carried") from None
+
+
+def save(run: Path, records_only: bool, force: bool, runs: Path, carried: Path) -> str:
+    """``run``'s files into ``carried``; one line saying what was kept."""
+    target = carried / relative(run, runs)
+    weights = not records_only and (run / CHECKPOINT).is_file()
+    have, kept = epochs(run), epochs(target)
+    if weights and kept > have and not force:
+        raise CarryError(f"{target} carries a checkpoint of {kept} epochs and {run} has "
+                         f"{have}: saving would lose {kept - have} (--force to do it anyway)")
+    files = carried_files(run, weights)
+    if not files:
+        raise CarryError(f"{run} holds nothing to carry (no {', '.join(RECORDS)} files)")
+    for path in files:
+        copy(path, target / path.name)
+    what = f"checkpoint at epoch {have} and " if weights else ""
+    return f"saved {what}{len(files) - (len(WEIGHTS) if weights else 0)} records to {target}"
+
+
+def restore_one(kept: Path, runs: Path, carried: Path) -> str | None:
+    """One carried folder back into ``runs``; a line saying what happened, or None."""
+    dest = runs / kept.relative_to(carried)
+    dest_epochs = epochs(dest) if dest.is_dir() else 0
+    ahead = (kept / CHECKPOINT).is_file() and epochs(kept) > dest_epochs
+    copied = [p for p in carried_files(kept, weights=True)
+              if ahead or not (dest / p.name).exists()]
+    for path in copied:
+        copy(path, dest / path.name)
+    if not copied:
+        return None
+    if ahead:
+        return f"restored {dest} at epoch {epochs(kept)} (it had {dest_epochs})"
+    return f"added {len(copied)} records to {dest}"
+
+
+def folders(carried: Path) -> list[Path]:
+    """Every carried folder that holds files."""
+    if not carried.is_dir():
+        return []
+    return sorted(p.parent for p in carried.rglob("*") if p.is_file() and p.name[0] != ".")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("action", choices=("save", "restore", "list"))
+    p.add_argument("runs", nargs="*", type=Path, help="run folders to save (save only)")
+    p.add_argument("--records", action="store_true", help="save the records, not the weights")
+    p.add_argument("--force", action="store_true",
+                   help="save over a carried checkpoint of more epochs")
+    p.add_argument("--runs-root", type=Path, default=RUNS, help=argparse.SUPPRESS)
+    p.add_argument("--carried-root", type=Path, default=CARRIED, help=argparse.SUPPRESS)
+    args = p.parse_intermixed_args(argv)
+    if (args.action == "save") != bool(args.runs):
+        p.error("save takes the run folders to carry; restore and list take none")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.action == "save":
+            lines = [save(run, args.records, args.force, args.runs_root, args.carried_root)
+                     for run in args.runs]
+        elif args.action == "restore":
+            lines = [line for kept in dict.fromkeys(folders(args.carried_root))
+                     if (line := restore_one(kept, args.runs_root, args.carried_root))]
+            lines = lines or ["nothing to restore: every run folder is as far as its carried copy"]
+        else:
+            lines = [f"{kept.relative_to(args.carried_root)}: "
+                     f"{'epoch ' + str(epochs(kept)) if (kept / CHECKPOINT).is_file() else 'records'}"
+                     for kept in dict.fromkeys(folders(args.carried_root))]
+    except CarryError as err:
+        print(f"carry.py: error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
