@@ -108,6 +108,17 @@ def restore_one(kept: Path, runs: Path, carried: Path) -> str | None:
     return f"added {len(copied)} records to {dest}"
 
 
+def restore_path(run: Path, runs: Path = RUNS, carried: Path = CARRIED) -> str | None:
+    """Restore the one run folder ``run`` from its carried copy, if it has one and the copy
+    is further along (what a benchmark script does before it trains, so that its same
+    command resumes in a new session); a line saying so, or None."""
+    try:
+        kept = carried / run.resolve().relative_to(runs.resolve())
+    except ValueError:  # a run outside benchmarks/runs (--out elsewhere) is not carried
+        return None
+    return restore_one(kept, runs, carried) if kept.is_dir() else None
+
+
 def folders(carried: Path) -> list[Path]:
     """Every carried folder that holds files."""
     if not carried.is_dir():

@@ -335,6 +335,13 @@ def train_m2(path: Path, cfg: RunConfig, stop: Callable[[], bool]) -> bool:
     return len(records(path)) >= cfg.train.epochs
 
 
+def finished(path: Path, epochs: int) -> bool:
+    """Whether the run in ``path`` has its ``epochs``, its summary and its baseline."""
+    base = path / BASELINE
+    return (len(records(path)) >= epochs and (path / "summary.json").exists()
+            and base.exists() and len(json.loads(base.read_text())["epochs"]) >= epochs)
+
+
 def in_progress(path: Path) -> str:
     """'' or ' (+k steps)' when the checkpoint stands inside an epoch."""
     if not (path / CHECKPOINT).exists():
@@ -424,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = run_config(recipe, labels, seed, args.epochs, args.device, args.data_root,
                                  args.out)
                 path = args.out / args.recipe / f"m2-{labels}-s{seed}"
+                if finished(path, args.epochs):
+                    continue  # also a run carried without its weights or its M1 (carry.py)
                 if recipe.m1_epochs and not train_m2(m1_folder(args.out, seed),
                                                      m1_config(recipe, cfg), stop):
                     break  # the budget ran out inside M1; the same command goes on with it

@@ -169,6 +169,10 @@ def finished(path: Path) -> bool:
 def train(args: argparse.Namespace, name: str) -> Path:
     """``--out/name`` trained towards its recipe's epochs, for at most ``--minutes``."""
     path, cfg = args.out / name, ROWS[name].config(args)
+    from carry import restore_path  # a new session's clone: the row's carried checkpoint
+
+    if (line := restore_path(path)) is not None:
+        print(f"[{name}] {line}", file=sys.stderr, flush=True)
     deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
     stop = None if deadline is None else (lambda: time.monotonic() > deadline)
     done, _ = done_epochs(path)

@@ -90,3 +90,17 @@ def test_a_folder_outside_the_runs_is_refused(roots, tmp_path, capsys):
     assert _carry(roots, "save", str(tmp_path)) == 2
     assert "is not under" in capsys.readouterr().err
     assert not roots[1].exists()
+
+
+def test_restore_path_brings_back_one_run_and_ignores_others(roots, tmp_path):
+    runs, carried = roots
+    run = runs / "reproduce" / "tiny"
+    assert _carry(roots, "save", str(run)) == 0
+    for path in sorted(run.iterdir()):
+        path.unlink()
+    run.rmdir()
+    assert carry.restore_path(tmp_path / "elsewhere", runs, carried) is None  # not under runs
+    assert carry.restore_path(runs / "reproduce" / "other", runs, carried) is None  # not carried
+    assert "restored" in carry.restore_path(run, runs, carried)
+    assert carry.epochs(run) == 2
+    assert carry.restore_path(run, runs, carried) is None  # already as far as its copy

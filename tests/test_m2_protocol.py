@@ -56,6 +56,21 @@ def test_the_table_reads_the_folders_and_says_what_is_not_done(tmp_path, capsys)
     assert protocol.main(["--list"]) == 0 and "--labelled-every 2" in capsys.readouterr().out
 
 
+def test_a_run_with_its_epochs_summary_and_baseline_is_finished_without_weights(tmp_path):
+    """A run carried by carry.py as records only is done: the protocol skips it (and its M1)."""
+    protocol = _protocol()
+    run = tmp_path / "m2-100-s1"
+    run.mkdir()
+    assert not protocol.finished(run, 2)
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (run / "baseline.json").write_text(json.dumps({"epochs": [{"epoch": 1}, {"epoch": 2}]}))
+    assert not protocol.finished(run, 2)  # no summary: the fit has not closed the run
+    (run / "summary.json").write_text("{}")
+    assert protocol.finished(run, 2) and not protocol.finished(run, 3)
+    (run / "baseline.json").write_text(json.dumps({"epochs": [{"epoch": 1}]}))
+    assert not protocol.finished(run, 2)  # the baseline is short of the run's epochs
+
+
 def test_the_m1m2_recipe_fits_its_vae_first_and_its_baseline_reads_the_frozen_code(tmp_path):
     """The stacked recipe: the VAE of its seed is trained (and resumable) in ``out/m1``, the
     run's config names it, and the baseline trains M2's classifier on M1's code alone."""
