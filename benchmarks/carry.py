@@ -17,23 +17,24 @@ with one of fewer epochs (a run restarted from 0 by mistake) unless ``--force``.
 puts every carried folder back where its run folder is missing, or holds a checkpoint of fewer
 epochs; a run folder that is further along is left alone, and records missing from it are
 added. Only JSON, text logs and safetensors travel: nothing carried can run code when read.
-Copies are written to a temporary name and renamed, so an interrupted copy leaves the old file.
+Copies are written as the engine writes its files (a temporary name, then a rename), so an
+interrupted copy leaves the old file.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 
 from pyro_vae import CHECKPOINT, CheckpointError, load_checkpoint
+from pyro_vae.files import atomic_write
+from pyro_vae.runs import BEST
 
 BENCH = Path(__file__).resolve().parent
 RUNS, CARRIED = BENCH / "runs", BENCH / "carried"
 RECORDS = (".json", ".jsonl", ".log")
-WEIGHTS = (CHECKPOINT, "best.safetensors")
+WEIGHTS = (CHECKPOINT, BEST)
 
 
 class CarryError(Exception):
@@ -57,11 +58,9 @@ def carried_files(folder: Path, weights: bool) -> list[Path]:
 
 
 def copy(source: Path, target: Path) -> None:
-    """``source`` to ``target`` through a temporary name, so a kill leaves the old file."""
+    """``source`` to ``target`` (the engine's atomic write: a kill leaves the old file)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(f".{target.name}.part")
-    shutil.copy2(source, part)
-    os.replace(part, target)
+    atomic_write(target, source.read_bytes())
 
 
 def relative(run: Path, runs: Path) -> Path:
@@ -95,8 +94,8 @@ def save(run: Path, records_only: bool, force: bool, runs: Path, carried: Path) 
 def restore_one(kept: Path, runs: Path, carried: Path) -> str | None:
     """One carried folder back into ``runs``; a line saying what happened, or None."""
     dest = runs / kept.relative_to(carried)
-    dest_epochs = epochs(dest) if dest.is_dir() else 0
-    ahead = (kept / CHECKPOINT).is_file() and epochs(kept) > dest_epochs
+    dest_epochs, kept_epochs = epochs(dest) if dest.is_dir() else 0, epochs(kept)
+    ahead = kept_epochs > dest_epochs  # 0 where the copy carries no checkpoint
     copied = [p for p in carried_files(kept, weights=True)
               if ahead or not (dest / p.name).exists()]
     for path in copied:
@@ -104,7 +103,7 @@ def restore_one(kept: Path, runs: Path, carried: Path) -> str | None:
     if not copied:
         return None
     if ahead:
-        return f"restored {dest} at epoch {epochs(kept)} (it had {dest_epochs})"
+        return f"restored {dest} at epoch {kept_epochs} (it had {dest_epochs})"
     return f"added {len(copied)} records to {dest}"
 
 
@@ -120,10 +119,10 @@ def restore_path(run: Path, runs: Path = RUNS, carried: Path = CARRIED) -> str |
 
 
 def folders(carried: Path) -> list[Path]:
-    """Every carried folder that holds files."""
+    """Every carried folder that holds files, once each."""
     if not carried.is_dir():
         return []
-    return sorted(p.parent for p in carried.rglob("*") if p.is_file() and p.name[0] != ".")
+    return sorted({p.parent for p in carried.rglob("*") if p.is_file() and p.name[0] != "."})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -148,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
             lines = [save(run, args.records, args.force, args.runs_root, args.carried_root)
                      for run in args.runs]
         elif args.action == "restore":
-            lines = [line for kept in dict.fromkeys(folders(args.carried_root))
+            lines = [line for kept in folders(args.carried_root)
                      if (line := restore_one(kept, args.runs_root, args.carried_root))]
             lines = lines or ["nothing to restore: every run folder is as far as its carried copy"]
         else:
             lines = [f"{kept.relative_to(args.carried_root)}: "
                      f"{'epoch ' + str(epochs(kept)) if (kept / CHECKPOINT).is_file() else 'records'}"
-                     for kept in dict.fromkeys(folders(args.carried_root))]
+                     for kept in folders(args.carried_root)]
     except CarryError as err:
         print(f"carry.py: error: {err}", file=sys.stderr)
         return 2

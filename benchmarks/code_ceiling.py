@@ -62,14 +62,14 @@ def mlp(x: np.ndarray, y: np.ndarray, seed: int):
     with seeded(seed):
         net = nn.Sequential(nn.Linear(x.shape[1], WIDTH), nn.Softplus(), nn.Linear(WIDTH, 10))
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        xs, ys = torch.as_tensor(x), torch.as_tensor(y)
+        xs, ys = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
         for _ in range(STEPS):
             index = torch.randint(len(xs), (min(BATCH, len(xs)),))
             loss = nn.functional.cross_entropy(net(xs[index]), ys[index])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    return lambda z: net(torch.as_tensor(z)).argmax(-1).numpy()
+    return lambda z: net(torch.as_tensor(z, dtype=torch.float32)).argmax(-1).numpy()
 
 
 def fitted(kind: str, x: np.ndarray, y: np.ndarray, seed: int):
@@ -93,9 +93,8 @@ def rows(split: dict, pick: Tensor, active: tuple[int, ...], seed: int) -> list[
         data = {k: (z[:, dims].double().numpy(), y.numpy()) for k, (z, y) in split.items()}
         x, y = data["train"][0][pick.numpy()], data["train"][1][pick.numpy()]
         for kind in ("logreg", "1-nn", "mlp"):
-            predict = fitted(kind, x.astype(np.float32) if kind == "mlp" else x, y, seed)
-            acc = {f"{k}_accuracy": float((predict(z.astype(np.float32) if kind == "mlp" else z)
-                                           == t).mean())
+            predict = fitted(kind, x, y, seed)
+            acc = {f"{k}_accuracy": float((predict(z) == t).mean())
                    for k, (z, t) in data.items() if k != "train"}
             out.append({"labels": int(pick.sum()), "dims": dims_name, "classifier": kind, **acc})
             print(f"  {out[-1]}", file=sys.stderr)
