@@ -16,7 +16,12 @@ per-epoch metrics, summaries, baselines, a peer's log) and, unless ``--records``
 with one of fewer epochs (a run restarted from 0 by mistake) unless ``--force``. ``restore``
 puts every carried folder back where its run folder is missing, or holds a checkpoint of fewer
 epochs; a run folder that is further along is left alone, and records missing from it are
-added. Only JSON, text logs and safetensors travel: nothing carried can run code when read.
+added. The partial results of an unfinished ``pyro-vae evaluate`` or ``diagnose`` (their
+``evaluation.partial/`` and ``diagnostics.partial/``: a ``settings.json`` and one ``.npz`` per
+finished chunk) travel with the folder too, so hours of AIS resume in the next session; a
+save mirrors them (a finished evaluation removes its partial folder, and so does the carried
+copy), and a restore brings them back with the checkpoint they were made on. Only JSON, text logs, numpy
+arrays (read without pickle) and safetensors travel: nothing carried can run code when read.
 Copies are written as the engine writes its files (a temporary name, then a rename), so an
 interrupted copy leaves the old file.
 """
@@ -24,17 +29,20 @@ interrupted copy leaves the old file.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 from pyro_vae import CHECKPOINT, CheckpointError, load_checkpoint
 from pyro_vae.files import atomic_write
-from pyro_vae.runs import BEST
+from pyro_vae.runs import BEST, DIAGNOSIS_PARTIAL, EVALUATION_PARTIAL
 
 BENCH = Path(__file__).resolve().parent
 RUNS, CARRIED = BENCH / "runs", BENCH / "carried"
 RECORDS = (".json", ".jsonl", ".log")
 WEIGHTS = (CHECKPOINT, BEST)
+PARTIALS = (EVALUATION_PARTIAL, DIAGNOSIS_PARTIAL)
+PARTIAL_FILES = (".json", ".npz")
 
 
 class CarryError(Exception):
@@ -55,6 +63,28 @@ def carried_files(folder: Path, weights: bool) -> list[Path]:
     """The files of ``folder`` (not of its subfolders) that travel."""
     return sorted(p for p in folder.iterdir() if p.is_file() and (
         p.suffix in RECORDS or (weights and p.name in WEIGHTS)))
+
+
+def partial_jobs(folder: Path) -> list[Path]:
+    """The folders of partial results below ``folder`` (one per unfinished evaluate or
+    diagnose job: ``evaluation.partial/<job>/`` or ``diagnostics.partial/`` itself)."""
+    return sorted({p.parent for name in PARTIALS if (folder / name).is_dir()
+                   for p in (folder / name).rglob("*")
+                   if p.is_file() and p.suffix in PARTIAL_FILES and p.name[0] != "."})
+
+
+def copy_partials(source: Path, target: Path) -> int:
+    """Make ``target``'s partial results those of ``source``: jobs finished (or gone) there
+    go here too, and each job folder is replaced whole, so that no chunk of other settings
+    lingers beside a newer ``settings.json``. The number of job folders copied."""
+    for name in PARTIALS:
+        shutil.rmtree(target / name, ignore_errors=True)
+    jobs = partial_jobs(source)
+    for job in jobs:
+        for path in sorted(job.iterdir()):
+            if path.is_file() and path.suffix in PARTIAL_FILES and path.name[0] != ".":
+                copy(path, target / job.relative_to(source) / path.name)
+    return len(jobs)
 
 
 def copy(source: Path, target: Path) -> None:
@@ -87,8 +117,11 @@ def save(run: Path, records_only: bool, force: bool, runs: Path, carried: Path) 
         raise CarryError(f"{run} holds nothing to carry (no {', '.join(RECORDS)} files)")
     for path in files:
         copy(path, target / path.name)
+    jobs = copy_partials(run, target) if weights else 0  # of use only beside their weights
     what = f"checkpoint at epoch {have} and " if weights else ""
-    return f"saved {what}{len(files) - (len(WEIGHTS) if weights else 0)} records to {target}"
+    partials = f" and {jobs} unfinished evaluations" if jobs else ""
+    return (f"saved {what}{len(files) - (len(WEIGHTS) if weights else 0)} records{partials} "
+            f"to {target}")
 
 
 def restore_one(kept: Path, runs: Path, carried: Path) -> str | None:
@@ -100,11 +133,15 @@ def restore_one(kept: Path, runs: Path, carried: Path) -> str | None:
               if ahead or not (dest / p.name).exists()]
     for path in copied:
         copy(path, dest / path.name)
-    if not copied:
+    # Only with the checkpoint they were made on: a run folder as far as its copy has made
+    # its partial results itself since (or finished them, and removed them).
+    jobs = copy_partials(kept, dest) if ahead else 0
+    if not copied and not jobs:
         return None
+    partials = f" with {jobs} unfinished evaluations" if jobs else ""
     if ahead:
-        return f"restored {dest} at epoch {kept_epochs} (it had {dest_epochs})"
-    return f"added {len(copied)} records to {dest}"
+        return f"restored {dest} at epoch {kept_epochs} (it had {dest_epochs}){partials}"
+    return f"added {len(copied)} records{partials} to {dest}"
 
 
 def restore_path(run: Path, runs: Path = RUNS, carried: Path = CARRIED) -> str | None:
@@ -122,7 +159,8 @@ def folders(carried: Path) -> list[Path]:
     """Every carried folder that holds files, once each."""
     if not carried.is_dir():
         return []
-    return sorted({p.parent for p in carried.rglob("*") if p.is_file() and p.name[0] != "."})
+    return sorted({p.parent for p in carried.rglob("*") if p.is_file() and p.name[0] != "."
+                   and not set(p.relative_to(carried).parts) & set(PARTIALS)})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

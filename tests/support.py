@@ -16,6 +16,17 @@ from pyro_vae.runs.folders import CHECKPOINT, METRICS, load_run_data
 from pyro_vae.stories.build import build_vae
 
 
+def stable(value):
+    """An evaluation entry without what may differ between two runs of the same numbers
+    (times, and the memory available, which sized no chunk in the tests)."""
+    if isinstance(value, dict):
+        return {k: stable(v) for k, v in value.items()
+                if k not in ("seconds", "finished", "budget_bytes")}
+    if isinstance(value, list):
+        return [stable(v) for v in value]
+    return value
+
+
 def run_cli(argv: list[str], capsys=None) -> tuple[int, str]:
     """The CLI in this process: its exit status and what it wrote to stderr."""
     try:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
+from pyro_vae.partial import Partial
 from pyro_vae.runs.folders import resume_run, train_run
+
+from support import run_cli, stable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import carry  # noqa: E402  (a benchmarks/ script, imported by path as the other script tests do)
@@ -104,3 +109,40 @@ def test_restore_path_brings_back_one_run_and_ignores_others(roots, tmp_path):
     assert "restored" in carry.restore_path(run, runs, carried)
     assert carry.epochs(run) == 2
     assert carry.restore_path(run, runs, carried) is None  # already as far as its copy
+
+
+IWAE = ["--samples", "48", "--points", "24", "--hold-points", "6", "--no-progress"]
+
+
+def _iwae_entry(run: Path) -> dict:
+    doc = json.loads((run / "evaluation.json").read_text())
+    return stable(doc["entries"][doc["latest"]["iwae"]])
+
+
+def test_an_unfinished_evaluation_travels_and_resumes_to_the_same_entry(
+        roots, capsys, monkeypatch, tmp_path):
+    runs, carried = roots
+    run = runs / "reproduce" / "tiny"
+    whole = Path(shutil.copytree(run, tmp_path / "whole"))
+    assert run_cli(["evaluate", str(whole), *IWAE], capsys)[0] == 0
+    save, written = Partial.save, []
+
+    def save_then_stop(self, unit, arrays):  # Ctrl-C once the first chunk is on disk
+        written.append(save(self, unit, arrays))
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Partial, "save", save_then_stop)
+        assert run_cli(["evaluate", str(run), *IWAE], capsys)[0] == 130
+    assert _carry(roots, "save", str(run)) == 0
+    assert "1 unfinished evaluations" in capsys.readouterr().out
+    assert len(list((carried / "reproduce" / "tiny").rglob("*.npz"))) == 1
+    assert carry.folders(carried) == [carried / "reproduce" / "tiny"]  # not a run of its own
+    shutil.rmtree(runs)  # the session ends
+    assert _carry(roots, "restore") == 0
+    assert "with 1 unfinished evaluations" in capsys.readouterr().out
+    code, err = run_cli(["evaluate", str(run), *IWAE], capsys)
+    assert code == 0 and "continuing from 1 finished chunk" in err
+    assert _iwae_entry(run) == _iwae_entry(whole)
+    assert _carry(roots, "save", str(run)) == 0  # finished: the carried chunks go too
+    assert not list((carried / "reproduce" / "tiny").rglob("*.npz"))

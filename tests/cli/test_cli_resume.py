@@ -18,7 +18,7 @@ import pytest
 from pyro_vae.partial import Partial
 from pyro_vae.runs.folders import train_run
 
-from support import run_cli
+from support import run_cli, stable
 
 REPO = Path(__file__).resolve().parents[2]
 IWAE = ["--samples", "48", "--points", "24", "--hold-points", "6", "--no-progress"]
@@ -42,17 +42,6 @@ def trained(tmp_path_factory):
 def run(trained, tmp_path):
     """A fresh copy of the trained run for each test."""
     return Path(shutil.copytree(trained, tmp_path / "tiny"))
-
-
-def stable(value):
-    """An entry without what may differ between runs of the same numbers (times, and the
-    memory available, which sized no chunk here)."""
-    if isinstance(value, dict):
-        return {k: stable(v) for k, v in value.items()
-                if k not in ("seconds", "finished", "budget_bytes")}
-    if isinstance(value, list):
-        return [stable(v) for v in value]
-    return value
 
 
 def evaluation(run: Path) -> dict:
