@@ -20,8 +20,9 @@ added. The partial results of an unfinished ``pyro-vae evaluate`` or ``diagnose`
 ``evaluation.partial/`` and ``diagnostics.partial/``: a ``settings.json`` and one ``.npz`` per
 finished chunk) travel with the folder too, so hours of AIS resume in the next session; a
 save mirrors them (a finished evaluation removes its partial folder, and so does the carried
-copy), and a restore brings them back with the checkpoint they were made on. Only JSON, text logs, numpy
-arrays (read without pickle) and safetensors travel: nothing carried can run code when read.
+copy), and a restore brings them back with the checkpoint they were made on. Only JSON, text
+logs, numpy arrays (read without pickle) and safetensors travel: nothing carried can run code
+when read.
 Copies are written as the engine writes its files (a temporary name, then a rename), so an
 interrupted copy leaves the old file.
 """
@@ -65,12 +66,12 @@ def carried_files(folder: Path, weights: bool) -> list[Path]:
         p.suffix in RECORDS or (weights and p.name in WEIGHTS)))
 
 
-def partial_jobs(folder: Path) -> list[Path]:
-    """The folders of partial results below ``folder`` (one per unfinished evaluate or
+def partial_files(folder: Path) -> list[Path]:
+    """The files of the partial results below ``folder`` (of each unfinished evaluate or
     diagnose job: ``evaluation.partial/<job>/`` or ``diagnostics.partial/`` itself)."""
-    return sorted({p.parent for name in PARTIALS if (folder / name).is_dir()
-                   for p in (folder / name).rglob("*")
-                   if p.is_file() and p.suffix in PARTIAL_FILES and p.name[0] != "."})
+    return sorted(p for name in PARTIALS if (folder / name).is_dir()
+                  for p in (folder / name).rglob("*")
+                  if p.is_file() and p.suffix in PARTIAL_FILES and p.name[0] != ".")
 
 
 def copy_partials(source: Path, target: Path) -> int:
@@ -79,12 +80,10 @@ def copy_partials(source: Path, target: Path) -> int:
     lingers beside a newer ``settings.json``. The number of job folders copied."""
     for name in PARTIALS:
         shutil.rmtree(target / name, ignore_errors=True)
-    jobs = partial_jobs(source)
-    for job in jobs:
-        for path in sorted(job.iterdir()):
-            if path.is_file() and path.suffix in PARTIAL_FILES and path.name[0] != ".":
-                copy(path, target / job.relative_to(source) / path.name)
-    return len(jobs)
+    files = partial_files(source)
+    for path in files:
+        copy(path, target / path.relative_to(source))
+    return len({path.parent for path in files})
 
 
 def copy(source: Path, target: Path) -> None:

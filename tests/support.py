@@ -27,6 +27,22 @@ def stable(value):
     return value
 
 
+def stop_after(monkeypatch, k: int) -> None:
+    """Every Partial raises KeyboardInterrupt (Ctrl-C) once k units have been written."""
+    from pyro_vae.partial import Partial
+
+    save, written = Partial.save, []
+
+    def save_then_stop(self, unit, arrays):
+        out = save(self, unit, arrays)
+        written.append(unit)
+        if len(written) == k:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(Partial, "save", save_then_stop)
+
+
 def run_cli(argv: list[str], capsys=None) -> tuple[int, str]:
     """The CLI in this process: its exit status and what it wrote to stderr."""
     try:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae.partial import Partial
 from pyro_vae.runs.folders import resume_run, train_run
 
-from support import run_cli, stable
+from support import run_cli, stable, stop_after
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import carry  # noqa: E402  (a benchmarks/ script, imported by path as the other script tests do)
@@ -125,14 +124,8 @@ def test_an_unfinished_evaluation_travels_and_resumes_to_the_same_entry(
     run = runs / "reproduce" / "tiny"
     whole = Path(shutil.copytree(run, tmp_path / "whole"))
     assert run_cli(["evaluate", str(whole), *IWAE], capsys)[0] == 0
-    save, written = Partial.save, []
-
-    def save_then_stop(self, unit, arrays):  # Ctrl-C once the first chunk is on disk
-        written.append(save(self, unit, arrays))
-        raise KeyboardInterrupt
-
     with monkeypatch.context() as m:
-        m.setattr(Partial, "save", save_then_stop)
+        stop_after(m, 1)  # Ctrl-C once the first chunk is on disk
         assert run_cli(["evaluate", str(run), *IWAE], capsys)[0] == 130
     assert _carry(roots, "save", str(run)) == 0
     assert "1 unfinished evaluations" in capsys.readouterr().out

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae.partial import Partial
 from pyro_vae.runs.folders import train_run
 
-from support import run_cli, stable
+from support import run_cli, stable, stop_after
 
 REPO = Path(__file__).resolve().parents[2]
 IWAE = ["--samples", "48", "--points", "24", "--hold-points", "6", "--no-progress"]
@@ -46,20 +45,6 @@ def run(trained, tmp_path):
 
 def evaluation(run: Path) -> dict:
     return json.loads((run / "evaluation.json").read_text())
-
-
-def stop_after(monkeypatch, k: int) -> None:
-    """Every Partial raises KeyboardInterrupt (Ctrl-C) once k units have been written."""
-    save, written = Partial.save, []
-
-    def save_then_stop(self, unit, arrays):
-        out = save(self, unit, arrays)
-        written.append(unit)
-        if len(written) == k:
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(Partial, "save", save_then_stop)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
