@@ -123,8 +123,9 @@ class TrainConfig:
     a resume with another ``lr`` applies the rest of the schedule to it."""
     init: str = "default"
     """How the layers start when a fit starts from scratch, a name in
-    ``pyro_vae.infer.inits.INITS``: ``default`` (as torch built them) or ``normal`` (weights of the
-    linear and convolution layers of model and guide ~ N(0, std²), biases 0; from ``seed``)."""
+    ``pyro_vae.infer.inits.INITS``: ``default`` (as torch built them), ``normal`` (weights of the
+    linear and convolution layers of model and guide ~ N(0, std²), biases 0; from ``seed``) or
+    ``glorot`` (those weights ~ U(−a, a), a = gain·√(6 / (fan_in + fan_out)), biases 0)."""
     options: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     """Settings of the schedule and the initialization, by kind and name, e.g.
     ``{"lr_schedule": {"step": {"every": 30, "gamma": 0.5}}, "init": {"normal": {"std":

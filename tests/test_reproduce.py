@@ -23,6 +23,8 @@ def test_list_names_every_row_with_its_published_number_and_recipe():
                            ("burda-iwae-50", "84.78"), ("vampprior", "85.57")):
         assert f"{row}: {published} nats" in done.stdout
     assert "batch 20, lr 0.001 (burda), Adam ε 0.0001, 3280 epochs" in done.stdout
+    # The extra row says what it changes: the settings of the authors' code.
+    assert "Adam ε 0.0001 β (0.99, 0.999), init glorot, 3280 epochs" in done.stdout
 
 
 def test_an_unknown_row_is_one_line_and_exit_2(tmp_path):
@@ -30,7 +32,7 @@ def test_an_unknown_row_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "reproduce.py: error: unknown row 'burda-vea'; the rows are burda-vae, burda-iwae-5, "
-        "burda-iwae-50, vampprior (--list describes them)"]
+        "burda-iwae-50, burda-vae-code, vampprior (--list describes them)"]
     assert list(tmp_path.iterdir()) == []  # nothing was written
 
 

@@ -157,7 +157,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="Adam's eps, added to the root of its second moment")
     g.add_argument("--init", default=T.init, metavar="NAME",
                    help=f"how the layers start: {', '.join(INITS)} (default: as torch built "
-                        f"them; normal: N(0, std²) weights and zero biases)")
+                        f"them; normal: N(0, std²) weights and zero biases; glorot: "
+                        f"U(±gain·√(6/(fan_in+fan_out))) weights and zero biases)")
     g.add_argument("--clip-norm", type=positive_float, default=None, help="clip the gradient norm")
     g.add_argument("--early-stopping", type=positive_int, default=None,
                    help="stop after this many epochs without a better validation ELBO")

@@ -5,6 +5,9 @@
 - ``normal``: every weight of every linear and (transposed) convolution layer of model
   and guide ~ N(0, std²), every bias 0. Other parameters (a mixture prior's means, a
   learned σ, ``pyro.param`` sites) keep their values.
+- ``glorot``: every such weight ~ U(−a, a) with a = gain·√(6 / (fan_in + fan_out)) (Glorot
+  & Bengio 2010, meant for tanh layers; the start of Burda et al.'s public IWAE code), every
+  bias 0; other parameters as with ``normal``.
 
 The fit applies it once, when it starts from scratch: a resumed fit's parameters come
 from its checkpoint. The draws come from a generator of their own, seeded from the fit's
@@ -41,6 +44,13 @@ def torch_default(opts: Any, layers: Iterable[nn.Module], generator: torch.Gener
     """torch's own initialization, as the layers were built: nothing changes."""
 
 
+def _check_positive(value: float, init: str, name: str) -> None:
+    """Refuse a setting that is not a finite positive number, naming it and its flag."""
+    if not 0 < value < math.inf:
+        raise ValueError(f"the {init} initialization's {name} (--init-{init}-{name}) must be a "
+                         f"positive number, got {value}")
+
+
 @dataclass(frozen=True)
 class NormalOptions:
     """Settings of the ``normal`` initialization."""
@@ -49,9 +59,7 @@ class NormalOptions:
         "help": "standard deviation of the weights (biases start at 0)", "parse": "float"})
 
     def __post_init__(self) -> None:
-        if not 0 < self.std < math.inf:
-            raise ValueError(f"the normal initialization's std (--init-normal-std) must be a "
-                             f"positive number, got {self.std}")
+        _check_positive(self.std, "normal", "std")
 
 
 @INITS.register("normal", options=NormalOptions)
@@ -61,6 +69,33 @@ def normal(opts: NormalOptions, layers: Iterable[nn.Module], generator: torch.Ge
         for layer in layers:
             weight = layer.weight
             weight.copy_(torch.randn(weight.shape, generator=generator) * opts.std)
+            if layer.bias is not None:
+                layer.bias.zero_()
+
+
+@dataclass(frozen=True)
+class GlorotOptions:
+    """Settings of the ``glorot`` initialization."""
+
+    gain: float = field(default=1.0, metadata={
+        "help": "the bound's factor: a = gain·√(6 / (fan_in + fan_out))", "parse": "float"})
+
+    def __post_init__(self) -> None:
+        _check_positive(self.gain, "glorot", "gain")
+
+
+@INITS.register("glorot", options=GlorotOptions)
+def glorot(opts: GlorotOptions, layers: Iterable[nn.Module], generator: torch.Generator) -> None:
+    """Weights ~ U(−a, a), a = ``opts.gain``·√(6 / (fan_in + fan_out)), drawn on the CPU in
+    float32; biases 0. A convolution's fans count its kernel's taps (torch's convention:
+    the weight's dimensions 1 and 0 times the kernel's size)."""
+    with torch.no_grad():
+        for layer in layers:
+            weight = layer.weight
+            taps = math.prod(weight.shape[2:])
+            fan_in, fan_out = weight.shape[1] * taps, weight.shape[0] * taps
+            bound = opts.gain * math.sqrt(6.0 / (fan_in + fan_out))
+            weight.copy_((torch.rand(weight.shape, generator=generator) * 2 - 1) * bound)
             if layer.bias is not None:
                 layer.bias.zero_()
 

@@ -116,7 +116,7 @@ def test_bad_arguments(tmp_path, capsys, args, match):
     (["--adam-eps=-1e-8"], "adam_eps (--adam-eps) must be a positive number, got -1e-08"),
     (["--adam-eps", "nan"], "adam_eps (--adam-eps) must be a positive number, got nan"),
     (["--init", "xavier"],
-     "unknown initialization 'xavier'; valid initialization names: default, normal"),
+     "unknown initialization 'xavier'; valid initialization names: default, glorot, normal"),
     (["--init-normal-std", "0.1"],
      "--init-normal-std is a setting of the normal initialization, but the initialization "
      "is default"),

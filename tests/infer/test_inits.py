@@ -114,3 +114,23 @@ def test_the_command_line_records_the_initialization(tmp_path):
     assert main(argv) == 0
     train = json.loads((tmp_path / "r" / "config.json").read_text())["train"]
     assert train["init"] == "normal" and train["options"]["init"] == {"normal": {"std": 0.02}}
+
+
+@pytest.mark.parametrize("model_cfg", [MLP, CONV], ids=["mlp", "conv"])
+def test_glorot_draws_each_layers_weights_uniformly_within_its_own_bound(digits, model_cfg):
+    gain = 1.5
+    started, built = _started(model_cfg, digits, init="glorot",
+                              options={"init": {"glorot": {"gain": gain}}})
+    for name, layer in _layers(model_cfg, digits).items():
+        weight = started[f"{name}.weight"]
+        taps = math.prod(weight.shape[2:])
+        bound = gain * math.sqrt(6 / (weight.shape[1] * taps + weight.shape[0] * taps))
+        count = weight.numel()
+        assert not started[f"{name}.bias"].any(), name
+        assert float(weight.abs().max()) <= bound, name
+        # U(−a, a) has variance a²/3, and its fourth moment a⁴/5 gives the sample
+        # variance's standard error a²·√((1/5 − 1/9)/N); half its draws lie beyond a/2.
+        tolerance = 5 * bound ** 2 * math.sqrt((1 / 5 - 1 / 9) / count)
+        assert abs(float(weight.var()) - bound ** 2 / 3) < tolerance, name
+        share_outer = float((weight.abs() > bound / 2).float().mean())  # 1/2 for U(−a, a)
+        assert abs(share_outer - 0.5) < 5 * math.sqrt(0.25 / count), name
