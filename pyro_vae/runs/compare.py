@@ -98,6 +98,9 @@ class Comparison:
     """1 for the highest best validation ELBO; all ``None`` when not comparable."""
     why_not: list[str] = field(default_factory=list)
     """Short reasons they are not comparable (``different data``, ``different likelihoods``)."""
+    common: tuple[float | None, ...] = ()
+    """Per run, its mean validation ELBO over the window of epochs that every run reached
+    (:func:`common_window`); empty when the runs validated the same epochs to the end."""
 
     def columns(self) -> list[str]:
         """The table's columns: those with something in them."""
@@ -165,8 +168,36 @@ def compare_runs(paths: list[Path]) -> Comparison:
             ranks[i] = rank
         notes.append("rank: by best validation ELBO (nats per image, higher is better)")
     notes += _evaluation_notes(runs)
+    common: tuple[float | None, ...] = ()
+    window = common_window(runs)
+    if window is not None:
+        common = tuple(_window_mean(r.curve, window) for r in runs)
+        notes.append(f"val ELBO, common epochs: each run's mean validation ELBO over epochs "
+                     f"{window[0]}–{window[1]}, the last {WINDOW} that every run reached, so "
+                     f"runs stopped at different epochs are read at the same ones")
     notes += [f"{r.name}: {what} could not be read, left blank" for r in runs for what in r.unreadable]
-    return Comparison(runs, differing, comparable, notes, ranks, why_not)
+    return Comparison(runs, differing, comparable, notes, ranks, why_not, common)
+
+
+WINDOW = 10
+"""Epochs averaged for the common-epochs column: one epoch's validation ELBO is a noisy
+single-draw estimate, and ten of them read a curve's level rather than one draw."""
+
+
+def common_window(runs: list[RunRow]) -> tuple[int, int] | None:
+    """``(first, last)`` epoch of the :data:`WINDOW` epochs up to the last epoch every run
+    validated, where the runs stopped at different epochs; ``None`` where they stopped at
+    the same one, or fewer than two runs have a curve."""
+    ends = [r.curve[-1][0] for r in runs if r.curve]
+    if len(ends) < 2 or len(set(ends)) == 1 or len(ends) < len(runs):
+        return None
+    last = min(ends)
+    return max(1, last - WINDOW + 1), last
+
+
+def _window_mean(curve: tuple[tuple[int, float], ...], window: tuple[int, int]) -> float | None:
+    values = [v for e, v in curve if window[0] <= e <= window[1]]
+    return sum(values) / len(values) if values else None
 
 
 def _same_name_other_code(runs: list[RunRow], key: str) -> bool:
@@ -370,7 +401,8 @@ def _evaluation_notes(runs: list[RunRow]) -> list[str]:
 
 
 GROUPS = (("run", ("run", "story", *PARTS)),
-          ("training", ("epochs", "train s", "final val ELBO", "best val ELBO", "rank")),
+          ("training", ("epochs", "train s", "final val ELBO", "best val ELBO",
+                        "val ELBO, common epochs", "rank")),
           ("evaluate: log p(x)", ("evaluated on", "IWAE", "AIS", "k̂ > 0.7")),
           ("diagnose", ("diagnosed on", "approx. gap", "amort. gap", "active units")))
 
@@ -386,6 +418,7 @@ def _cell(c: Comparison, i: int, column: str) -> str:
         "run": r.name, "story": r.story, "epochs": "" if r.epochs is None else str(r.epochs),
         "train s": "" if r.train_seconds is None else f"{r.train_seconds:.1f}",
         "final val ELBO": _num(r.final_val_elbo), "best val ELBO": _num(r.best_val_elbo),
+        "val ELBO, common epochs": _num(c.common[i]) if c.common else "",
         "rank": "" if not c.ranks or c.ranks[i] is None else str(c.ranks[i]),
         "evaluated on": r.evaluated_on or "",
         "IWAE": _pm(r.iwae), "AIS": _pm(r.ais),

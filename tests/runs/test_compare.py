@@ -172,3 +172,25 @@ def test_the_files_json_png_and_an_offline_page(runs, tmp_path):
     for name in ("base", "mixture", "flipped", "not comparable"):
         assert name in page
     assert write_comparison(c, tmp_path / "plain").html is None
+
+
+def _with_curve(run: Path, folder: Path, values: list[float]) -> Path:
+    """A copy of ``run`` whose metrics.jsonl validated epochs 1, 2, … with ``values``."""
+    copy = shutil.copytree(run, folder)
+    (copy / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "val_elbo": v, "seconds": 1.0}) + "\n"
+        for e, v in enumerate(values, 1)))
+    return copy
+
+
+def test_runs_stopped_at_different_epochs_are_read_at_the_epochs_all_reached(runs, tmp_path):
+    long = _with_curve(runs["base"], tmp_path / "long", [-100.0 + e for e in range(30)])
+    short = _with_curve(runs["mixture"], tmp_path / "short", [-90.0 - e for e in range(12)])
+    c = compare_runs([long, short])
+    # Epochs 3–12 are the last ten the short run reached: −98 … −89, and −92 … −101.
+    assert [cells(c)[i]["val ELBO, common epochs"] for i in (0, 1)] == ["-93.50", "-96.50"]
+    assert cells(c)[0]["final val ELBO"] == "-71.00"  # its own last epoch, not the common one
+    assert any(n.startswith("val ELBO, common epochs: each run's mean validation ELBO over "
+                            "epochs 3–12") for n in c.notes)
+    same = compare_runs([long, _with_curve(runs["mixture"], tmp_path / "even", [-95.0] * 30)])
+    assert "val ELBO, common epochs" not in same.columns()  # they ended together: nothing to add
