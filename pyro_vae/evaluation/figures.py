@@ -35,7 +35,7 @@ def plot_k_curve(curve: KCurve, path: Path, exact: float | None = None,
     _draw_panel(whole, curve, ESTIMATORS, exact, ais)
     whole.set_title("every estimator (bands: ±2 s.e. over points)", fontsize=9)
     _draw_panel(zoom, curve, ZOOMED, exact, ais)
-    zoom.set_ylim(*_limits(curve, ZOOMED, exact, ais))
+    zoom.set_ylim(*zoom_limits(curve, ZOOMED, exact, ais))
     # The bands are over images; the estimators score the same images, so the gaps between
     # them are known far better than the overlap of the bands suggests.
     zoom.set_title("zoomed: the guide's estimators" + (" and AIS" if ais else "")
@@ -67,7 +67,7 @@ def _draw_panel(ax, curve: KCurve, names: Sequence[str], exact: float | None,
     ax.grid(alpha=0.3)
 
 
-def _limits(curve: KCurve, names: Sequence[str], exact: float | None,
+def zoom_limits(curve: KCurve, names: Sequence[str], exact: float | None,
             ais: Sequence) -> tuple[float, float]:
     """y-limits holding the zoomed curves' bands, AIS's and the exact value, with a margin,
     so the spread among the guide-based estimates is visible."""

@@ -9,7 +9,7 @@ from matplotlib.image import imread
 
 from pyro_vae.evaluation import plot_k_curve
 from pyro_vae.evaluation.estimates import KCurve
-from pyro_vae.evaluation.figures import ZOOMED, _limits
+from pyro_vae.evaluation.figures import ZOOMED, zoom_limits
 
 
 def _trained_like() -> tuple[KCurve, list]:
@@ -27,7 +27,7 @@ def _trained_like() -> tuple[KCurve, list]:
 
 def test_the_zoomed_panel_holds_every_band_but_prior_monte_carlo():
     curve, ais = _trained_like()
-    low, high = _limits(curve, ZOOMED, exact=None, ais=ais)
+    low, high = zoom_limits(curve, ZOOMED, exact=None, ais=ais)
     assert low <= -90.0 - 2 * 0.8 and high >= -85.50 + 2 * 0.75  # ELBO's and AIS's bands inside
     assert low > -100.0  # prior MC's -170 … -600 is left to the other panel
     # The span is the bands' own (-91.6 … -84.0) plus a margin of 8 % on each side.
@@ -36,7 +36,7 @@ def test_the_zoomed_panel_holds_every_band_but_prior_monte_carlo():
 
 def test_an_exact_value_outside_the_curves_stays_on_the_zoomed_scale():
     curve, ais = _trained_like()
-    low, high = _limits(curve, ZOOMED, exact=-80.0, ais=ais)
+    low, high = zoom_limits(curve, ZOOMED, exact=-80.0, ais=ais)
     assert low < -91.6 and high > -80.0
 
 
