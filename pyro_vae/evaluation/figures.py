@@ -52,10 +52,10 @@ def _draw_panel(ax, curve: KCurve, names: Sequence[str], exact: float | None,
     ks = np.asarray(curve.ks)
     against = " (against K)" if ais else ""
     for name in names:
-        mean, se = np.asarray(curve.mean[name]), np.asarray(curve.stderr[name])
+        mean, low, high = _band(curve, name)
         line, = ax.plot(ks, mean, marker="o", ms=3, label=LABELS[name] + against,
                         color=f"C{ESTIMATORS.index(name)}")  # one colour per estimator
-        ax.fill_between(ks, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.15)
+        ax.fill_between(ks, low, high, color=line.get_color(), alpha=0.15)
     if ais:
         _draw_ais(ax, ais)
     if exact is not None:
@@ -67,15 +67,21 @@ def _draw_panel(ax, curve: KCurve, names: Sequence[str], exact: float | None,
     ax.grid(alpha=0.3)
 
 
+def _band(curve: KCurve, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Estimator ``name``'s mean against K and its band of ± 2 standard errors."""
+    mean, se = np.asarray(curve.mean[name]), np.asarray(curve.stderr[name])
+    return mean, mean - 2 * se, mean + 2 * se
+
+
 def zoom_limits(curve: KCurve, names: Sequence[str], exact: float | None,
-            ais: Sequence) -> tuple[float, float]:
+                ais: Sequence) -> tuple[float, float]:
     """y-limits holding the zoomed curves' bands, AIS's and the exact value, with a margin,
     so the spread among the guide-based estimates is visible."""
     lows, highs = [], []
     for name in names:
-        mean, se = np.asarray(curve.mean[name]), np.asarray(curve.stderr[name])
-        lows.append(mean - 2 * se)
-        highs.append(mean + 2 * se)
+        _, low, high = _band(curve, name)
+        lows.append(low)
+        highs.append(high)
     for r in ais:
         lows.append([r.estimate.mean - 2 * r.estimate.stderr])
         highs.append([r.estimate.mean + 2 * r.estimate.stderr])

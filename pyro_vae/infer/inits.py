@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -65,12 +65,7 @@ class NormalOptions:
 @INITS.register("normal", options=NormalOptions)
 def normal(opts: NormalOptions, layers: Iterable[nn.Module], generator: torch.Generator) -> None:
     """Weights ~ N(0, ``opts.std``²), drawn on the CPU in float32; biases 0."""
-    with torch.no_grad():
-        for layer in layers:
-            weight = layer.weight
-            weight.copy_(torch.randn(weight.shape, generator=generator) * opts.std)
-            if layer.bias is not None:
-                layer.bias.zero_()
+    _redraw(layers, lambda w: torch.randn(w.shape, generator=generator) * opts.std)
 
 
 @dataclass(frozen=True)
@@ -89,13 +84,21 @@ def glorot(opts: GlorotOptions, layers: Iterable[nn.Module], generator: torch.Ge
     """Weights ~ U(−a, a), a = ``opts.gain``·√(6 / (fan_in + fan_out)), drawn on the CPU in
     float32; biases 0. A convolution's fans count its kernel's taps (torch's convention:
     the weight's dimensions 1 and 0 times the kernel's size)."""
+    def draw(weight: torch.Tensor) -> torch.Tensor:
+        taps = math.prod(weight.shape[2:])
+        fan_in, fan_out = weight.shape[1] * taps, weight.shape[0] * taps
+        bound = opts.gain * math.sqrt(6.0 / (fan_in + fan_out))
+        return (torch.rand(weight.shape, generator=generator) * 2 - 1) * bound
+
+    _redraw(layers, draw)
+
+
+def _redraw(layers: Iterable[nn.Module], draw: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Each layer's weight replaced by ``draw(weight)`` (a CPU tensor of its shape, in the
+    layers' order, so one generator gives the same draws on every device); biases 0."""
     with torch.no_grad():
         for layer in layers:
-            weight = layer.weight
-            taps = math.prod(weight.shape[2:])
-            fan_in, fan_out = weight.shape[1] * taps, weight.shape[0] * taps
-            bound = opts.gain * math.sqrt(6.0 / (fan_in + fan_out))
-            weight.copy_((torch.rand(weight.shape, generator=generator) * 2 - 1) * bound)
+            layer.weight.copy_(draw(layer.weight))
             if layer.bias is not None:
                 layer.bias.zero_()
 

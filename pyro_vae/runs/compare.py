@@ -187,7 +187,7 @@ single-draw estimate, and ten of them read a curve's level rather than one draw.
 def common_window(runs: list[RunRow]) -> tuple[int, int] | None:
     """``(first, last)`` epoch of the :data:`WINDOW` epochs up to the last epoch every run
     validated, where the runs stopped at different epochs; ``None`` where they stopped at
-    the same one, or fewer than two runs have a curve."""
+    the same one, there are fewer than two runs, or a run has no curve."""
     ends = [r.curve[-1][0] for r in runs if r.curve]
     if len(ends) < 2 or len(set(ends)) == 1 or len(ends) < len(runs):
         return None

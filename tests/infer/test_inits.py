@@ -121,7 +121,7 @@ def test_glorot_draws_each_layers_weights_uniformly_within_its_own_bound(digits,
     gain = 1.5
     started, built = _started(model_cfg, digits, init="glorot",
                               options={"init": {"glorot": {"gain": gain}}})
-    for name, layer in _layers(model_cfg, digits).items():
+    for name in _layers(model_cfg, digits):
         weight = started[f"{name}.weight"]
         taps = math.prod(weight.shape[2:])
         bound = gain * math.sqrt(6 / (weight.shape[1] * taps + weight.shape[0] * taps))
