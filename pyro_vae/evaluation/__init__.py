@@ -54,6 +54,7 @@ from pyro_vae.evaluation.importance import (
 from pyro_vae.evaluation.records import (
                                         EVALUATION_FILE,
                                         entry_key,
+                                        evaluation_entries,
                                         make_entry,
                                         read_evaluations,
                                         record_entries,
@@ -82,6 +83,7 @@ __all__ = [
     "Estimate",
     "ESTIMATORS",
     "evaluate",
+    "evaluation_entries",
     "evaluation_plan",
     "Evaluation",
     "EVALUATION_FILE",

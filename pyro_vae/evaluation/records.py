@@ -67,10 +67,23 @@ def read_evaluations(path: Path) -> dict[str, Any]:
         return {"entries": {}, "latest": {}}
     except ValueError as err:
         raise ValueError(f"{path} is not JSON ({err}); move it away to record new entries") from None
+    try:
+        return evaluation_entries(doc)
+    except ValueError as err:
+        raise ValueError(f"{path} {err}; move it away to record new entries") from None
+
+
+def evaluation_entries(doc: Any) -> dict[str, Any]:
+    """The entries and latest keys of an ``evaluation.json`` already parsed (``doc``), a
+    document of the one-result format as its entries.
+
+    Raises:
+        ValueError: ``doc`` is not of either format.
+    """
     if not isinstance(doc, dict) or not isinstance(doc.get("entries", {}), dict) \
             or not isinstance(doc.get("latest", {}), dict):
-        raise ValueError(f"{path} is not an evaluation.json (a JSON object with 'entries' and "
-                         f"'latest' objects); move it away to record new entries")
+        raise ValueError("is not an evaluation.json (a JSON object with 'entries' and "
+                         "'latest' objects)")
     if "entries" in doc:
         return {"entries": dict(doc["entries"]), "latest": dict(doc.get("latest", {}))}
     return _migrate(doc)

@@ -21,6 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from pyro_vae.config import load_run_config
+from pyro_vae.evaluation import evaluation_entries
+from pyro_vae.runs.evaluations import (
+                                        ReadEstimate,
+                                        check_entries,
+                                        choose_evaluations,
+                                        from_entries,
+                                        read_from_note,
+)
 from pyro_vae.stories import is_named, migrate_model_config, parse_spec
 
 PARTS = ("prior", "likelihood", "decoder", "encoder", "guide")
@@ -34,16 +42,6 @@ NOT_OPTIONS = {"model.prior", "model.likelihood", "model.decoder", "model.encode
 DIGESTS = ("story.model_sha256", "story.guide_sha256")
 SAME_DATA = ("data.name", "data.binarize", "data.val_fraction", "data.test_fraction",
              "data.split_seed", "image_shape")
-
-
-@dataclass(frozen=True)
-class ReadEstimate:
-    """A mean ± standard error in nats (per image), with how it was made (e.g. ``K=5000``)."""
-
-    mean: float
-    stderr: float
-    how: str = ""
-
 
 
 @dataclass(frozen=True)
@@ -83,6 +81,13 @@ class RunRow:
     active_units: dict[str, tuple[int, int]] | None = None
     """Per latent site: (active units, dimensions)."""
     unreadable: tuple[str, ...] = ()
+    evaluations: dict[str, dict] = field(default_factory=dict)
+    """evaluation.json's entries by key (``iwae-test-N10000-K5000-seed0``); not in the JSON."""
+    latest: dict[str, str] = field(default_factory=dict)
+    """Per method, the key of the entry run last."""
+    read_from: dict[str, str] = field(default_factory=dict)
+    """Per method (``iwae``, ``ais``), the key of the entry its cells were read from
+    (:func:`~pyro_vae.runs.evaluations.choose_evaluations`)."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,7 @@ class Comparison:
         runs = []
         for row, rank in zip(self.runs, self.ranks):
             entry = {k: _plain(v) for k, v in dataclasses.asdict(row).items()
-                     if k not in ("settings", "curve")}
+                     if k not in ("settings", "curve", "evaluations")}
             entry["options"] = {label(k): row.settings.get(k) for k in self.differing}
             entry["rank"] = rank
             entry["val_elbo_curve"] = {"epoch": [e for e, _ in row.curve],
@@ -155,6 +160,8 @@ def compare_runs(paths: list[Path]) -> Comparison:
     if not paths:
         raise ValueError("give at least one run folder")
     runs = [read_run(Path(p)) for p in paths]
+    chosen = choose_evaluations([r.evaluations for r in runs])
+    runs = [_with_evaluation(r, keys) for r, keys in zip(runs, chosen)]
     keys = sorted({k for r in runs for k in r.settings} - NOT_OPTIONS)
     differing = [k for k in keys if len({json.dumps(r.settings.get(k)) for r in runs}) > 1
                  and (k not in DIGESTS or _same_name_other_code(runs, k))]
@@ -168,6 +175,7 @@ def compare_runs(paths: list[Path]) -> Comparison:
             ranks[i] = rank
         notes.append("rank: by best validation ELBO (nats per image, higher is better)")
     notes += _evaluation_notes(runs)
+    notes += [n for r in runs for n in read_from_note(r.name, r.read_from, r.latest)]
     common: tuple[float | None, ...] = ()
     window = common_window(runs)
     if window is not None:
@@ -240,10 +248,22 @@ def read_run(path: Path) -> RunRow:
     evaluation = _json(path / "evaluation.json", unreadable)
     diagnostics = _json(path / "diagnostics.json", unreadable)
     try:
-        row = dataclasses.replace(row, **_from_evaluation(evaluation), **_from_diagnostics(diagnostics))
+        found = evaluation_entries(evaluation) if evaluation is not None else {}
+        row = dataclasses.replace(row, evaluations=found.get("entries", {}),
+                                  latest=found.get("latest", {}), **_from_diagnostics(diagnostics))
+        check_entries(row.evaluations)  # an entry of another shape: said here, once
     except (KeyError, TypeError, ValueError):  # a file of another shape: blank, said once
+        row = dataclasses.replace(row, evaluations={}, latest={})
         unreadable.append("evaluation.json or diagnostics.json (unexpected contents)")
+    row = _with_evaluation(row, choose_evaluations([row.evaluations])[0])
     return dataclasses.replace(row, unreadable=tuple(unreadable))
+
+
+def _with_evaluation(row: RunRow, keys: dict[str, str]) -> RunRow:
+    """``row`` with its IWAE, AIS and k̂ cells read from the entries ``keys`` names."""
+    iwae = row.evaluations.get(keys.get("iwae", ""))
+    ais = row.evaluations.get(keys.get("ais", ""))
+    return dataclasses.replace(row, **from_entries(iwae, ais), read_from=dict(keys))
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -328,28 +348,6 @@ def _parts(cfg) -> dict[str, str | None]:
         return {"prior": None, "likelihood": cfg.model.likelihood, "decoder": cfg.model.decoder,
                 "encoder": cfg.model.encoder, "guide": guide}
     return {"prior": None, "likelihood": None, "decoder": None, "encoder": None, "guide": guide}
-
-
-def _from_evaluation(e: dict | None) -> dict[str, Any]:
-    if e is None:
-        return {}
-    out: dict[str, Any] = {}
-    k = e.get("num_samples")
-    iwae = e.get("estimates", {}).get("iwae")
-    if iwae is not None:
-        out["iwae"] = ReadEstimate(float(iwae["mean"]), float(iwae["stderr"]), f"K={k}" if k else "")
-    ais = e.get("ais")
-    if ais is not None:
-        out["ais"] = ReadEstimate(float(ais["estimate"]["mean"]), float(ais["estimate"]["stderr"]),
-                              f"T={ais.get('steps')}, C={ais.get('chains')}")
-    psis = e.get("psis")
-    if psis is not None:
-        out["khat_share"] = float(psis["fraction_khat_above"])
-        out["khat_threshold"] = float(psis.get("khat_threshold", 0.7))
-    out["evaluated_images"] = f"{e.get('num_points', '?')} {e.get('split', '?')}"
-    how = [out["evaluated_images"]] + [out[x].how for x in ("iwae", "ais") if x in out and out[x].how]
-    out["evaluated_on"] = ", ".join(how)
-    return out
 
 
 def _from_diagnostics(d: dict | None) -> dict[str, Any]:

@@ -194,3 +194,30 @@ def test_runs_stopped_at_different_epochs_are_read_at_the_epochs_all_reached(run
                             "epochs 3–12") for n in c.notes)
     same = compare_runs([long, _with_curve(runs["mixture"], tmp_path / "even", [-95.0] * 30)])
     assert "val ELBO, common epochs" not in same.columns()  # they ended together: nothing to add
+
+
+def _iwae_cell(run: Path, key: str) -> str:
+    est = json.loads((run / "evaluation.json").read_text())["entries"][key]["estimates"]["iwae"]
+    return f"{est['mean']:.2f} ± {est['stderr']:.2f}"
+
+
+def test_each_run_is_read_at_its_most_thorough_evaluation_or_the_one_runs_share(runs, tmp_path):
+    """evaluation.json keeps an entry per setting; the table reads the most images, not the
+    entry run last, and several runs at the most thorough setting they all have."""
+    run = shutil.copytree(runs["base"], tmp_path / "more")
+    fast = ["--samples", "20", "--no-progress"]
+    assert main(["evaluate", str(run), "--points", "30", *fast]) == 0
+    assert main(["evaluate", str(run), "--points", "10", *fast]) == 0  # the latest: fewer images
+    alone = compare_runs([run])
+    assert cells(alone)[0]["IWAE"] == _iwae_cell(run, "iwae-test-N30-K20-seed0")
+    assert cells(alone)[0]["evaluated on"] == "30 test, K=20; AIS 20 test, T=4, C=2"
+    assert alone.runs[0].read_from["iwae"] == "iwae-test-N30-K20-seed0"
+    assert any("more: IWAE read from its entry iwae-test-N30-K20-seed0" in n
+               and "iwae-test-N10-K20-seed0" in n for n in alone.notes), alone.notes
+    # Beside base, which has only the 20 images: both are read at those, so no warning
+    both = compare_runs([run, runs["base"]])
+    assert [r["IWAE"] for r in cells(both)] == [_iwae_cell(run, "iwae-test-N20-K20-seed0"),
+                                               _iwae_cell(runs["base"], "iwae-test-N20-K20-seed0")]
+    assert {r["evaluated on"] for r in cells(both)} == {"20 test, K=20, T=4, C=2"}
+    assert not any("different images" in n for n in both.notes), both.notes
+    assert "evaluations" not in both.to_json()["runs"][0]
