@@ -25,6 +25,7 @@ def test_list_names_every_row_with_its_published_number_and_recipe():
     assert "batch 20, lr 0.001 (burda), Adam ε 0.0001, 3280 epochs" in done.stdout
     # The extra row says what it changes: the settings of the authors' code.
     assert "Adam ε 0.0001 β (0.99, 0.999), init glorot, 3280 epochs" in done.stdout
+    assert "Adam ε 0.0001, 3280 epochs, KL warm-up 100" in done.stdout
 
 
 def test_an_unknown_row_is_one_line_and_exit_2(tmp_path):
@@ -32,7 +33,7 @@ def test_an_unknown_row_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "reproduce.py: error: unknown row 'burda-vea'; the rows are burda-vae, burda-iwae-5, "
-        "burda-iwae-50, burda-vae-code, vampprior (--list describes them)"]
+        "burda-iwae-50, burda-vae-code, burda-vae-warmup, vampprior (--list describes them)"]
     assert list(tmp_path.iterdir()) == []  # nothing was written
 
 
