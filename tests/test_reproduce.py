@@ -43,3 +43,19 @@ def test_the_table_of_a_row_not_started_says_so(tmp_path):
     done = _run("--table", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "| row | ours (IWAE) | published |" in done.stdout
+
+
+def test_records_without_a_checkpoint_are_one_line_exit_2_and_kept(tmp_path):
+    """A row carried without its weights (carry.py --records) cannot resume: said in one line,
+    and its records stay as they were."""
+    row = tmp_path / "burda-vae-code"
+    row.mkdir()
+    (row / "config.json").write_text("{}")
+    (row / "metrics.jsonl").write_text('{"epoch": 1, "seconds": 6.5, "val_elbo": -183.1}\n')
+    before = {p.name: p.read_bytes() for p in row.iterdir()}
+    done = _run("burda-vae-code", "--out", str(tmp_path), "--train-only")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert "no checkpoint" in lines[-1] and "move it away" in lines[-1]
+    assert not any("Traceback" in line for line in lines)
+    assert {p.name: p.read_bytes() for p in row.iterdir()} == before
