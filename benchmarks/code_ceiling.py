@@ -1,6 +1,7 @@
 """How much of the digit M1's frozen code holds (issue 22): classifiers on the code alone.
 
     OMP_NUM_THREADS=1 python benchmarks/code_ceiling.py --seed 1     # after m2_protocol's M1
+    OMP_NUM_THREADS=1 python benchmarks/code_ceiling.py --seed 1 --recipe m1m2-m1-warmup
 
 The ``m1m2`` recipe holds M1 fixed and fits M2 on the mean of its q(z1 | x). Whether its
 shortfall at 100 labels (0.907 against Kingma et al.'s 0.9667) is the code's or the
@@ -36,10 +37,10 @@ LABELS = (100, 3000, None)  # None: every training image's label
 STEPS, BATCH, WIDTH = 5000, 100, 500
 
 
-def codes(seed: int, root: Path, out: Path) -> tuple[dict, tuple[int, ...]]:
+def codes(recipe: str, seed: int, root: Path, out: Path) -> tuple[dict, tuple[int, ...]]:
     """{split: (code [N, 50], labels [N])} and the active dimensions, from M1 of ``seed``
-    under ``m1m2``'s settings."""
-    cfg = run_config(RECIPES["m1m2"], 100, seed, 1, "cpu", root, out)
+    under ``recipe``'s settings (``m1m2``, or a recipe with an M1 of its own)."""
+    cfg = run_config(RECIPES[recipe], 100, seed, 1, "cpu", root, out)
     data = load_run_data(cfg)
     builder = STORIES.lookup(cfg.story.model)
     story, _ = builder(cfg.model, data.data_dim,
@@ -51,7 +52,8 @@ def codes(seed: int, root: Path, out: Path) -> tuple[dict, tuple[int, ...]]:
 
 
 def known(labels: int | None, seed: int, root: Path, out: Path) -> Tensor:
-    """The training rows whose labels a run of ``labels`` (None: all) sees, ``[54000]``."""
+    """The training rows whose labels a run of ``labels`` (None: all) sees, ``[54000]``
+    (the draw is the protocol's, the same under every recipe)."""
     cfg = run_config(RECIPES["m1m2"], labels or 100, seed, 1, "cpu", root, out)
     mask = load_run_data(cfg).train.known
     return torch.ones_like(mask) if labels is None else mask
@@ -104,27 +106,32 @@ def rows(split: dict, pick: Tensor, active: tuple[int, ...], seed: int) -> list[
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", default="m1m2",
+                   choices=[name for name, r in RECIPES.items() if r.m1_epochs],
+                   help="whose M1 (m2_protocol.py's recipes with one; m1m2's is shared by its "
+                        "variants but m1m2-m1-warmup's)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "runs" / "m2_protocol")
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     args = p.parse_args(argv)
     if not (args.data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         print(f"MNIST not found under {args.data_root}/MNIST/raw; nothing to run")
         return 0
-    if not (m1_folder(args.out, args.seed) / "checkpoint.safetensors").exists():
-        print(f"code_ceiling.py: error: no M1 run at {m1_folder(args.out, args.seed)}: fit it "
-              f"with m2_protocol.py --recipe m1m2 --seeds {args.seed}", file=sys.stderr)
+    m1 = m1_folder(args.out, args.seed, RECIPES[args.recipe].m1_name)
+    if not (m1 / "checkpoint.safetensors").exists():
+        print(f"code_ceiling.py: error: no M1 run at {m1}: fit it with m2_protocol.py "
+              f"--recipe {args.recipe} --seeds {args.seed}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
     start, found = time.perf_counter(), []
-    split, active = codes(args.seed, args.data_root, args.out)
+    split, active = codes(args.recipe, args.seed, args.data_root, args.out)
     for labels in LABELS:
         found += rows(split, known(labels, args.seed, args.data_root, args.out), active, args.seed)
     lines = ["| labelled rows | dimensions | classifier | validation | test |", "|---|---|---|---|---|"]
     lines += [f"| {r['labels']:,} | {r['dims']} | {r['classifier']} | {r['val_accuracy']:.4f} | "
               f"{r['test_accuracy']:.4f} |" for r in found]
-    print("\n".join(lines) + f"\n\nM1 seed {args.seed}; active dimensions {list(active)}; "
+    print("\n".join(lines) + f"\n\nM1 of {m1}; active dimensions {list(active)}; "
           f"{time.perf_counter() - start:.0f} s")
-    target = args.out / "code_ceiling" / f"m1-s{args.seed}.json"
+    target = args.out / "code_ceiling" / f"{m1.parent.name}-s{args.seed}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps({"seed": args.seed, "active": list(active), "rows": found},
                                  indent=1) + "\n")
