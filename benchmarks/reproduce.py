@@ -350,7 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     if not mnist_ready(args):
         return 0
     for name in args.rows:
-        path = train(args, name)
+        try:
+            path = train(args, name)
+        except KeyboardInterrupt:  # Ctrl-C or kill -INT: the last finished epoch's checkpoint stands
+            print(f"[{name}] interrupted; the same command resumes from its last checkpoint",
+                  file=sys.stderr)
+            return 130
         if not args.train_only and (finished(path) or args.score_now):
             score(args, name, path)
     shown = args.rows or [n for n in ROWS if (args.out / n).exists()]
