@@ -212,11 +212,6 @@ def train(args: argparse.Namespace, name: str) -> Path:
     done, _ = done_epochs(path)
     if finished(path):
         return path
-    if path.exists() and not (path / CHECKPOINT).exists() and (path / METRICS).exists():
-        print(f"reproduce.py: [{name}] {path} holds the records of an earlier fit but no "
-              f"checkpoint (carried without its weights?), so it cannot resume; it is left as "
-              f"it is: move it away to train the row from epoch 0", file=sys.stderr)
-        raise SystemExit(2)
     if done == 0 and not path.exists():
         print(f"[{name}] training {cfg.train.epochs} epochs", file=sys.stderr, flush=True)
         train_run(cfg, args.out, name, stop=stop)
@@ -224,7 +219,7 @@ def train(args: argparse.Namespace, name: str) -> Path:
         print(f"[{name}] resuming at epoch {done} of {cfg.train.epochs}", file=sys.stderr, flush=True)
         try:
             resume_run(path, cfg.train.epochs, changes={"device": args.device}, stop=stop)
-        except CheckpointError as err:  # e.g. a fit killed before its first epoch ended
+        except CheckpointError as err:  # e.g. records carried without their weights
             print(f"reproduce.py: [{name}] cannot resume: {str(err).splitlines()[0]}",
                   file=sys.stderr)
             raise SystemExit(2) from None

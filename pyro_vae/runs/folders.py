@@ -69,6 +69,7 @@ from pyro_vae.runs.records import (
     METRICS,
     STORY_COPY,
     WHICH,
+    epoch_lines,
     metrics_matching,
     move_stale,
     scored,
@@ -392,6 +393,8 @@ def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = 
     where a new mlflow logger writes), recorded in config.json. Checkpoints are written as
     :func:`train_run` writes them."""
     path = Path(path)
+    if (path / CONFIG).is_file() and not (path / CHECKPOINT).exists():
+        raise CheckpointError(_no_checkpoint(path))  # before the lock: the folder stays as it is
     world = distributed.current()
     distributed.note_folder(str(path))
     with distributed.on_writer(world, lambda: writer_lock(path, take=path.is_dir())):
@@ -399,14 +402,21 @@ def resume_run(path: Path, epochs: int | None = None, *, changes: dict | None = 
                        (tuple(loggers), mlflow_uri), checkpoint_every)
 
 
+def _no_checkpoint(path: Path) -> str:
+    """Why the run folder ``path`` (config.json, no checkpoint) cannot resume, and what to do."""
+    done = len(epoch_lines(path / METRICS))
+    if done:  # e.g. its records carried without its weights: training anew would lose them
+        return (f"{path} holds the records of {done} epochs but no checkpoint (its weights were "
+                f"not kept), so it cannot resume; it is left as it is: move it away to train "
+                f"the run from epoch 0")
+    return (f"{path} holds no checkpoint yet: the run stopped before its first epoch ended; "
+            f"start it again with the same pyro-vae train command (--out {path.parent} --name "
+            f"{path.name}), which fills the folder anew")
+
+
 def _resume(path: Path, epochs: int | None, changes: dict | None, progress: bool,
             stop, trust: bool, track: tuple[tuple[str, ...], str | None],
             checkpoint_every: float) -> TrainResult:
-    if (path / CONFIG).is_file() and not (path / CHECKPOINT).exists():
-        raise CheckpointError(f"{path} holds no checkpoint yet: the run stopped before its first "
-                              f"epoch ended; start it again with the same pyro-vae train "
-                              f"command (--out {path.parent} --name {path.name}), which fills "
-                              f"the folder anew")
     cfg = load_run_config(path / CONFIG, migrate_model_config)
     tracked = with_loggers(cfg.track, *track)
     check_loggers(tracked)

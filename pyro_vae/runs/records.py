@@ -187,10 +187,9 @@ def _labels(split, n: int):
     return None if split.labels is None else split.labels[:n]
 
 
-def metrics_matching(path: Path, history: list[EpochRecord]) -> str:
-    """The lines of metrics.jsonl for exactly the checkpoint's epochs ``history``: a line the
-    file holds for an epoch is kept whole when it agrees with the checkpoint's record (it may
-    carry more, e.g. a classifier's accuracy); any other epoch is written from its record."""
+def epoch_lines(path: Path) -> dict[int, tuple[dict, str]]:
+    """metrics.jsonl's whole lines by epoch, parsed and as written (a torn or foreign line
+    is skipped; a later line for an epoch wins); empty where there is no file."""
     lines: dict[int, tuple[dict, str]] = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -199,7 +198,15 @@ def metrics_matching(path: Path, history: list[EpochRecord]) -> str:
             except ValueError:
                 continue
             if isinstance(entry, dict) and isinstance(entry.get("epoch"), int):
-                lines[entry["epoch"]] = (entry, line)  # a later line for an epoch wins
+                lines[entry["epoch"]] = (entry, line)
+    return lines
+
+
+def metrics_matching(path: Path, history: list[EpochRecord]) -> str:
+    """The lines of metrics.jsonl for exactly the checkpoint's epochs ``history``: a line the
+    file holds for an epoch is kept whole when it agrees with the checkpoint's record (it may
+    carry more, e.g. a classifier's accuracy); any other epoch is written from its record."""
+    lines = epoch_lines(path)
     out = []
     for record in history:
         fields = dataclasses.asdict(record)

@@ -389,3 +389,18 @@ def test_a_folder_killed_before_its_first_checkpoint(tmp_path, capsys):
     assert "holds no checkpoint yet" in err and f"--out {tmp_path} --name r" in err
     assert run_cli(argv, capsys)[0] == 0
     assert [r[0] for r in metrics_rows(run)] == [1]
+
+
+def test_records_without_their_checkpoint_are_kept_and_said(tmp_path, capsys):
+    """A folder whose metrics hold finished epochs but whose checkpoint is gone (its records
+    carried without its weights) is not told to train anew, which would write over them."""
+    argv = ["train", *TINY, "--batch-size", "256", "--epochs", "2", "--out", str(tmp_path),
+            "--name", "r"]
+    assert run_cli(argv, capsys)[0] == 0
+    run = tmp_path / "r"
+    (run / CHECKPOINT).unlink()
+    before = (run / METRICS).read_bytes()
+    code, err = run_cli(["train", "--resume", str(run), "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "holds the records of 2 epochs but no checkpoint" in err and "move it away" in err
+    assert (run / METRICS).read_bytes() == before
