@@ -10,8 +10,14 @@ from pyro_vae.guides.amortized import (
 from pyro_vae.guides.auto import AutoAmortizedGuide
 from pyro_vae.guides.conditional import ConditionalGuide
 from pyro_vae.guides.encoders import ENCODERS, MLPEncoder
-from pyro_vae.guides.semisupervised import Classifier, ClassifierGuide, MeanCode, StackedGuide
+from pyro_vae.guides.semisupervised import (
+                                       AuxiliaryGuide,
+                                       Classifier,
+                                       ClassifierGuide,
+                                       MeanCode,
+                                       StackedGuide,
+)
 
-__all__ = ["ENCODERS", "GUIDES", "AmortizedGuide", "AutoAmortizedGuide", "Classifier",
-           "ClassifierGuide", "ConditionalGuide", "DiagonalNormalHead", "FullRankNormalHead",
-           "IAFHead", "MLPEncoder", "MeanCode", "StackedGuide"]
+__all__ = ["ENCODERS", "GUIDES", "AmortizedGuide", "AutoAmortizedGuide", "AuxiliaryGuide",
+           "Classifier", "ClassifierGuide", "ConditionalGuide", "DiagonalNormalHead",
+           "FullRankNormalHead", "IAFHead", "MLPEncoder", "MeanCode", "StackedGuide"]

@@ -1,4 +1,5 @@
-"""The guide of a semi-supervised story (M2): a classifier q(y | x) and q(z | x, y)."""
+"""The guides of the semi-supervised stories: M2's classifier q(y | x) and q(z | x, y), and
+the guides of M1 + M2 and of the auxiliary deep generative model built on it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import one_hot
+
+from pyro_vae.models import joined
 
 # A logit whose probability is exactly 0 after exp in float32 and float64 alike, yet finite,
 # so that the enumerated ELBO's q · (−log q) is 0 · 1e4 = 0 and not 0 · ∞ = NaN.
@@ -41,18 +44,18 @@ class ClassifierGuide(nn.Module):
         self.classes = classes
 
     def y_dist(self, x: Tensor, y: Tensor) -> dist.Distribution:
-        """q(y | x, label): the classifier's ``[N, K]`` logits, replaced by a point mass on
-        the rows where ``y`` ``[N]`` holds a known label (``>= 0``)."""
+        """q(y | x, label): the classifier's ``[..., N, K]`` logits for x ``[..., N, D]``
+        (leading dimensions: e.g. the particles of a vectorized estimate, when x holds a
+        drawn latent), replaced by a point mass on the rows where ``y`` ``[N]`` holds a
+        known label (``>= 0``)."""
         logits = self.classifier(x)
-        point = torch.full_like(logits, IMPOSSIBLE).scatter(-1, y.clamp(min=0)[:, None], 0.0)
-        return dist.Categorical(logits=torch.where((y >= 0)[:, None], point, logits))
+        label = y.clamp(min=0).expand(logits.shape[:-1])[..., None]
+        point = torch.full_like(logits, IMPOSSIBLE).scatter(-1, label, 0.0)
+        return dist.Categorical(logits=torch.where((y >= 0)[..., None], point, logits))
 
     def z_dist(self, x: Tensor, y: Tensor) -> dist.Distribution:
         """q(z | x, y) for x ``[N, D]`` and y ``[..., N]`` (enumerated values broadcast)."""
-        code = one_hot(y, self.classes).to(x.dtype)
-        shape = torch.broadcast_shapes(code.shape[:-1], x.shape[:-1])
-        code = code.expand(shape + code.shape[-1:])
-        return self.head(self.encoder(torch.cat([x.expand(shape + x.shape[-1:]), code], dim=-1)))
+        return self.head(self.encoder(joined(x, one_hot(y, self.classes).to(x.dtype))))
 
     def forward(self, x: Tensor, y: Tensor) -> None:
         with pyro.plate("data", x.shape[0]):
@@ -128,3 +131,34 @@ class StackedGuide(nn.Module):
             digit = pyro.sample("y", self.m2.y_dist(code if self.draws else self.code(x), y),
                                 infer={"enumerate": "parallel"})
             pyro.sample("z2", self.m2.z_dist(code, digit))
+
+
+class AuxiliaryGuide(nn.Module):
+    """The guide of the auxiliary deep generative model
+    (:class:`pyro_vae.models.AuxiliaryM2`), for each image n:
+
+    .. code-block:: text
+
+        a_n ~ q_φ(a | x_n)                    drawn first
+        y_n ~ q_φ(y | a_n, x_n)               M2's classifier on [x_n, a_n]
+        z_n ~ q_φ(z | a_n, y_n, x_n)          M2's q(z | x, y) on [x_n, a_n]
+
+    y is enumerated as in :class:`ClassifierGuide`, whose parts read ``[x, a]`` in place of
+    x. The engine's q(y | x) is then the mean of q(y | a, x) over 8 draws of a (its
+    ``LABEL_DRAWS``): the mixture, estimated.
+
+    Args:
+        posterior: an amortized guide with ``z_dist(x)``: q(a | x), shared with the story.
+        m2: M2's guide, its classifier and encoder reading ``[..., D + A]``.
+    """
+
+    def __init__(self, posterior: nn.Module, m2: ClassifierGuide) -> None:
+        super().__init__()
+        self.posterior, self.m2 = posterior, m2
+
+    def forward(self, x: Tensor, y: Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            a = pyro.sample("a", self.posterior.z_dist(x))
+            features = joined(x, a)
+            digit = pyro.sample("y", self.m2.y_dist(features, y), infer={"enumerate": "parallel"})
+            pyro.sample("z", self.m2.z_dist(features, digit))

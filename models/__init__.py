@@ -30,19 +30,20 @@ from pyro_vae.models.networks import (
                                          halvings,
                                          image_chw,
                                          inverse_softplus,
+                                         joined,
                                          mlp,
 )
 from pyro_vae.models.priors import PRIORS, FlowPrior, GaussianMixture, StandardNormal, VampPrior
-from pyro_vae.models.semisupervised import M2, GaussianCode, StackedM2
+from pyro_vae.models.semisupervised import M2, AuxiliaryM2, GaussianCode, StackedM2
 from pyro_vae.models.vae import VAE
 
 __all__ = [
     "ACTIVATIONS", "DECODERS", "LIKELIHOODS", "PRIORS",
-    "VAE", "ConditionalVAE", "LabelPrior", "M2", "StackedM2", "GaussianCode", "LinearGaussian",
+    "VAE", "ConditionalVAE", "LabelPrior", "M2", "StackedM2", "AuxiliaryM2", "GaussianCode", "LinearGaussian",
     "StandardNormal", "GaussianMixture", "VampPrior", "FlowPrior",
     "Bernoulli", "BernoulliLogits", "BinNormal", "Gaussian", "DiscretizedLogistic",
     "MLPDecoder", "LinearDecoder",
     "FlatImages", "ResidualBlock", "Upsample", "conv_down", "conv_up", "halvings", "image_chw",
-    "inverse_softplus", "mlp",
+    "inverse_softplus", "joined", "mlp",
     "Regions", "class_colour", "distinct_first", "draw_regions", "ellipse", "project_regions",
 ]

@@ -55,6 +55,14 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def joined(*parts: Tensor) -> Tensor:
+    """The parts ``[..., d_i]`` side by side, ``[..., Σ d_i]``, their leading dimensions
+    broadcast first: what a network reads when one input carries enumerated values
+    (``[K, N, d]``) and another the rows (``[N, d]``)."""
+    shape = torch.broadcast_shapes(*(part.shape[:-1] for part in parts))
+    return torch.cat([part.expand(shape + part.shape[-1:]) for part in parts], dim=-1)
+
+
 # ---------------------------------------------------------------- convolutional stacks
 
 

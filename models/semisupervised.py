@@ -4,7 +4,9 @@ discrete latent, observed through the label where the label is known.
 Labels arrive as the per-row field ``y`` (the story contract); a row whose label is hidden
 carries :data:`pyro_vae.data.UNKNOWN_LABEL` (−1). The guide (``guides/semisupervised.py``)
 proposes y from a classifier q(y | x), or puts all its mass on the known label; the
-objective ``enum`` sums y exactly over its K values (no sampling).
+objective ``enum`` sums y exactly over its K values (no sampling). Told beside it: M1 + M2
+(:class:`StackedM2`, M2 of a VAE's code) and the auxiliary deep generative model
+(:class:`AuxiliaryM2`, M2 with an auxiliary latent that widens its classifier).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 from torch.nn.functional import one_hot, softplus
+
+from pyro_vae.models.networks import joined
 
 
 class M2(nn.Module):
@@ -66,11 +70,11 @@ class M2(nn.Module):
 
     def x_dist(self, z: Tensor, y: Tensor) -> dist.Distribution:
         """p(x | z, y) for z ``[..., N, d]`` and y ``[..., N]`` (enumerated values broadcast)."""
-        code = one_hot(y, self.classes).to(z.dtype)
-        shape = torch.broadcast_shapes(z.shape[:-1], code.shape[:-1])
-        features = torch.cat([z.expand(shape + z.shape[-1:]), code.expand(shape + code.shape[-1:])],
-                             dim=-1)
-        return self.likelihood(self.decoder(features))
+        return self.likelihood(self.decoder(joined(z, self.code(y, z.dtype))))
+
+    def code(self, y: Tensor, dtype: torch.dtype) -> Tensor:
+        """y ``[...]``'s one-hot code ``[..., K]``, in ``dtype``."""
+        return one_hot(y, self.classes).to(dtype)
 
     def classify(self, x: Tensor) -> Tensor:
         """The classifier's logits ``[N, K]`` for images x ``[N, D]``."""
@@ -179,3 +183,60 @@ class StackedM2(nn.Module):
             with poutine.scale(scale=self.m2.alpha), poutine.mask(mask=known):
                 features = self.code.select(z1) if self.draws else self.code(x)
                 pyro.sample("y_aux", self.m2.aux_dist(features), obs=y.clamp(min=0))
+
+
+class AuxiliaryM2(nn.Module):
+    """The auxiliary deep generative model, ADGM (Maaløe, Sønderby, Sønderby & Winther
+    2016): M2 with an auxiliary latent a, drawn by the guide first, q(a | x), so that its
+    classifier q(y | a, x) is a continuous mixture, q(y | x) = ∫ q(y | a, x) q(a | x) da.
+    For each image n:
+
+    .. code-block:: text
+
+        y_n ~ Cat(1/K, …, 1/K)                  the digit: known for a few images
+        z_n ~ N(0, I)                           the style
+        x_n ~ p(x | f_θ(z_n, y_n))              M2's decoder
+        a_n ~ N(μ_θ(x_n, z_n, y_n), σ_θ(x_n, z_n, y_n)²)   the auxiliary latent
+
+    and, on labelled rows, α · log q_φ(y_n | a_n, x_n) with a_n the guide's draw. Integrated
+    over a, the story of (x, y, z) is M2's, so log p(x) is M2's too: a adds nothing to the
+    model of the images, only reach to the guide (and to the bound it gives).
+
+    Args:
+        m2: the M2 whose prior, decoder, likelihood and α this story tells; its classifier
+            reads ``[x, a]`` ``[..., D + A]``.
+        auxiliary: ``[..., D + z + K]`` → p(a | x, z, y), event shape ``[A]`` (e.g. an MLP
+            into :class:`GaussianCode`).
+        posterior: the guide's q(a | x) (``z_dist(x)`` with a mean), shared with the guide
+            so that :meth:`classify` can read its mean.
+    """
+
+    partly_labelled = True
+    label_site = "y"
+
+    def __init__(self, m2: M2, auxiliary: nn.Module, posterior: nn.Module) -> None:
+        super().__init__()
+        self.m2, self.auxiliary, self.posterior = m2, auxiliary, posterior
+        self.classes = m2.classes
+
+    def a_dist(self, x: Tensor, z: Tensor, y: Tensor) -> dist.Distribution:
+        """p(a | x, z, y) for x ``[N, D]``, z ``[..., N, d]``, y ``[..., N]``."""
+        return self.auxiliary(joined(x, z, self.m2.code(y, z.dtype)))
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Logits ``[N, K]`` of q(y | a, x) at the mean of q(a | x), for x ``[N, D]``."""
+        return self.m2.classify(joined(x, self.posterior.z_dist(x).mean))
+
+    def train_logits(self, x: Tensor) -> Tensor:
+        """Logits ``[N, K]`` at a reparametrized draw of q(a | x): what the fit trains."""
+        return self.m2.classify(joined(x, self.posterior.z_dist(x).rsample()))
+
+    def forward(self, x: Tensor, y: Tensor) -> None:
+        n, known = x.shape[0], y >= 0
+        with pyro.plate("data", n):
+            digit = pyro.sample("y", self.m2.y_dist(n), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", self.m2.z_dist(n))
+            pyro.sample("x", self.m2.x_dist(z, digit), obs=x)
+            a = pyro.sample("a", self.a_dist(x, z, digit))
+            with poutine.scale(scale=self.m2.alpha), poutine.mask(mask=known):
+                pyro.sample("y_aux", self.m2.aux_dist(joined(x, a)), obs=y.clamp(min=0))

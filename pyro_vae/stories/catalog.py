@@ -14,6 +14,8 @@ from torch import nn
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.guides import (
+    AmortizedGuide,
+    AuxiliaryGuide,
     Classifier,
     ClassifierGuide,
     ConditionalGuide,
@@ -22,7 +24,15 @@ from pyro_vae.guides import (
     MLPEncoder,
     StackedGuide,
 )
-from pyro_vae.models import M2, ConditionalVAE, GaussianCode, LabelPrior, StackedM2, mlp
+from pyro_vae.models import (
+    M2,
+    AuxiliaryM2,
+    ConditionalVAE,
+    GaussianCode,
+    LabelPrior,
+    StackedM2,
+    mlp,
+)
 from pyro_vae.registry import Registry
 from pyro_vae.stories.build import build_part
 from pyro_vae.weights import Weights, freeze
@@ -114,6 +124,31 @@ def stacked(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: float = 4
             StackedGuide(m1_guide, code_guide, code, draws))
 
 
+@STORIES.register("adgm")
+def auxiliary(cfg: ModelConfig, data_dim: int, classes: int = 10, alpha: float = 46.0,
+              aux: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """The auxiliary deep generative model (Maaløe et al. 2016): M2 with an auxiliary latent
+    a of ``aux`` dimensions (z's, ``--latent-dim``, when left out; the paper has 100 of
+    each), drawn by the guide first, q(a | x), and told last by the story, p(a | x, z, y).
+    The classifier q(y | a, x) and q(z | a, y, x) read [x, a]. Every network has the
+    configured hidden sizes and activation; train with ``--objective enum``, the default."""
+    a = cfg.latent_dim if aux is None else aux
+    if isinstance(a, bool) or not isinstance(a, int) or a < 1:
+        raise ValueError(f"--model-arg aux={aux!r}: adgm needs a positive whole number")
+    encoder = build_part(cfg, "encoder", data_dim)
+    posterior = AmortizedGuide(encoder, DiagonalNormalHead(encoder.out_features, a))
+    classifier = Classifier(build_part(cfg, "encoder", data_dim + a), classes)
+    wide = dataclasses.replace(cfg, latent_dim=cfg.latent_dim + classes)
+    m2 = M2(build_part(wide, "decoder", data_dim), build_part(cfg, "likelihood", data_dim),
+            classifier, cfg.latent_dim, classes, alpha)
+    p_a = nn.Sequential(mlp(data_dim + cfg.latent_dim + classes, cfg.hidden_sizes, 2 * a,
+                            cfg.activation), GaussianCode())
+    z_encoder = build_part(cfg, "encoder", data_dim + a + classes)
+    m2_guide = ClassifierGuide(classifier, z_encoder,
+                               DiagonalNormalHead(z_encoder.out_features, cfg.latent_dim), classes)
+    return AuxiliaryM2(m2, p_a, posterior), AuxiliaryGuide(posterior, m2_guide)
+
+
 def _kept(keep: object, latent_dim: int) -> int:
     """How many of z1's dimensions M2 reads: ``latent_dim``, or ``len(keep)`` once ``keep`` is
     checked to be distinct indices below it (else a ``ValueError`` in one line)."""
@@ -130,6 +165,7 @@ def _kept(keep: object, latent_dim: int) -> int:
 # A shipped story whose guide enumerates a discrete site trains with the objective that sums it.
 semi_supervised.objective = "enum"  # type: ignore[attr-defined]
 stacked.objective = "enum"  # type: ignore[attr-defined]
+auxiliary.objective = "enum"  # type: ignore[attr-defined]
 # The keywords that name a fitted run, whose checkpoint the engine reads into Weights.
 stacked.weights = ("m1",)  # type: ignore[attr-defined]
 

@@ -178,6 +178,19 @@ def test_a_fit_from_a_vae_run_holds_its_networks_fixed_and_needs_it_no_more(tmp_
     assert all(torch.equal(stacked[k], resumed[k]) for k in stacked if ".m1." in k)
 
 
+def test_a_fit_whose_classifier_reads_draws_is_evaluated_with_particles_at_once(tmp_path):
+    """With ``draws`` the classifier reads the drawn code, which a vectorized estimate draws
+    ``[S, N, d]``: q(y | ·) and its point masses on the labelled rows take those leading
+    dimensions (the evaluation stopped on a shape error before they did)."""
+    _m1(tmp_path)
+    assert _stacked(tmp_path, "--model-arg", f"m1={tmp_path / 'm1'}",
+                    "--model-arg", "draws=True") == 0
+    assert main(["evaluate", str(tmp_path / "st"), "--samples", "8", "--points", "30",
+                 "--no-progress"]) == 0
+    estimates = json.loads((tmp_path / "st" / "evaluation.json").read_text())["estimates"]
+    assert all(math.isfinite(e["mean"]) for e in estimates.values())
+
+
 def test_freeze_m1_false_fits_m1_further(tmp_path):
     _m1(tmp_path)
     assert _stacked(tmp_path, "--model-arg", f"m1={tmp_path / 'm1'}",
