@@ -21,7 +21,7 @@ from torch import Tensor
 from pyro_vae.data import Data, Split
 from pyro_vae.figures import save_figure
 from pyro_vae.files import atomic_write
-from pyro_vae.programs import Batch
+from pyro_vae.programs import Batch, seeded, unit_seed
 from pyro_vae.traces import is_latent, slice_rows, support_probs, trace_program
 
 
@@ -215,13 +215,17 @@ def scored_splits(model: object, guide: Callable, data: Data, seed: int,
 
 
 def epoch_metrics(model: object, seed: int) -> Callable | None:
-    """For a story with a label site, ``metrics(session) -> {"val_accuracy", "test_accuracy"}``
-    (of argmax q(y | x), the labels hidden); ``None`` for any other story."""
+    """For a story with a label site, ``metrics(session, epoch) -> {"val_accuracy",
+    "test_accuracy"}`` (of argmax q(y | x), the labels hidden); ``None`` for any other story.
+    The guide's draws come from a stream of their own, seeded by ``seed`` and the epoch, so
+    scoring leaves the fit's random stream as it was: a fit draws the same whether or not,
+    and however, it is scored."""
     if label_site(model) is None:
         return None
 
-    def metrics(session) -> dict[str, float]:
-        scored = scored_splits(session.model, session.guide, session.data, seed)
+    def metrics(session, epoch: int) -> dict[str, float]:
+        with seeded(unit_seed(seed, "labels", epoch), session.device):
+            scored = scored_splits(session.model, session.guide, session.data, seed)
         return {f"{name}_accuracy": accuracy(*pair) for name, pair in scored.items()}
 
     return metrics

@@ -60,7 +60,7 @@ def epoch_extras(model: object, cfg: RunConfig) -> Callable[[FitSession, EpochRe
 
     def extras(session: FitSession, record: EpochRecord) -> dict:
         nonlocal measurable
-        out = classifier(session) if classifier is not None else {}
+        out = classifier(session, record.epoch) if classifier is not None else {}
         if measurable and record.val_elbo is not None and (
                 record.epoch % every == 0 or record.epoch == cfg.train.epochs):
             try:

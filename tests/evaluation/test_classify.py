@@ -1,16 +1,18 @@
-"""pyro_vae.evaluation.classify.label_probs: q(y | x) read from the guide's trace, and where
-the guide draws a latent before y (its q(y | ·) reads the draw) the mean over LABEL_DRAWS
-draws, the Monte Carlo marginal."""
+"""pyro_vae.evaluation.classify.label_probs: q(y | x) read from the guide's trace, and where the guide draws a latent before y (its q(y | ·) reads the draw) the
+mean over LABEL_DRAWS draws, the Monte Carlo marginal; the per-epoch scoring's own stream."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.evaluation import label_probs
-from pyro_vae.evaluation.classify import LABEL_DRAWS
+from pyro_vae.data.loading import from_tensor
+from pyro_vae.evaluation import epoch_metrics, label_probs
+from pyro_vae.evaluation.classify import LABEL_DRAWS, keep_labels
 
 LOGITS = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
 
@@ -60,3 +62,24 @@ def test_a_label_read_from_a_draw_is_the_mean_over_the_draws():
 def test_a_guide_without_the_label_site_is_one_clear_error():
     with pytest.raises(ValueError, match="this guide has no site 'label'"):
         label_probs(lambda x: drawn_first(x, []), torch.zeros(2, 1), {}, "label")
+
+
+def test_scoring_an_epoch_leaves_the_fits_random_stream_as_it_was():
+    """The per-epoch accuracy draws a from a stream of its own, seeded by the fit's seed and
+    the epoch: the fit's stream is untouched (so a fit draws the same however it is scored),
+    and the same epoch scores the same."""
+    data = keep_labels(from_tensor(torch.rand(300, 4), torch.arange(10).repeat(30)), 10, seed=0)
+
+    def guide(x: torch.Tensor, y: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            u = pyro.sample("u", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("y", dist.Categorical(logits=(u + x.sum(-1))[:, None] * torch.arange(10.0)))
+
+    story = SimpleNamespace(label_site="y")
+    session = SimpleNamespace(model=story, guide=guide, data=data, device=torch.device("cpu"))
+    metrics = epoch_metrics(story, seed=0)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    first = metrics(session, 3)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert set(first) == {"val_accuracy", "test_accuracy"} and metrics(session, 3) == first
