@@ -5,14 +5,19 @@ observed through its label on a few images and summed out exactly on all the oth
 guide's q(y | x) is then a classifier that learned from every image, labelled or not.
 
 This script fits M2 on the bundled 8×8 digits with each of ``--labels`` label counts (the
-same seed, networks and epochs), and beside each the same classifier network trained on
-the labelled images alone (cross-entropy, the same epochs of the labelled rows), then
+same seed, networks and epochs), and beside each a classifier network of the same shape
+trained on the labelled images alone (cross-entropy, the same epochs of the labelled rows),
+then
 
 1. writes ``accuracy_against_labels.png``: test accuracy of M2's q(y | x) and of the
    labelled-only classifier against the number of labels kept;
 2. prints the table, and each M2 run's folder (confusion and reliability figures inside).
 
-Run: ``python examples/semi_supervised.py [--labels 20 50 100 300] [--epochs 60] [--out m2]``
+``--story adgm`` fits the auxiliary deep generative model instead: M2 whose guide draws an
+auxiliary latent a first and classifies by q(y | a, x).
+
+Run: ``python examples/semi_supervised.py [--labels 20 50 100 300] [--epochs 60] [--out m2]
+[--story adgm]``
 """
 
 from __future__ import annotations
@@ -49,17 +54,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, nargs="+", default=[128], help="hidden widths")
     p.add_argument("--out", type=Path, default=Path("m2"), help="folder for runs and the PNG")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--story", default="m2", choices=("m2", "adgm"),
+                   help="the semi-supervised story: M2, or the auxiliary deep generative model")
     return p.parse_args(argv)
 
 
 def m2_run(args: argparse.Namespace, labels: int) -> LoadedRun:
-    """M2 with ``labels`` kept, fitted in ``out/m2-<labels>`` (or loaded from there)."""
+    """The story with ``labels`` kept, fitted in ``out/<story>-<labels>`` (or loaded from
+    there)."""
     cfg = RunConfig(model=ModelConfig(latent_dim=args.latent_dim, hidden_sizes=tuple(args.hidden)),
                     data=DataConfig(name="digits", labels=labels),
                     train=TrainConfig(epochs=args.epochs, seed=args.seed, device="cpu",
                                       objective="enum"),
-                    story=StoryConfig(model="m2", guide="story"))
-    return load_or_train(None, cfg, args.out, f"m2-{labels}")
+                    story=StoryConfig(model=args.story, guide="story"))
+    return load_or_train(None, cfg, args.out, f"{args.story}-{labels}")
 
 
 def labelled_only(run: LoadedRun, epochs: int, seed: int) -> float:
@@ -80,11 +88,11 @@ def labelled_only(run: LoadedRun, epochs: int, seed: int) -> float:
     return accuracy(logits.softmax(-1), run.data.test.labels)
 
 
-def draw(rows: list[tuple[int, float, float]], path: Path) -> Path:
+def draw(rows: list[tuple[int, float, float]], path: Path, story: str) -> Path:
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot()
     counts = [r[0] for r in rows]
-    ax.plot(counts, [r[1] for r in rows], "o-", label="M2: q(y | x), all images used")
+    ax.plot(counts, [r[1] for r in rows], "o-", label=f"{story}: q(y | x), all images used")
     ax.plot(counts, [r[2] for r in rows], "s--", label="the same network, labelled images only")
     ax.set(xscale="log", xlabel="labels kept (balanced across digits)", ylabel="test accuracy",
            ylim=(0, 1))
@@ -101,9 +109,9 @@ def main(argv: list[str] | None = None) -> None:
         run = m2_run(args, labels)
         probs, truth = scored_splits(run.model, run.guide, run.data, args.seed, ("test",))["test"]
         rows.append((labels, accuracy(probs, truth), labelled_only(run, args.epochs, args.seed)))
-        print(f"{labels:5d} labels: M2 {rows[-1][1]:.4f}, labelled only {rows[-1][2]:.4f}  "
+        print(f"{labels:5d} labels: {args.story} {rows[-1][1]:.4f}, labelled only {rows[-1][2]:.4f}  "
               f"({run.path})")
-    print(draw(rows, args.out / "accuracy_against_labels.png"))
+    print(draw(rows, args.out / "accuracy_against_labels.png", args.story))
 
 
 if __name__ == "__main__":
