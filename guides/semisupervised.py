@@ -1,5 +1,5 @@
 """The guides of the semi-supervised stories: M2's classifier q(y | x) and q(z | x, y), and
-the guides of M1 + M2 and of the auxiliary deep generative model built on it."""
+on them the guides of M1 + M2 and of the auxiliary deep generative model."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ class ClassifierGuide(nn.Module):
         return dist.Categorical(logits=torch.where((y >= 0)[..., None], point, logits))
 
     def z_dist(self, x: Tensor, y: Tensor) -> dist.Distribution:
-        """q(z | x, y) for x ``[N, D]`` and y ``[..., N]`` (enumerated values broadcast)."""
+        """q(z | x, y) for x ``[..., N, D]`` and y ``[..., N]`` (enumerated values and
+        particles broadcast)."""
         return self.head(self.encoder(joined(x, one_hot(y, self.classes).to(x.dtype))))
 
     def forward(self, x: Tensor, y: Tensor) -> None:
