@@ -108,14 +108,15 @@ def _burda_warmup(args: argparse.Namespace) -> RunConfig:
 
 
 def _vamp(args: argparse.Namespace) -> RunConfig:
-    """Tomczak & Welling (2018): 784-300-300-40 MLPs, VampPrior with K = 500 pseudo-inputs,
+    """Tomczak & Welling (2018): 784-300-300-40 MLPs of gated layers (their GatedDense,
+    h ⊙ sigmoid(g)), VampPrior with K = 500 pseudo-inputs,
     Bernoulli likelihood, dynamic binarization, batch 100, Adam lr 5e-4, a linear KL warm-up
     over 100 epochs, up to 2,000 epochs with early stopping after 50 without a better
     validation ELBO."""
     cfg = RunConfig(
-        model=ModelConfig(latent_dim=40, hidden_sizes=(300, 300), activation="tanh",
-                          likelihood="bernoulli", prior="vamp", guide="diagonal",
-                          options={"prior": {"vamp": {"components": 500}}}),
+        model=ModelConfig(latent_dim=40, hidden_sizes=(300, 300), encoder="gated",
+                          decoder="gated", likelihood="bernoulli", prior="vamp",
+                          guide="diagonal", options={"prior": {"vamp": {"components": 500}}}),
         data=DataConfig(name="mnist", root=str(args.data_root), binarize="dynamic"),
         train=TrainConfig(epochs=2000, batch_size=100, lr=5e-4, kl_warmup=100,
                           early_stopping=50, seed=args.seed, device=args.device))
@@ -144,7 +145,9 @@ ROWS.register("burda-vae-warmup")(Recipe(
             "100 epochs, which the paper's recipe does not do"))
 ROWS.register("vampprior")(Recipe(
     85.57, "Tomczak & Welling 2018, Table 2: VampPrior, 1 stochastic layer (MLP)", _vamp,
-    differs="plain tanh MLPs where the paper's layers are gated (GatedDense)"))
+    differs="torch's default initialisation where the authors' code has He's; q(z | x)'s σ = "
+            "softplus + 1e-3 where theirs clips the log-variance to [-6, 2]; pseudo-inputs "
+            "sigmoid(u) where theirs are learned values clipped to [0, 1]"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -200,6 +203,25 @@ def finished(path: Path) -> bool:
     return not s.get("interrupted") and (s.get("stopped_early") or s["epochs"] >= planned)
 
 
+UNCOMPARED = {("data", "root"), ("train", "device")}
+"""Settings a row's folder may hold otherwise than its recipe: where the data is, and the
+device it resumes on. Settings the recipe leaves at ``auto`` are resolved when it starts."""
+
+
+def recipe_changes(path: Path, cfg: RunConfig) -> list[str]:
+    """Where the row folder's ``config.json`` differs from the row's recipe now, as
+    ``part.setting 'theirs' (the recipe: 'ours')``: a folder trained under an older recipe."""
+    saved = json.loads((path / "config.json").read_text())
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, as saved
+    out = []
+    for part in ("model", "data", "train"):
+        for key, value in now[part].items():
+            old = saved.get(part, {}).get(key, value)
+            if old != value and value != "auto" and (part, key) not in UNCOMPARED:
+                out.append(f"{part}.{key} {old!r} (the recipe: {value!r})")
+    return out
+
+
 def train(args: argparse.Namespace, name: str) -> Path:
     """``--out/name`` trained towards its recipe's epochs, for at most ``--minutes``."""
     path, cfg = args.out / name, ROWS[name].config(args)
@@ -209,6 +231,11 @@ def train(args: argparse.Namespace, name: str) -> Path:
         print(f"[{name}] {line}", file=sys.stderr, flush=True)
     deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
     stop = None if deadline is None else (lambda: time.monotonic() > deadline)
+    if (path / "config.json").exists() and (changes := recipe_changes(path, cfg)):
+        print(f"reproduce.py: [{name}] {path} was trained under another recipe "
+              f"({'; '.join(changes)}): move it aside to train the row anew (nothing was "
+              "changed)", file=sys.stderr)
+        raise SystemExit(2)
     done, _ = done_epochs(path)
     if finished(path):
         return path
@@ -321,8 +348,10 @@ def list_rows(args: argparse.Namespace) -> None:
         cfg = recipe.config(args)
         t, m = cfg.train, cfg.model
         print(f"{name}: {recipe.published} nats ({recipe.source})\n"
-              f"    {m.prior} prior, {m.guide} guide, hidden {m.hidden_sizes} {m.activation}, "
-              f"z {m.latent_dim}; {t.objective} (particles {t.particles}), batch {t.batch_size}, "
+              f"    {m.prior} prior, {m.guide} guide, hidden {m.hidden_sizes} "
+              + (f"{m.activation}, " if (m.encoder, m.decoder) == ("mlp", "mlp")
+                 else f"({m.encoder} encoder, {m.decoder} decoder), ")
+              + f"z {m.latent_dim}; {t.objective} (particles {t.particles}), batch {t.batch_size}, "
               f"lr {t.lr} ({t.lr_schedule}), Adam ε {t.adam_eps}"
               + (f" β {t.adam_betas}" if t.adam_betas != TrainConfig.adam_betas else "")
               + (f", init {t.init}" if t.init != TrainConfig.init else "")

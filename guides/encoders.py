@@ -26,15 +26,16 @@ ENCODERS: Registry = Registry("encoder")
 
 
 class MLPEncoder(nn.Module):
-    """An MLP body ending on its last hidden activation."""
+    """An MLP body ending on its last hidden activation (its last gate with ``gated``)."""
 
-    def __init__(self, data_dim: int, hidden_sizes: tuple[int, ...], activation: str = "relu") -> None:
+    def __init__(self, data_dim: int, hidden_sizes: tuple[int, ...], activation: str = "relu",
+                 gated: bool = False) -> None:
         super().__init__()
         if not hidden_sizes:
             raise ValueError("hidden_sizes: an MLP encoder needs at least one hidden layer")
         self.data_dim = data_dim
         self.out_features = hidden_sizes[-1]
-        self.net = mlp(data_dim, hidden_sizes, None, activation)
+        self.net = mlp(data_dim, hidden_sizes, None, activation, gated)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -44,6 +45,15 @@ class MLPEncoder(nn.Module):
 def mlp_encoder(cfg: ModelConfig, opts: object, data_dim: int,
                 image_shape: tuple[int, ...] | None = None) -> nn.Module:
     return MLPEncoder(data_dim, cfg.hidden_sizes, cfg.activation)
+
+
+@ENCODERS.register("gated")
+def gated_encoder(cfg: ModelConfig, opts: object, data_dim: int,
+                  image_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """The ``mlp`` encoder with gated hidden layers, h(x) ⊙ sigmoid(g(x)), as Tomczak &
+    Welling's VampPrior nets have them; the gate is the nonlinearity (``--activation`` is
+    not used)."""
+    return MLPEncoder(data_dim, cfg.hidden_sizes, cfg.activation, gated=True)
 
 
 class ConvEncoder(nn.Module):

@@ -23,6 +23,7 @@ from pyro_vae.models.linear_gaussian import LinearDecoder, LinearGaussian
 from pyro_vae.models.networks import (
                                          ACTIVATIONS,
                                          FlatImages,
+                                         GatedLinear,
                                          ResidualBlock,
                                          Upsample,
                                          conv_down,
@@ -43,7 +44,8 @@ __all__ = [
     "StandardNormal", "GaussianMixture", "VampPrior", "FlowPrior",
     "Bernoulli", "BernoulliLogits", "BinNormal", "Gaussian", "DiscretizedLogistic",
     "MLPDecoder", "LinearDecoder",
-    "FlatImages", "ResidualBlock", "Upsample", "conv_down", "conv_up", "halvings", "image_chw",
+    "FlatImages", "GatedLinear", "ResidualBlock", "Upsample", "conv_down", "conv_up",
+    "halvings", "image_chw",
     "inverse_softplus", "joined", "mlp",
     "Regions", "class_colour", "distinct_first", "draw_regions", "ellipse", "project_regions",
 ]

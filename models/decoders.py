@@ -30,11 +30,11 @@ class MLPDecoder(nn.Module):
     """An MLP from ``[..., latent_dim]`` to ``[..., data_dim]`` (logits or means)."""
 
     def __init__(self, latent_dim: int, hidden_sizes: tuple[int, ...], data_dim: int,
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", gated: bool = False) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.data_dim = data_dim
-        self.net = mlp(latent_dim, hidden_sizes, data_dim, activation)
+        self.net = mlp(latent_dim, hidden_sizes, data_dim, activation, gated)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
@@ -55,6 +55,16 @@ def mlp_decoder(cfg: ModelConfig, opts: MLPDecoderOptions, data_dim: int,
     """Hidden sizes ``opts.hidden``, or the encoder's (``cfg.hidden_sizes``) reversed."""
     hidden = opts.hidden or tuple(reversed(cfg.hidden_sizes))
     return MLPDecoder(cfg.latent_dim, hidden, data_dim, cfg.activation)
+
+
+@DECODERS.register("gated", options=MLPDecoderOptions)
+def gated_decoder(cfg: ModelConfig, opts: MLPDecoderOptions, data_dim: int,
+                  image_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """The ``mlp`` decoder with gated hidden layers, h(z) ⊙ sigmoid(g(z)), as Tomczak &
+    Welling's VampPrior nets have them; the gate is the nonlinearity (``--activation`` is
+    not used)."""
+    hidden = opts.hidden or tuple(reversed(cfg.hidden_sizes))
+    return MLPDecoder(cfg.latent_dim, hidden, data_dim, cfg.activation, gated=True)
 
 
 class ConvDecoder(nn.Module):

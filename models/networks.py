@@ -32,13 +32,30 @@ def inverse_softplus(y: T) -> T:
     return y + math.log(-math.expm1(-y))
 
 
+class GatedLinear(nn.Module):
+    """A gated linear layer, h(x) ⊙ sigmoid(g(x)) with h and g linear (Dauphin et al. 2017;
+    Tomczak & Welling's GatedDense): ``[..., in_features]`` → ``[..., out_features]``. One
+    linear map gives h and g side by side, split by :class:`torch.nn.GLU`."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * out_features)
+        self.gate = nn.GLU(dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gate(self.linear(x))
+
+
 def mlp(
     in_features: int,
     hidden_sizes: Sequence[int],
     out_features: int | None,
     activation: str = "relu",
+    gated: bool = False,
 ) -> nn.Sequential:
-    """Linear layers of ``hidden_sizes`` with ``activation`` between them.
+    """Linear layers of ``hidden_sizes`` with ``activation`` between them, or with
+    ``gated`` :class:`GatedLinear` hidden layers, whose gate is their nonlinearity (no
+    ``activation`` then).
 
     Maps ``[..., in_features]`` to ``[..., out_features]``. With
     ``out_features=None`` the stack ends on the last hidden activation, which
@@ -48,7 +65,7 @@ def mlp(
     layers: list[nn.Module] = []
     width = in_features
     for size in hidden_sizes:
-        layers += [nn.Linear(width, size), act()]
+        layers += [GatedLinear(width, size)] if gated else [nn.Linear(width, size), act()]
         width = size
     if out_features is not None:
         layers.append(nn.Linear(width, out_features))

@@ -59,3 +59,20 @@ def test_records_without_a_checkpoint_are_one_line_exit_2_and_kept(tmp_path):
     assert "no checkpoint" in lines[-1] and "move it away" in lines[-1]
     assert not any("Traceback" in line for line in lines)
     assert {p.name: p.read_bytes() for p in row.iterdir()} == before
+
+
+def test_a_folder_trained_under_another_recipe_is_one_line_exit_2_and_kept(tmp_path):
+    """A row whose recipe changed (vampprior's nets became gated) does not resume an older
+    folder as if it were the row: said in one line, naming what differs, the folder kept."""
+    row = tmp_path / "vampprior"
+    row.mkdir()
+    (row / "config.json").write_text('{"model": {"encoder": "mlp", "latent_dim": 40}, '
+                                     '"train": {"device": "cuda"}}')
+    before = {p.name: p.read_bytes() for p in row.iterdir()}
+    done = _run("vampprior", "--out", str(tmp_path), "--train-only")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "was trained under another recipe (model.encoder 'mlp' (the recipe: 'gated')): " \
+           "move it aside" in lines[0]
+    assert {p.name: p.read_bytes() for p in row.iterdir()} == before
