@@ -24,7 +24,7 @@ from pyro_vae.models.likelihoods import Bernoulli
 from pyro_vae.models.semisupervised import M2, AuxiliaryM2, GaussianCode
 from pyro_vae.programs import as_program
 
-from tests.models.test_m2 import DeltaHead, cli
+from test_m2 import DeltaHead, cli  # noqa: I001 (a sibling test module)
 
 D, K, LATENT, A = 6, 3, 2, 2
 
