@@ -61,7 +61,7 @@ from pyro_vae import (
 )
 from pyro_vae.evaluation import accuracy, scored_splits
 from pyro_vae.programs import cuda_devices
-from pyro_vae.runs import load_run_data, resolve_weights
+from pyro_vae.runs import load_run_data, resolve_weights, stop_on_signals
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "baseline.json"
@@ -285,9 +285,14 @@ def records(path: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- the supervised baseline
 
-def baseline(cfg: RunConfig) -> dict:
+class Stopped(Exception):
+    """A signal arrived while a baseline was computed (it is recomputed whole next time)."""
+
+
+def baseline(cfg: RunConfig, stop: Callable[[], bool] = lambda: False) -> dict:
     """The classifier alone, on the run's labelled rows, for ``cfg.train.epochs`` epochs:
-    per epoch its validation and test accuracy."""
+    per epoch its validation and test accuracy. ``stop`` is polled every epoch; when it
+    returns True, :class:`Stopped` is raised."""
     t = cfg.train
     data = load_run_data(cfg)  # the run's split, pixels and seeded label draw
     device = torch.device(t.device)
@@ -309,6 +314,8 @@ def baseline(cfg: RunConfig) -> dict:
     start = time.perf_counter()
     with seeded(t.seed, device):  # the binarization draws of data.draw
         for epoch in range(t.epochs):
+            if stop():
+                raise Stopped
             for _ in range(steps):
                 while len(stream) < size:
                     stream = torch.cat([stream, rows.cpu()[torch.randperm(len(rows), generator=gen)]])
@@ -327,7 +334,8 @@ def baseline(cfg: RunConfig) -> dict:
             "seconds": time.perf_counter() - start}
 
 
-def baseline_records(path: Path, cfg: RunConfig) -> list[dict]:
+def baseline_records(path: Path, cfg: RunConfig, stop: Callable[[], bool] = lambda: False
+                     ) -> list[dict]:
     """``baseline.json``'s epochs, computed when it has fewer than the run's."""
     file = path / BASELINE
     if file.exists():
@@ -335,7 +343,7 @@ def baseline_records(path: Path, cfg: RunConfig) -> list[dict]:
         if len(saved["epochs"]) >= cfg.train.epochs:
             return saved["epochs"]
     print(f"[{path.name}] supervised baseline, {cfg.train.epochs} epochs", file=sys.stderr)
-    result = baseline(cfg)
+    result = baseline(cfg, stop)
     path.mkdir(parents=True, exist_ok=True)
     file.write_text(json.dumps(result, indent=1) + "\n")
     return result["epochs"]
@@ -442,10 +450,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     if not args.table:
-        started = time.monotonic()
-        deadline = math.inf if args.minutes is None else started + 60 * args.minutes
-        stop = lambda: time.monotonic() > deadline  # noqa: E731
-        recipe = RECIPES[args.recipe]
+        with stop_on_signals() as signalled:
+            try:
+                run_protocol(args, signalled)
+            except Stopped:
+                pass
+        if signalled():  # Ctrl-C or SIGTERM: every fit stopped at a step, checkpointed
+            print("m2_protocol.py: stopped by a signal; the runs stand at their last "
+                  "checkpoints, and the same command resumes them", file=sys.stderr)
+            return 130
+    print(table(args))
+    return 0
+
+
+def run_protocol(args: argparse.Namespace, signalled: Callable[[], bool]) -> None:
+    """Train (or resume) every (labels, seed) run of ``args.recipe`` with its baseline, until
+    done, ``--minutes`` have passed, or ``signalled()``."""
+    started = time.monotonic()
+    deadline = math.inf if args.minutes is None else started + 60 * args.minutes
+    stop = lambda: signalled() or time.monotonic() > deadline  # noqa: E731
+    recipe = RECIPES[args.recipe]
+    try:
         for seed in args.seeds:
             for labels in args.labels:
                 if stop():
@@ -460,12 +485,12 @@ def main(argv: list[str] | None = None) -> int:
                     break  # the budget ran out inside M1; the same command goes on with it
                 if recipe.active:
                     cfg = with_active(cfg)
-                baseline_records(path, cfg)
+                baseline_records(path, cfg, stop)
                 if not args.baselines_only:
                     train_m2(path, cfg, stop)
-        print(f"wall time of this invocation: {time.monotonic() - started:.0f} s", file=sys.stderr)
-    print(table(args))
-    return 0
+    finally:
+        print(f"wall time of this invocation: {time.monotonic() - started:.0f} s",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -95,3 +97,13 @@ def test_the_m1m2_recipe_fits_its_vae_first_and_its_baseline_reads_the_frozen_co
     keep = protocol.with_active(cfg).story.args["keep"]
     counted = protocol.records(m1)[-1]["active_units_z"]
     assert 0 < len(keep) == counted and all(0 <= i < 4 for i in keep)
+
+
+def test_a_stop_during_the_baseline_leaves_no_baseline_behind(tmp_path):
+    """A signal (or the budget) while the baseline is computed stops it at the next epoch;
+    nothing half-made is written, and the next invocation computes it whole."""
+    protocol = _protocol()
+    cfg = _digits_config(protocol, 3)
+    with pytest.raises(protocol.Stopped):
+        protocol.baseline_records(tmp_path / "run", cfg, stop=lambda: True)
+    assert not (tmp_path / "run" / protocol.BASELINE).exists()

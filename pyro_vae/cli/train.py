@@ -7,10 +7,8 @@ import contextlib
 import io
 import json
 import os
-import signal
 import sys
 from pathlib import Path
-from typing import Iterator
 
 from pyro_vae import distributed
 from pyro_vae.cli.common import (
@@ -47,7 +45,15 @@ from pyro_vae.files import DiskFullError
 from pyro_vae.guides import ENCODERS, GUIDES
 from pyro_vae.infer import INITS, OBJECTIVES, PRECISIONS, SCHEDULES, TRAIN_PARTS
 from pyro_vae.models import ACTIVATIONS, DECODERS, LIKELIHOODS, PRIORS
-from pyro_vae.runs import CHECKPOINT_EVERY, LOGGERS, TrainResult, resume_run, train_run
+from pyro_vae.runs import (
+    CHECKPOINT_EVERY,
+    LOGGERS,
+    StopFlag,
+    TrainResult,
+    resume_run,
+    stop_on_signals,
+    train_run,
+)
 from pyro_vae.state import DivergenceError
 from pyro_vae.stories import STORIES, default_objective, is_named, parse_arg, parse_spec
 
@@ -287,30 +293,6 @@ def resume_changes(args: argparse.Namespace, given: set[str]) -> dict:
                         f"--trust-story, --log and --mlflow-uri")
     return {k: getattr(args, k) for k in ("lr", "clip_norm", "early_stopping", "device")
             if k in given}
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the fit polls it at every step boundary."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def handle(self, signum: int, frame) -> None:
-        self.signal = signum
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[StopFlag]:
-    flag = StopFlag()
-    previous = {s: signal.signal(s, flag.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def report(result: TrainResult) -> int:

@@ -3,7 +3,7 @@ checkpoint (:mod:`~pyro_vae.runs.checkpoint`) and how often it is written
 (:mod:`~pyro_vae.runs.cadence`), its writer lock (:mod:`~pyro_vae.runs.lock`), several of them
 side by side (:mod:`~pyro_vae.runs.compare`, :mod:`~pyro_vae.runs.compare_page`), and the
 experiment trackers a fit also writes to (:mod:`~pyro_vae.runs.tracking`,
-:mod:`~pyro_vae.runs.loggers`).
+:mod:`~pyro_vae.runs.loggers`), and stopping a fit by signal (:mod:`~pyro_vae.runs.signals`).
 """
 
 from pyro_vae.runs.cadence import CHECKPOINT_EVERY, CheckpointWriter
@@ -32,6 +32,7 @@ from pyro_vae.runs.folders import (
 from pyro_vae.runs.lock import LOCK_FILE, RunLock, RunLockedError, writer_lock
 from pyro_vae.runs.loggers import LOGGERS, Logger
 from pyro_vae.runs.pretrained import resolve_weights, run_weights
+from pyro_vae.runs.signals import StopFlag, stop_on_signals
 from pyro_vae.runs.records import (
     BEST,
     DIAGNOSIS_PARTIAL,
@@ -73,6 +74,8 @@ __all__ = [
     "read_run",
     "read_tracking",
     "RECORDS",
+    "StopFlag",
+    "stop_on_signals",
     "resolve_weights",
     "resume_run",
     "run_weights",
