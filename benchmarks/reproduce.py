@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from pyro_vae import (
     train_run,
 )
 from pyro_vae.cli import main as cli_main
+from pyro_vae.runs import stop_on_signals
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = "reproduce.json"
@@ -222,15 +224,17 @@ def recipe_changes(path: Path, cfg: RunConfig) -> list[str]:
     return out
 
 
-def train(args: argparse.Namespace, name: str) -> Path:
-    """``--out/name`` trained towards its recipe's epochs, for at most ``--minutes``."""
+def train(args: argparse.Namespace, name: str, signalled: Callable[[], bool] = lambda: False
+          ) -> Path:
+    """``--out/name`` trained towards its recipe's epochs, for at most ``--minutes`` or
+    until ``signalled()`` (the fit stops at a step, checkpointed)."""
     path, cfg = args.out / name, ROWS[name].config(args)
     from carry import restore_path  # a new session's clone: the row's carried checkpoint
 
     if (line := restore_path(path)) is not None:
         print(f"[{name}] {line}", file=sys.stderr, flush=True)
-    deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
-    stop = None if deadline is None else (lambda: time.monotonic() > deadline)
+    deadline = math.inf if args.minutes is None else time.monotonic() + 60 * args.minutes
+    stop = lambda: signalled() or time.monotonic() > deadline  # noqa: E731
     if (path / "config.json").exists() and (changes := recipe_changes(path, cfg)):
         print(f"reproduce.py: [{name}] {path} was trained under another recipe "
               f"({'; '.join(changes)}): move it aside to train the row anew (nothing was "
@@ -374,9 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     if not mnist_ready(args):
         return 0
     for name in args.rows:
-        try:
-            path = train(args, name)
-        except KeyboardInterrupt:  # Ctrl-C or kill -INT: the last finished epoch's checkpoint stands
+        with stop_on_signals() as signalled:  # Ctrl-C, kill -INT or -TERM: stop at a step
+            path = train(args, name, signalled)
+        if signalled():
             print(f"[{name}] interrupted; the same command resumes from its last checkpoint",
                   file=sys.stderr)
             return 130

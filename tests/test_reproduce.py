@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,25 @@ def test_a_folder_trained_under_another_recipe_is_one_line_exit_2_and_kept(tmp_p
     assert "was trained under another recipe (model.encoder 'mlp' (the recipe: 'gated')): " \
            "move it aside" in lines[0]
     assert {p.name: p.read_bytes() for p in row.iterdir()} == before
+
+
+def test_sigterm_stops_a_row_at_a_step_with_its_checkpoint_in_one_line(tmp_path):
+    """kill -TERM (or Ctrl-C) while a row trains: the fit stops at the next step, writes its
+    checkpoint, and the script says in one line that the same command resumes it."""
+    if not (SCRIPT.parents[2] / "shared" / "data" / "MNIST" / "raw").is_dir():
+        pytest.skip("no MNIST under ../shared/data")
+    job = subprocess.Popen([sys.executable, str(SCRIPT), "burda-vae", "--train-only",
+                            "--out", str(tmp_path), "--threads", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "burda-vae" / "config.json").exists():  # the fit has begun
+        assert job.poll() is None and time.monotonic() < deadline, job.stderr.read()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("[burda-vae] interrupted; the same command resumes "
+                                            "from its last checkpoint")
+    assert "Traceback" not in err
+    assert (tmp_path / "burda-vae" / "checkpoint.safetensors").exists()
